@@ -1,0 +1,82 @@
+"""``OmniDataModule``: shard folder -> resumable train/val/test loaders of :class:`OmniBatch`."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import lightning as L
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from .collate import Collator
+from .loader import CropConfig, ShardDataset, rank_and_world
+
+
+class ShardLoader(StatefulDataLoader):
+    """A ``StatefulDataLoader`` over a :class:`ShardDataset` that advances the dataset's epoch on every
+    pass (new shuffle each epoch) and keeps that epoch in its state, so a resumed run continues the
+    same epoch at the same sample."""
+
+    def __init__(self, dataset: ShardDataset, batch_size: int, num_workers: int = 0, **kwargs: Any) -> None:
+        kwargs.setdefault("collate_fn", Collator(dataset.specs, dataset.index["clinical_codes"]))
+        super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+        self._next_epoch = self._epoch = 0
+
+    def __iter__(self):  # type: ignore[override]
+        self._epoch = self._next_epoch
+        self.dataset.set_epoch(self._epoch)
+        self._next_epoch = self._epoch + 1
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        """Batches this rank will yield in one epoch (each worker batches its own samples)."""
+        counts = self.dataset.samples_per_worker(max(self.num_workers, 1))
+        return sum(math.ceil(c / self.batch_size) for c in counts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "omnimodal_epoch": self._epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        epoch = int(state.pop("omnimodal_epoch", 0))
+        self._epoch = epoch
+        self._next_epoch = epoch + 1 if state.get("_iterator_finished") else epoch
+        super().load_state_dict(state)
+
+
+class OmniDataModule(L.LightningDataModule):
+    """Loaders for the ``train``/``val``/``test`` splits of a shard folder written by ``omnimodal-shard``.
+
+    Timelines are cropped to ``max_events`` / ``max_tokens`` (random window for training, most recent
+    for evaluation); ``on_error='skip'`` skips and counts bad samples instead of stopping.
+    """
+
+    def __init__(self, root: str | os.PathLike, batch_size: int = 8, num_workers: int = 0, *,
+                 shuffle_buffer: int = 64, seed: int = 0, max_events: int | None = None,
+                 max_tokens: int | None = None, tokens_per_instance: dict[str, int] | None = None,
+                 on_error: str = "raise", pin_memory: bool = False) -> None:
+        super().__init__()
+        self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
+        self.shuffle_buffer, self.seed, self.on_error, self.pin_memory = shuffle_buffer, seed, on_error, pin_memory
+        self.crop = dict(max_events=max_events, max_tokens=max_tokens, tokens_per_instance=tokens_per_instance or {})
+
+    def dataset(self, split: str) -> ShardDataset:
+        train = split == "train"
+        return ShardDataset(self.root, split, shuffle=train, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
+                            crop=CropConfig(**self.crop, random=train), on_error=self.on_error)
+
+    def loader(self, split: str) -> ShardLoader:
+        return ShardLoader(self.dataset(split), self.batch_size, self.num_workers, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> ShardLoader:
+        return self.loader("train")
+
+    def val_dataloader(self) -> ShardLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> ShardLoader:
+        return self.loader("test")
+
+
+__all__ = ["OmniDataModule", "ShardLoader", "rank_and_world"]

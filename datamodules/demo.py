@@ -1,0 +1,41 @@
+"""The built-in synthetic cohort as ready shards: synthesized and sharded on first use, then cached."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .shards.builder import BuildConfig, build_shards
+from .shards.format import INDEX_NAME
+
+#: Public on purpose: the synthetic cohort has no real identifiers to protect. Real cohorts use a
+#: secret of their own in $OMNIMODAL_SHARD_SECRET.
+DEMO_SECRET = "omnimodal-synthetic-demo-cohort"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OMNIMODAL_CACHE", Path.home() / ".cache" / "omnimodal"))
+
+
+def demo_shards(n_subjects: int = 128, seed: int = 0, workers: int = 2, root: str | os.PathLike | None = None,
+                max_samples_per_shard: int = 16) -> Path:
+    """Shard folder of the synthetic cohort ``(n_subjects, seed)``; built once, then reused."""
+    from .synthetic import synthesize_cohort  # noqa: PLC0415 - only needed on first use
+
+    base = Path(root) if root else cache_dir() / f"synthetic-n{n_subjects}-s{seed}"
+    shards = base / "shards"
+    if (shards / INDEX_NAME).is_file():
+        return shards
+    cohort = base / "cohort"
+    if not (cohort / "cohort.json").is_file():
+        shutil.rmtree(cohort, ignore_errors=True)
+        synthesize_cohort(cohort, n_subjects=n_subjects, seed=seed, workers=workers)
+    tmp = base / "shards.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_shards(BuildConfig(subjects=str(cohort / "subjects.csv"), events=str(cohort / "events.csv"),
+                             labels=str(cohort / "labels.csv"), out=str(tmp), secret=DEMO_SECRET,
+                             workers=workers, max_samples_per_shard=max_samples_per_shard))
+    shutil.rmtree(shards, ignore_errors=True)
+    tmp.rename(shards)  # complete folders only: an interrupted build is redone, never half-used
+    return shards

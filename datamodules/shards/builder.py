@@ -1,0 +1,289 @@
+"""``omnimodal-shard``: subjects/events/labels tables -> validated, pseudonymised WebDataset shards.
+
+Every measurement is read by its reader and stored decoded in its canonical layout. Bad rows are
+rejected with a reason in the build report (or stop the build when ``strict``); subjects who withdrew
+consent are left out and listed by key. No raw id, name or date leaves this module: shards and the
+report carry keyed hashes, times in days since the subject's first event, and ages in days.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import tables
+from ..readers import preload_readers, read_measurement
+from ..schema import MODALITIES, SCHEMA_VERSION, DataError, DataWarning, Spec, default_specs, dumps, specs_from_json, specs_to_json
+from .format import INDEX_NAME, TarShardWriter, encode_array, member_name, resolve_secret, subject_key
+from .report import BuildReport, Rejection
+
+DAY_S = 86400.0
+
+
+@dataclass
+class BuildConfig:
+    """What ``omnimodal-shard`` needs; every field can come from a YAML/JSON config or the command line."""
+
+    subjects: str
+    events: str
+    out: str
+    labels: str | None = None
+    secret: str | None = None  # else $OMNIMODAL_SHARD_SECRET
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)  # overrides of schema defaults
+    strict: bool = False
+    workers: int = 1
+    max_samples_per_shard: int = 256
+    max_shard_bytes: int = 1 << 30
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+
+@dataclass
+class _SubjectJob:
+    key: str
+    split: str
+    birth: pd.Timestamp
+    static: dict[str, float]
+    events: list[dict[str, Any]]
+    labels: list[dict[str, Any]]
+    raw_id: str  # only to scrub it from library messages; never written
+
+    def scrub(self, text: str, path: str | None = None) -> str:
+        """Remove the raw id and the file path from a message (paths often embed the raw id)."""
+        if path:
+            text = text.replace(str(path), f"<{Path(path).suffix or 'file'}>")
+        return text.replace(self.raw_id, "<subject>")
+
+
+@dataclass
+class _SubjectResult:
+    key: str
+    split: str
+    members: dict[str, bytes] | None
+    counts: Counter
+    codes: Counter
+    rejections: list[Rejection]
+    notes: list[str]
+
+
+def build_shards(cfg: BuildConfig) -> BuildReport:
+    """Build shards, ``index.json`` and ``report.{json,md}`` in ``cfg.out``; return the report."""
+    secret = resolve_secret(cfg.secret)
+    specs = default_specs(**cfg.specs)
+    report = BuildReport()
+    jobs = _plan(cfg, secret, report)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.tar"), *out.glob("*.tar.tmp")]:
+        stale.unlink()
+    writers = {s: TarShardWriter(out, s, cfg.max_samples_per_shard, cfg.max_shard_bytes) for s in tables.SPLITS}
+    train_codes: Counter = Counter()
+    args = [(job, specs_to_json(specs), cfg.strict) for job in jobs]
+    pool = None
+    if cfg.workers > 1:
+        # fork after importing the readers this build needs: workers start at once instead of each
+        # importing torch/MONAI/PyAV again (tens of seconds); spawn where fork does not exist.
+        preload_readers({row["modality"] for job in jobs for row in job.events})
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(cfg.workers, initializer=_worker_init)
+    try:
+        results = pool.imap(_build_subject, args, chunksize=1) if pool else map(_build_subject, args)
+        for res in results:
+            report.rejected.extend(res.rejections)
+            report.notes.extend(res.notes)
+            if res.members is None:
+                report.no_events.append(res.key)
+                continue
+            writers[res.split].add(res.key, res.members)
+            report.modalities.update(res.counts)
+            report.splits[res.split] += 1
+            if res.split == "train":
+                train_codes.update(res.codes)
+    finally:
+        if pool:
+            pool.terminate()
+    index = {
+        "schema_version": SCHEMA_VERSION,
+        "specs": specs_to_json(specs),
+        "clinical_codes": sorted(train_codes),
+        "splits": {s: {"samples": report.splits[s], "shards": w.close()} for s, w in writers.items()},
+    }
+    (out / INDEX_NAME).write_bytes(dumps(index))
+    report.write(out)
+    return report
+
+
+def _worker_init() -> None:
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(1)  # one process per core already
+
+
+def _plan(cfg: BuildConfig, secret: bytes, report: BuildReport) -> list[_SubjectJob]:
+    """Read and check the tables in the main process; one job per included subject, sorted by key."""
+    subj = tables.load_subjects(cfg.subjects)
+    events = tables.load_events(cfg.events)
+    labels = tables.load_labels(cfg.labels) if cfg.labels else None
+    subj["key"] = [subject_key(s, secret) for s in subj["subject_id"]]
+    key_of = dict(zip(subj["subject_id"], subj["key"]))
+
+    def reject(table: str, row: int, key: str | None, reason: str, modality: str | None = None) -> None:
+        rej = Rejection(table, int(row), key, modality, reason)
+        if cfg.strict:
+            raise DataError(rej.describe(), hint="fix the row, or build without --strict to skip and report it")
+        report.rejected.append(rej)
+
+    dup = subj["subject_id"].duplicated(keep=False)
+    for r in subj[dup].itertuples():
+        reject("subjects", r.row, r.key, "duplicate subject_id: the subject is left out until the table has one row")
+    jobs: list[_SubjectJob] = []
+    ev_by = {k: g for k, g in events.groupby("subject_id", sort=False)}
+    lab_by = {k: g for k, g in labels.groupby("subject_id", sort=False)} if labels is not None else {}
+    for tbl, df in (("events", events), ("labels", labels)):
+        if df is not None:
+            for r in df[~df["subject_id"].isin(key_of)].itertuples():
+                reject(tbl, r.row, None, "subject_id not in the subjects table")
+    for r in subj[~dup].itertuples():
+        if r.consent is None:
+            reject("subjects", r.row, r.key, "consent value not understood (use true/false)")
+            continue
+        if not r.consent:
+            report.withdrawn.append(r.key)
+            continue
+        if pd.isna(r.birth):
+            reject("subjects", r.row, r.key, "birth_date/birth_year missing or not a date")
+            continue
+        split = r.split if isinstance(r.split, str) else _hash_split(r.key, cfg.split_fractions)
+        if split not in tables.SPLITS:
+            reject("subjects", r.row, r.key, f"split {split!r} is not one of {tables.SPLITS}")
+            continue
+        evs = ev_by.get(r.subject_id)
+        rows = [] if evs is None else evs.drop(columns=["subject_id"]).to_dict("records")
+        labs = lab_by.get(r.subject_id)
+        lab_rows = [] if labs is None else labs.drop(columns=["subject_id"]).to_dict("records")
+        jobs.append(_SubjectJob(r.key, split, r.birth, {"sex_male": float(r.sex_male)}, rows, lab_rows,
+                                r.subject_id))
+    report.subjects_in_table = len(subj)
+    jobs.sort(key=lambda j: j.key)
+    return jobs
+
+
+def _hash_split(key: str, fractions: tuple[float, float, float]) -> str:
+    u = int(key[:8], 16) / 16**8
+    cum = np.cumsum(fractions) / sum(fractions)
+    return tables.SPLITS[int(np.searchsorted(cum, u, side="right"))]
+
+
+def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool]) -> _SubjectResult:
+    """Read, check and encode one subject (runs in a worker process)."""
+    job, specs_json, strict = arg
+    specs: dict[str, Spec] = specs_from_json(specs_json)
+    res = _SubjectResult(job.key, job.split, None, Counter(), Counter(), [], [])
+
+    def reject(table: str, row: dict[str, Any], reason: str) -> None:
+        rej = Rejection(table, int(row["row"]), job.key, row.get("modality"), reason)
+        if strict:
+            raise DataError(rej.describe(), hint="fix the row, or build without --strict to skip and report it")
+        res.rejections.append(rej)
+
+    accepted: list[tuple[pd.Timestamp, int, dict[str, Any], np.ndarray | None]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for row in sorted(job.events, key=lambda r: r["row"]):
+        m = row["modality"]
+        ident = tuple(None if _missing(v) else v
+                      for v in (row["time"], m, row.get("path"), row.get("code"), row.get("numeric_value")))
+        if m not in MODALITIES:
+            reject("events", row, f"unknown modality {m!r} (use one of {', '.join(MODALITIES)})")
+        elif pd.isna(row["time"]):
+            reject("events", row, "time is missing or not an ISO date/datetime")
+        elif row["time"] < job.birth:
+            reject("events", row, "event before birth")
+        elif ident in seen:
+            reject("events", row, "duplicate event row (same time, modality and file/code)")
+        elif m == "clinical":
+            if not isinstance(row.get("code"), str) or not row["code"].strip():
+                reject("events", row, "clinical row without a code")
+            else:
+                accepted.append((row["time"], row["row"], row, None))
+        elif not row.get("path"):
+            reject("events", row, f"{m} row without a path")
+        else:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("ignore")
+                    warnings.simplefilter("always", DataWarning)
+                    arr = read_measurement(m, row["path"], specs[m], _options(row))
+                res.notes.extend(f"events row {row['row']} (key {job.key}): {job.scrub(str(w.message), row['path'])}"
+                                 for w in caught)
+                accepted.append((row["time"], row["row"], row, arr))
+            except DataError as exc:
+                reject("events", row, job.scrub(exc.reason, row["path"]))
+        seen.add(ident)
+    if not accepted:
+        return res
+    accepted.sort(key=lambda a: (a[0], MODALITIES.index(a[2]["modality"]), a[1]))
+    first = accepted[0][0]
+    members: dict[str, bytes] = {}
+    inventory: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []
+    for i, (t, _, row, arr) in enumerate(accepted):
+        if not events or events[-1]["_t"] != t:
+            events.append({"_t": t, "time_days": (t - first).total_seconds() / DAY_S,
+                           "age_days": (t - job.birth).total_seconds() / DAY_S, "measurements": []})
+        m = row["modality"]
+        res.counts[m] += 1
+        if arr is None:
+            value = row.get("numeric_value")
+            events[-1]["measurements"].append(
+                {"modality": m, "code": row["code"].strip(), "value": None if pd.isna(value) else float(value)})
+            res.codes[row["code"].strip()] += 1
+            continue
+        name = member_name(i, m)
+        members[name] = encode_array(arr, specs[m].storage_dtype)
+        inventory[name] = {"modality": m, "shape": list(arr.shape), "dtype": specs[m].storage_dtype}
+        events[-1]["measurements"].append({"modality": m, "member": name})
+    for ev in events:
+        del ev["_t"]
+    meta = {"schema_version": SCHEMA_VERSION, "key": job.key, "static": _nan_to_none(job.static),
+            "events": events, "inventory": inventory, "labels": _labels(job, first, reject)}
+    members["meta.json"] = dumps(meta)
+    res.members = members
+    return res
+
+
+def _labels(job: _SubjectJob, first: pd.Timestamp, reject: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for row in sorted(job.labels, key=lambda r: r["row"]):
+        name = row["name"]
+        has_time = not (row.get("raw_time") is None or pd.isna(row.get("raw_time")))
+        if not name:
+            reject("labels", row, "label without a name")
+        elif pd.isna(row["value"]):
+            reject("labels", row, f"label {name!r} value is missing or not a number")
+        elif has_time and pd.isna(row["time"]):
+            reject("labels", row, f"label {name!r} time is not an ISO date/datetime")
+        elif name in out:
+            reject("labels", row, f"duplicate label {name!r} for this subject")
+        else:
+            t = None if not has_time else (row["time"] - first).total_seconds() / DAY_S
+            out[name] = {"value": float(row["value"]), "time_days": t}
+    return out
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (np.isscalar(v) and bool(pd.isna(v)))
+
+
+def _options(row: dict[str, Any]) -> dict[str, Any]:
+    skip = {"row", "time", "modality", "path", "code", "numeric_value"}
+    return {k: v for k, v in row.items() if k not in skip and not _missing(v)}
+
+
+def _nan_to_none(d: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if v is None or np.isnan(v) else v) for k, v in d.items()}

@@ -1,0 +1,75 @@
+"""The build report: what went into the shards, what was left out and why (keys only, never raw ids)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Rejection:
+    """One table row left out of the shards: ``row`` is the table's 1-based data row."""
+
+    table: str
+    row: int
+    key: str | None
+    modality: str | None
+    reason: str
+
+    def describe(self) -> str:
+        who = f", subject key {self.key}" if self.key else ""
+        what = f", {self.modality}" if self.modality else ""
+        return f"{self.table} row {self.row}{who}{what}: {self.reason}"
+
+
+@dataclass
+class BuildReport:
+    subjects_in_table: int = 0
+    splits: Counter = field(default_factory=Counter)
+    modalities: Counter = field(default_factory=Counter)
+    rejected: list[Rejection] = field(default_factory=list)
+    withdrawn: list[str] = field(default_factory=list)  # keys of subjects excluded for withdrawn consent
+    no_events: list[str] = field(default_factory=list)  # keys of subjects with no valid event
+    notes: list[str] = field(default_factory=list)  # warnings that did not reject a row
+
+    @property
+    def samples(self) -> int:
+        return sum(self.splits.values())
+
+    def to_json(self) -> dict:
+        return {
+            "subjects_in_table": self.subjects_in_table,
+            "samples": self.samples,
+            "splits": dict(sorted(self.splits.items())),
+            "modalities": dict(sorted(self.modalities.items())),
+            "withdrawn_consent": sorted(self.withdrawn),
+            "no_valid_events": sorted(self.no_events),
+            "rejected": [asdict(r) for r in self.rejected],
+            "notes": self.notes,
+        }
+
+    def summary(self) -> str:
+        lines = [
+            f"subjects in table: {self.subjects_in_table}; samples written: {self.samples} "
+            + " ".join(f"{k}={v}" for k, v in sorted(self.splits.items())),
+            "measurements: " + ", ".join(f"{m}={n}" for m, n in sorted(self.modalities.items())),
+            f"excluded for withdrawn consent: {len(self.withdrawn)}; without a valid event: {len(self.no_events)}",
+            f"rejected rows: {len(self.rejected)}"
+            + "".join(f"\n  {k}: {n}" for k, n in Counter(r.reason.split(' [')[0] for r in self.rejected).most_common()),
+        ]
+        return "\n".join(lines)
+
+    def write(self, out: Path) -> None:
+        (out / "report.json").write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
+        md = ["# Shard build report", "", "```", self.summary(), "```", ""]
+        if self.withdrawn:
+            md += ["## Excluded: withdrawn consent", "", *[f"- `{k}`" for k in sorted(self.withdrawn)], ""]
+        if self.rejected:
+            md += ["## Rejected rows", "", "| table | row | subject key | modality | reason |", "|---|---|---|---|---|"]
+            md += [f"| {r.table} | {r.row} | `{r.key or '-'}` | {r.modality or '-'} | {r.reason} |" for r in self.rejected]
+            md.append("")
+        if self.notes:
+            md += ["## Notes", "", *[f"- {n}" for n in self.notes], ""]
+        (out / "report.md").write_text("\n".join(md))

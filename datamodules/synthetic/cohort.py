@@ -1,0 +1,216 @@
+"""Orchestration: simulate every subject, render their files (in parallel), write the tables.
+
+Output layout under ``out_dir`` (the input format of ``omnimodal-shard``)::
+
+    subjects.csv      subject_id, birth_date, sex, split, consent
+    events.csv        subject_id, time, modality, path, code, numeric_value (one row per measurement)
+    labels.csv        subject_id, name, time, value ("disease": onset or censoring)
+    ground_truth.csv  per subject: latent risk parameters, onset_days, end_days, ...
+    states.csv        per visit: the hidden state vector
+    cohort.json       seed, version, counts, native rendering parameters, canonical specs
+    files/<subject_id>/vNN_<modality>.<ext>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..schema import MODALITIES, default_specs, specs_to_json
+from . import render_audio, render_ecg, render_video, render_volume
+from .render import EventRow, render_task
+from .render_tables import OFF_PANEL_FEATURES, WEARABLE_COLUMNS, iso
+from .state import GENERATOR_VERSION, STATE_NAMES, VISIT_ORDER, VISIT_RATES, Subject, simulate_subject
+
+TABLES = ("subjects.csv", "events.csv", "labels.csv", "ground_truth.csv", "states.csv", "cohort.json")
+EVENT_COLUMNS = ("subject_id", "time", "modality", "path", "code", "numeric_value")
+
+
+@dataclass(frozen=True)
+class CohortInfo:
+    """What :func:`synthesize_cohort` wrote."""
+
+    out_dir: Path
+    seed: int
+    n_subjects: int
+    generator_version: str
+    counts: dict[str, int]          # measurements per modality (clinical: code/lab rows)
+    n_visits: int
+    n_events: int                   # rows of events.csv
+    n_cases: int                    # subjects with disease onset during follow-up
+    n_withdrawn: int                # subjects with consent = false
+    splits: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    size_bytes: int = 0
+
+    def path(self, table: str) -> Path:
+        """Path of one output table, e.g. ``info.path("events.csv")``."""
+        return self.out_dir / table
+
+    def summary(self) -> str:
+        counts = " ".join(f"{m}={self.counts.get(m, 0)}" for m in MODALITIES)
+        plural = "" if self.n_subjects == 1 else "s"
+        return (f"{self.n_subjects} subject{plural} ({self.n_cases} develop the disease, {self.n_withdrawn} withdrew "
+                f"consent), {self.n_visits} visits, {self.n_events} events, "
+                f"{self.size_bytes / 2**20:.1f} MiB in {self.elapsed_s:.1f} s\n  {counts}")
+
+
+def _prepare(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(out_dir / "files", ignore_errors=True)
+        for name in TABLES:
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _ensure_coverage(subjects: list[Subject]) -> None:
+    """Every modality appears at least once (added at the last visit of a consenting subject)."""
+    pool = [s for s in subjects if s.consent] or subjects
+    present = {m for s in subjects for v in s.visits for m in v.modalities}
+    for k, modality in enumerate(VISIT_ORDER):
+        if modality not in present:
+            visit = pool[(k * 7) % len(pool)].visits[-1]
+            visit.modalities = [m for m in VISIT_ORDER if m == modality or m in visit.modalities]
+
+
+def _ensure_splits(subjects: list[Subject]) -> None:
+    """Cohorts of 10+ subjects get at least one val and one test subject (taken from the end)."""
+    if len(subjects) < 10:
+        return
+    for split in ("val", "test"):
+        if not any(s.split == split for s in subjects):
+            donor = next(s for s in reversed(subjects) if s.split == "train")
+            donor.split = split
+
+
+def _render_all(seed: int, subjects: list[Subject], root: Path, workers: int) -> list[list[EventRow]]:
+    tasks = [(seed, s, str(root)) for s in subjects]
+    if workers <= 1 or len(subjects) <= 1:
+        return [render_task(t) for t in tasks]
+    # biggest subjects first keeps the workers busy to the end; results are put back in order.
+    # A process pool executor (not multiprocessing.Pool) so that a worker that cannot start fails
+    # the run instead of being respawned forever.
+    order = sorted(range(len(tasks)), key=lambda i: -len(subjects[i].visits))
+    out: list[list[EventRow]] = [[] for _ in tasks]
+    try:
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
+            for i, rows in zip(order, pool.map(render_task, [tasks[i] for i in order])):
+                out[i] = rows
+    except BrokenProcessPool as exc:
+        raise RuntimeError("a rendering worker died (out of memory, or it could not start: spawned workers "
+                           "re-import the main script, so call synthesize_cohort from a file guarded by "
+                           "`if __name__ == '__main__':`, or pass workers=1)") from exc
+    return out
+
+
+def _subjects_table(subjects: list[Subject]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "subject_id": [s.subject_id for s in subjects],
+        "birth_date": [s.birth_date.isoformat() for s in subjects],
+        "sex": [s.sex for s in subjects],
+        "split": [s.split for s in subjects],
+        "consent": ["true" if s.consent else "false" for s in subjects],
+    })
+
+
+def _labels_table(subjects: list[Subject]) -> pd.DataFrame:
+    rows = []
+    for s in subjects:
+        case = s.onset_days == s.onset_days
+        rows.append((s.subject_id, "disease", iso(s.when(s.onset_days if case else s.end_days)), float(case)))
+    return pd.DataFrame(rows, columns=["subject_id", "name", "time", "value"])
+
+
+def _ground_truth_table(subjects: list[Subject]) -> pd.DataFrame:
+    rows = []
+    for s in subjects:
+        row: dict[str, object] = {
+            "subject_id": s.subject_id, "sex": s.sex, "age_at_first_visit": s.visits[0].age_years,
+            "prs": s.prs, "onset_days": s.onset_days, "end_days": s.end_days,
+            "disease": int(s.onset_days == s.onset_days), "n_visits": len(s.visits),
+            "split": s.split, "consent": "true" if s.consent else "false",
+        }
+        row.update({f"baseline_{n}": float(v) for n, v in zip(STATE_NAMES, s.baseline)})
+        row.update({f"drift_{n}": float(v) for n, v in zip(STATE_NAMES, s.drift)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _states_table(subjects: list[Subject]) -> pd.DataFrame:
+    rows = [{"subject_id": s.subject_id, "visit": v.index, "time": iso(v.time), "days": v.days,
+             "age_years": v.age_years, "diseased": int(v.diseased),
+             **{n: float(x) for n, x in zip(STATE_NAMES, v.state)}}
+            for s in subjects for v in s.visits]
+    return pd.DataFrame(rows)
+
+
+def render_parameters() -> dict[str, object]:
+    """The native formats and parameters the renderers use (recorded in cohort.json)."""
+    return {
+        "visit_rates": VISIT_RATES,
+        "mri": {"shape": render_volume.MRI_SHAPE, "spacing_mm": render_volume.MRI_SPACING_MM,
+                "orientations": sorted(render_volume.ORIENTATIONS), "format": "nii.gz", "dtype": "int16"},
+        "ecg": {"rate_hz": render_ecg.ECG_RATE_HZ, "duration_s": render_ecg.ECG_SECONDS, "units": "mV",
+                "leads": render_ecg.LEADS_12, "reduced_leads": render_ecg.REDUCED_LEADS,
+                "adc_gain": render_ecg.ECG_ADC_GAIN, "format": "wfdb (path = .hea)"},
+        "voice": {"rate_hz": render_audio.VOICE_RATE_HZ, "channels": 1, "duration_s": [2.0, 4.0], "format": "flac"},
+        "breath": {"rate_hz": [render_audio.BREATH_RATE_HZ, render_audio.BREATH_STEREO_RATE_HZ],
+                   "channels": [1, 2], "duration_s": [3.0, 4.0], "format": "flac"},
+        "gait": {"fps": render_video.GAIT_FPS, "size": render_video.GAIT_SIZE,
+                 "duration_s": render_video.GAIT_SECONDS, "codec": render_video.VIDEO_CODEC},
+        "face": {"fps": render_video.FACE_FPS, "size": render_video.FACE_SIZE,
+                 "duration_s": render_video.FACE_SECONDS, "codec": render_video.VIDEO_CODEC},
+        "wearable": {"columns": WEARABLE_COLUMNS, "hours": 24, "formats": ["csv", "parquet"]},
+        "omics": {"off_panel_features": OFF_PANEL_FEATURES, "formats": ["csv", "parquet", "npy"]},
+    }
+
+
+def synthesize_cohort(out_dir: str | Path, n_subjects: int = 128, seed: int = 0, workers: int = 2,
+                      overwrite: bool = False) -> CohortInfo:
+    """Generate a synthetic omnimodal cohort in ``out_dir`` (see the module docstring for the layout).
+
+    The output depends only on ``seed`` and ``n_subjects`` (not on ``workers``); subject ``i`` is the
+    same in every cohort of the same seed, except for forced modality coverage and splits.
+    """
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    _prepare(out, overwrite)
+    subjects = [simulate_subject(seed, i) for i in range(n_subjects)]
+    _ensure_coverage(subjects)
+    _ensure_splits(subjects)
+    rows = [r for subject_rows in _render_all(seed, subjects, out.resolve(), workers) for r in subject_rows]
+    events = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
+    _subjects_table(subjects).to_csv(out / "subjects.csv", index=False)
+    events.to_csv(out / "events.csv", index=False)
+    _labels_table(subjects).to_csv(out / "labels.csv", index=False)
+    _ground_truth_table(subjects).to_csv(out / "ground_truth.csv", index=False, float_format="%.10g")
+    _states_table(subjects).to_csv(out / "states.csv", index=False, float_format="%.10g")
+    counts = events["modality"].value_counts()
+    info = CohortInfo(
+        out_dir=out, seed=seed, n_subjects=n_subjects, generator_version=GENERATOR_VERSION,
+        counts={m: int(counts.get(m, 0)) for m in MODALITIES},
+        n_visits=sum(len(s.visits) for s in subjects), n_events=len(events),
+        n_cases=sum(int(s.onset_days == s.onset_days) for s in subjects),
+        n_withdrawn=sum(not s.consent for s in subjects),
+        splits={k: sum(s.split == k for s in subjects) for k in ("train", "val", "test")},
+    )
+    meta = {k: v for k, v in dataclasses.asdict(info).items() if k not in ("out_dir", "elapsed_s", "size_bytes")}
+    meta.update(generator="omnimodal.synthetic", state_names=STATE_NAMES, render=render_parameters(),
+                specs=specs_to_json(default_specs()))
+    (out / "cohort.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return dataclasses.replace(info, elapsed_s=time.perf_counter() - start, size_bytes=size)
+

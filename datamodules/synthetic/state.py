@@ -1,0 +1,268 @@
+"""The hidden health state of a synthetic subject and the disease it drives.
+
+Each subject has static traits (birth date, sex, SNP dosages and the genetic risk score they give,
+a baseline health vector, a personal drift rate) and a latent state vector over :data:`STATE_NAMES`
+(all oriented so that *higher is worse*) that evolves as a noisy drift process on a fine time grid.
+A neurodegenerative-cardiometabolic disease strikes with a hazard that grows with the state and the
+genetic risk; after onset the state drifts faster. Visits happen at irregular (gamma) gaps over a
+2-10 year follow-up and decide which modalities are measured.
+
+Every draw comes from a generator seeded by ``SeedSequence(seed, spawn_key=(index, stream, ...))``,
+so a subject (and each of its files) depends only on ``(seed, index)``, never on worker count or order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+GENERATOR_VERSION = "1.0"
+
+#: latent state components, each oriented so that higher = worse health
+STATE_NAMES: tuple[str, ...] = ("cardio", "neuro", "resp", "metabolic", "frailty", "mood")
+N_STATE = len(STATE_NAMES)
+CARDIO, NEURO, RESP, METABOLIC, FRAILTY, MOOD = range(N_STATE)
+
+N_SNPS = 32
+N_GENES = 32
+SNP_IDS: tuple[str, ...] = tuple(f"rs{1000 + i}" for i in range(N_SNPS))
+GENE_IDS: tuple[str, ...] = tuple(f"GENE{i:03d}" for i in range(N_GENES))
+
+#: share of visits at which each modality is measured (omics: expression; genotype is at visit 0)
+VISIT_RATES: dict[str, float] = {
+    "clinical": 0.85, "wearable": 0.40, "ecg": 0.30, "voice": 0.20, "breath": 0.20,
+    "mri": 0.12, "gait": 0.15, "face": 0.15, "omics": 0.15,
+}
+#: fixed order of modalities within a visit (also the events-table order)
+VISIT_ORDER: tuple[str, ...] = (
+    "clinical", "omics", "mri", "ecg", "voice", "breath", "gait", "face", "wearable")
+
+YEAR_DAYS = 365.25
+_GRID_YEARS = 1.0 / 12.0
+_SIGMA = 0.22                      # diffusion of the state per sqrt(year)
+_HAZARD_W = np.array([0.55, 0.85, 0.1, 0.45, 0.2, 0.15])  # log-hazard weights on the state
+_HAZARD_PRS = 0.45
+_LOG_H0 = -3.55                   # baseline log-hazard per year (gives ~30% incidence)
+_ONSET_BOOST = np.array([0.35, 0.6, 0.05, 0.25, 0.3, 0.25])  # extra drift per year after onset
+_FIRST_VISIT = (dt.date(2008, 1, 1), dt.date(2015, 12, 31))
+
+
+@dataclass(frozen=True)
+class Biology:
+    """Cohort-independent model parameters (the same for every seed of a generator version)."""
+
+    maf: np.ndarray            # [N_SNPS] minor allele frequencies
+    snp_weight: np.ndarray     # [N_SNPS] effect sizes of the genetic risk score
+    prs_load: np.ndarray       # [N_STATE] how the genetic risk score loads on baseline and drift
+    gene_base: np.ndarray      # [N_GENES] mean log-expression
+    gene_load: np.ndarray      # [N_GENES, N_STATE] expression loadings on the state
+
+
+def biology() -> Biology:
+    """The fixed parameters, drawn once from a constant seed."""
+    rng = np.random.default_rng(np.random.SeedSequence(20240611))
+    weight = rng.normal(0.0, 1.0, N_SNPS) * (rng.random(N_SNPS) < 0.5)
+    load = rng.normal(0.0, 0.15, (N_GENES, N_STATE))
+    load[np.arange(N_GENES), np.arange(N_GENES) % N_STATE] += rng.uniform(0.5, 1.0, N_GENES)
+    return Biology(
+        maf=rng.uniform(0.1, 0.5, N_SNPS), snp_weight=np.abs(weight),
+        prs_load=np.array([0.5, 0.7, 0.2, 0.5, 0.3, 0.2]),
+        gene_base=rng.uniform(4.0, 10.0, N_GENES), gene_load=load)
+
+
+BIOLOGY = biology()
+
+
+@dataclass
+class Visit:
+    """One visit: when, the hidden state then, and which modalities are measured."""
+
+    index: int
+    days: float                 # since the first visit
+    time: dt.datetime
+    age_years: float
+    state: np.ndarray           # [N_STATE]
+    diseased: bool              # onset happened at or before this visit
+    modalities: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Subject:
+    """A synthetic subject: static traits, latent parameters, visits, disease outcome."""
+
+    index: int
+    subject_id: str
+    sex: str
+    birth_date: dt.date
+    snps: np.ndarray            # [N_SNPS] dosages 0/1/2
+    prs: float                  # standardized genetic risk score
+    baseline: np.ndarray        # [N_STATE] state at the first visit
+    drift: np.ndarray           # [N_STATE] personal drift per year before onset
+    onset_days: float           # NaN when no onset during follow-up
+    end_days: float             # end of follow-up (= last visit)
+    split: str
+    consent: bool
+    traits: dict[str, float] = field(default_factory=dict)   # stable looks: height, voice, colours
+    visits: list[Visit] = field(default_factory=list)
+
+    @property
+    def first_time(self) -> dt.datetime:
+        return self.visits[0].time
+
+    def when(self, days: float) -> dt.datetime:
+        """The datetime ``days`` after the first visit, to the second."""
+        return self.first_time + dt.timedelta(seconds=round(days * 86400.0))
+
+
+#: sub-streams of a subject's seed: the trajectory and visits, the files (+ visit, modality), the looks
+STREAM_STATE, STREAM_FILES, STREAM_TRAITS = 0, 1, 2
+
+
+def subject_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
+    """Independent generator for one subject and one sub-stream (``STREAM_*``, then any more keys)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, *stream)))
+
+
+def subject_id(index: int) -> str:
+    return f"SYN-{index:06d}"
+
+
+def genetic_risk(snps: np.ndarray, bio: Biology = BIOLOGY) -> float:
+    """Standardized weighted dosage sum (mean 0, sd 1 in the population)."""
+    mean = 2.0 * bio.maf
+    sd = np.sqrt(np.sum(bio.snp_weight ** 2 * 2.0 * bio.maf * (1.0 - bio.maf)))
+    return float(np.dot(bio.snp_weight, snps - mean) / sd)
+
+
+def _clinic_hours(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Visit times of day: 08:00-16:55 in 5-minute steps, as hours."""
+    return rng.integers(8 * 12, 17 * 12, n) / 12.0
+
+
+def _visit_days(rng: np.random.Generator, hour0: float) -> np.ndarray:
+    """Days since the first visit: gamma gaps (1 month minimum) over a 2-10 year span, each visit
+    at its own time of day."""
+    span = rng.uniform(2.0, 10.0) * YEAR_DAYS
+    gaps = np.clip(rng.gamma(2.0, 0.5, 64), 1.0 / 12.0, None) * YEAR_DAYS
+    days = np.floor(np.concatenate([[0.0], np.cumsum(gaps)]))
+    days = days[days <= span]
+    days = days if len(days) >= 2 else np.array([0.0, np.floor(span)])
+    hours = _clinic_hours(rng, len(days))
+    hours[0] = hour0
+    return days + (hours - hour0) / 24.0
+
+
+def _simulate(rng: np.random.Generator, x0: np.ndarray, drift: np.ndarray, risk0: float,
+              visit_days: np.ndarray) -> tuple[np.ndarray, float]:
+    """Drift-diffusion of the state on a monthly grid plus the visit times; returns the state at
+    each visit and the onset day (NaN if none before the last visit)."""
+    grid = np.union1d(np.arange(0.0, visit_days[-1], _GRID_YEARS * YEAR_DAYS), visit_days)
+    threshold, cum = rng.exponential(), 0.0
+    onset, x = float("nan"), x0.copy()
+    states = np.empty((len(grid), N_STATE))
+    states[0] = x
+    noise = rng.normal(0.0, 1.0, (len(grid), N_STATE))
+    for i in range(1, len(grid)):
+        dty = (grid[i] - grid[i - 1]) / YEAR_DAYS
+        rate = drift + (_ONSET_BOOST if onset == onset else 0.0)
+        x = x + rate * dty + _SIGMA * np.sqrt(dty) * noise[i]
+        states[i] = x
+        if onset != onset:
+            hazard = np.exp(_LOG_H0 + risk0 + float(_HAZARD_W @ x))
+            step = hazard * dty
+            if cum + step >= threshold:
+                onset = grid[i - 1] + (threshold - cum) / step * (grid[i] - grid[i - 1])
+            cum += step
+    return states[np.searchsorted(grid, visit_days)], onset
+
+
+def _split(u: float) -> str:
+    return "train" if u < 0.8 else ("val" if u < 0.9 else "test")
+
+
+def _plan_modalities(rng: np.random.Generator, n_visits: int) -> list[list[str]]:
+    draws = rng.random((n_visits, len(VISIT_ORDER)))
+    plans = []
+    for v in range(n_visits):
+        mods = [m for j, m in enumerate(VISIT_ORDER) if draws[v, j] < VISIT_RATES[m]]
+        if v == 0 and "omics" not in mods:   # genotype at the first visit
+            mods.append("omics")
+        if not mods:
+            mods.append("clinical")
+        plans.append([m for m in VISIT_ORDER if m in mods])
+    return plans
+
+
+def _traits(rng: np.random.Generator, sex: str) -> dict[str, float]:
+    male = sex == "M"
+    return {
+        "height_m": rng.normal(1.77 if male else 1.64, 0.07),
+        "weight_kg": rng.normal(80.0 if male else 66.0, 9.0),
+        "f0_hz": rng.normal(118.0 if male else 205.0, 12.0),
+        "skin": rng.uniform(0.0, 1.0), "hue": rng.uniform(0.0, 1.0), "direction": float(rng.random() < 0.5),
+    }
+
+
+def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
+    """Draw one subject's traits, trajectory, visits and outcome from ``(seed, index)``."""
+    rng = subject_rng(seed, index, STREAM_STATE)
+    sex = "F" if rng.random() < 0.52 else "M"
+    age0 = rng.uniform(40.0, 80.0)
+    lo, hi = (d.toordinal() for d in _FIRST_VISIT)
+    hour0 = float(_clinic_hours(rng, 1)[0])
+    first = dt.datetime.fromordinal(int(rng.integers(lo, hi + 1))) + dt.timedelta(minutes=round(hour0 * 60))
+    birth = first.date() - dt.timedelta(days=int(round(age0 * YEAR_DAYS)))
+    snps = rng.binomial(2, bio.maf).astype(np.int64)
+    prs = genetic_risk(snps, bio)
+    aging = (age0 - 60.0) / 10.0
+    shared = rng.normal(0.0, 0.4)
+    baseline = (0.35 * prs * bio.prs_load + 0.3 * aging + shared
+                + rng.normal(0.0, 0.5, N_STATE) + (0.15 if sex == "M" else -0.1) * np.eye(N_STATE)[CARDIO])
+    drift = 0.04 + 0.06 * prs * bio.prs_load + 0.03 * aging + rng.normal(0.0, 0.08, N_STATE)
+    days = _visit_days(rng, hour0)
+    risk0 = _HAZARD_PRS * prs + 0.25 * aging
+    states, onset = _simulate(rng, baseline, drift, risk0, days)
+    plans = _plan_modalities(rng, len(days))
+    split = _split(rng.random())
+    consent = not (rng.random() < 0.005 or index % 64 == 17)   # ~2%, and always one when n >= 18
+    subj = Subject(index=index, subject_id=subject_id(index), sex=sex, birth_date=birth, snps=snps,
+                   prs=prs, baseline=baseline, drift=drift, onset_days=onset, end_days=float(days[-1]),
+                   split=split, consent=consent, traits=_traits(subject_rng(seed, index, STREAM_TRAITS), sex))
+    if onset == onset:  # the diagnosis is recorded at the first visit at or after onset
+        first_ill = int(np.searchsorted(days, onset))
+        plans[first_ill] = [m for m in VISIT_ORDER if m == "clinical" or m in plans[first_ill]]
+    for v, (d, x, mods) in enumerate(zip(days, states, plans)):
+        time = first + dt.timedelta(minutes=round(d * 1440.0))
+        subj.visits.append(Visit(index=v, days=float(d), time=time,
+                                 age_years=(time.date() - birth).days / YEAR_DAYS, state=x,
+                                 diseased=bool(onset <= d), modalities=mods))
+    return subj
+
+
+def sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
+
+
+@dataclass
+class RenderContext:
+    """What a renderer needs for one file: the subject, the visit, its own generator, the output root."""
+
+    subject: Subject
+    visit: Visit
+    rng: np.random.Generator
+    root: Path
+    modality: str
+
+    def s(self, name: str) -> float:
+        """One hidden state component at this visit."""
+        return float(self.visit.state[STATE_NAMES.index(name)])
+
+    def target(self, ext: str) -> tuple[str, Path]:
+        """Relative path (as in events.csv) and absolute path of this visit's file with ``ext``."""
+        rel = f"files/{self.subject.subject_id}/v{self.visit.index:02d}_{self.modality}.{ext}"
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return rel, path

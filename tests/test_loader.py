@@ -1,0 +1,204 @@
+"""Loader: batches, splitting across ranks x workers, seeded shuffles, mid-epoch resume, bad shards."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.collate import Collator
+from datamodules.datamodule import OmniDataModule, ShardLoader
+from datamodules.loader import CropConfig, ShardDataset, crop_timeline
+from datamodules.schema import MODALITIES, DataError, Event, Measurement, Timeline
+from datamodules.shards.format import load_index
+
+
+def _keys(loader) -> list[str]:
+    return [k for batch in loader for k in batch.keys]
+
+
+def test_batches_hold_all_modalities_in_canonical_layouts(shards: Path) -> None:
+    ds = ShardDataset(shards, "train", shuffle=False)
+    timelines = list(ds)
+    batch = Collator(ds.specs, ds.index["clinical_codes"])(timelines)
+    assert set(batch.modalities) == set(MODALITIES)
+    for m, mb in batch.modalities.items():
+        n = len(mb)
+        assert mb.subject.shape == mb.event.shape == mb.time_days.shape == (n,)
+        assert int(mb.subject.max()) < len(batch)
+        if m == "clinical":
+            assert mb.data.dtype == torch.long and (mb.data > 0).all()  # train codes are all in the vocabulary
+            continue
+        assert tuple(mb.data.shape) == (n, *ds.specs[m].shape()), m
+        assert torch.isfinite(mb.data.float()).all(), m
+    assert batch.modalities["gait"].data.dtype == torch.uint8
+    ecg = batch.modalities["ecg"]
+    assert ecg.mask.shape == (len(ecg), 12) and ecg.mask.any()
+    assert (ecg.data[~ecg.mask] == 0).all()  # missing leads are zero and masked
+    voice = batch.modalities["voice"]
+    assert voice.mask.shape == (len(voice), ds.specs["voice"].max_samples)
+    wear = batch.modalities["wearable"]
+    assert wear.mask.shape == wear.data.shape and not wear.mask.all()  # the cohort has gaps
+    # events are in time order within each subject and ages grow with time
+    for tl in timelines:
+        times = [e.time_days for e in tl.events]
+        assert times == sorted(times) and times[0] == 0.0
+    assert "disease" in batch.labels and batch.labels["disease"][0].shape == (len(batch),)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])  # many shards (dealt by shard) / fewer shards than slots
+def test_every_sample_once_across_2_ranks_x_2_workers(shards: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        split: str) -> None:
+    info = load_index(shards)["splits"][split]
+    assert (len(info["shards"]) >= 4) == (split == "train")
+    seen = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        loader = ShardLoader(ShardDataset(shards, split, seed=3), batch_size=2, num_workers=2)
+        batches = list(loader)
+        assert len(loader) == len(batches)  # the progress bar's length is this rank's true count
+        seen += [k for b in batches for k in b.keys]
+    assert len(seen) == info["samples"] and len(set(seen)) == info["samples"]
+
+
+def test_more_workers_than_shards_does_not_hang(shards: Path) -> None:
+    ds = ShardDataset(shards, "val", shuffle=False)
+    assert len(ds.urls) < 4 and ds.num_samples > 0
+    loader = ShardLoader(ds, batch_size=1, num_workers=4)
+    assert sorted(_keys(loader)) == sorted(t.key for t in ShardDataset(shards, "val", shuffle=False))
+
+
+def test_shuffle_is_seeded_and_changes_per_epoch(shards: Path) -> None:
+    a = ShardLoader(ShardDataset(shards, "train", seed=1), batch_size=3)
+    b = ShardLoader(ShardDataset(shards, "train", seed=1), batch_size=3)
+    e0, e1 = _keys(a), _keys(a)
+    assert e0 == _keys(b) and e1 == _keys(b)
+    assert e0 != e1 and sorted(e0) == sorted(e1)
+    assert _keys(ShardLoader(ShardDataset(shards, "train", seed=2), batch_size=3)) != e0
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_mid_epoch_reproduces_the_uninterrupted_stream(shards: Path, num_workers: int) -> None:
+    def loader() -> ShardLoader:
+        return ShardLoader(ShardDataset(shards, "train", seed=5, crop=CropConfig(max_events=3)), batch_size=2,
+                           num_workers=num_workers)
+
+    full = loader()
+    ref = [[(b.keys, b.num_events.tolist()) for b in full] for _ in range(2)]  # two epochs
+    part = loader()
+    _keys(part)  # epoch 0 complete
+    it = iter(part)
+    got = [(next(it).keys, None) for _ in range(3)]
+    state = part.state_dict()
+    del it
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [(b.keys, b.num_events.tolist()) for b in resumed]
+    assert [k for k, _ in got] + [k for k, _ in rest] == [k for k, _ in ref[1]]
+    assert rest == ref[1][3:]  # same crops too
+
+
+def _rewrite_member(shards: Path, tmp_path: Path, pick, change) -> tuple[Path, str, str]:
+    """Copy the shards, then rewrite the first member ``pick(name)`` accepts with ``change(bytes)``."""
+    root = tmp_path / "c"
+    shutil.copytree(shards, root)
+    for shard in sorted(root.glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        target = next((m.name for m, _ in members if pick(m.name)), None)
+        if target is None:
+            continue
+        with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for m, data in members:
+                if m.name == target:
+                    data = change(data)
+                    m.size = len(data)
+                tar.addfile(m, io.BytesIO(data))
+        return root, shard.name, target
+    raise AssertionError("no member to corrupt")
+
+
+def test_truncated_shard_raises_naming_it_or_is_skipped(shards: Path, tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(shards, root)
+    name = load_index(root)["splits"]["train"]["shards"][0]["name"]
+    data = (root / name).read_bytes()
+    (root / name).write_bytes(data[: len(data) // 2 + 100])
+    with pytest.raises(DataError, match=name):
+        list(ShardDataset(root, "train", shuffle=False))
+    ds = ShardDataset(root, "train", shuffle=False, on_error="skip")
+    n = len(list(ds))
+    assert ds.skipped >= 1 and 0 < n < ds.num_samples
+
+
+def test_corrupt_member_raises_naming_shard_key_member(shards: Path, tmp_path: Path) -> None:
+    root, name, target = _rewrite_member(shards, tmp_path, lambda n: n.endswith(".npy"), lambda d: d[:20])
+    key, member = target.split(".", 1)
+    with pytest.raises(DataError, match=rf"{name}, key {key}, member {member}: cannot decode member"):
+        list(ShardDataset(root, "train", shuffle=False))
+    ds = ShardDataset(root, "train", shuffle=False, on_error="skip")
+    assert len(list(ds)) == ds.num_samples - 1 and ds.skipped == 1
+
+
+def _with_nan(data: bytes) -> bytes:
+    arr = np.load(io.BytesIO(data))
+    arr.flat[0] = np.nan
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_member_with_nan_is_caught(shards: Path, tmp_path: Path) -> None:
+    root, name, target = _rewrite_member(shards, tmp_path, lambda n: n.endswith((".mri.npy", ".voice.npy")), _with_nan)
+    with pytest.raises(DataError, match=rf"{name}, key .*, member .*: .* NaN or Inf"):
+        list(ShardDataset(root, "train", shuffle=False))
+
+
+def _timeline(n: int) -> Timeline:
+    return Timeline("k", events=[Event(float(i), 1000.0 + i, [Measurement("clinical", code="x")] * (1 + i % 3))
+                                 for i in range(n)])
+
+
+def test_crop_windows() -> None:
+    rng = np.random.default_rng(0)
+    tl = _timeline(10)
+    recent = crop_timeline(tl, CropConfig(max_events=4, random=False), rng)
+    assert [e.time_days for e in recent.events] == [6.0, 7.0, 8.0, 9.0]
+    starts = {crop_timeline(tl, CropConfig(max_events=4), rng).events[0].time_days for _ in range(50)}
+    assert starts == {0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0}
+    tok = crop_timeline(tl, CropConfig(max_tokens=5, random=False), rng)  # costs 1,2,3,1,2,3,1,2,3,1
+    assert [e.time_days for e in tok.events] == [8.0, 9.0]
+    big = crop_timeline(_timeline(3), CropConfig(max_tokens=2, tokens_per_instance={"clinical": 1}, random=False), rng)
+    assert len(big.events) == 1 and len(big.events[0].measurements) == 2
+    assert crop_timeline(tl, CropConfig(), rng) is tl
+
+
+def test_datamodule_feeds_a_lightning_fit(shards: Path, tmp_path: Path) -> None:
+    import lightning as L
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, _):
+            ages = torch.cat([b.age_days for b in batch.modalities.values()]) / 36500
+            return ((self.w - ages) ** 2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = OmniDataModule(shards, batch_size=4, max_events=4)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                        enable_model_summary=False)
+    trainer.fit(Tiny(), datamodule=dm)
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=True)
+    assert float(Tiny().w) == 0.0 and trainer.global_step == 3
+    state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert "omnimodal_epoch" in state  # the loader's position is saved for a mid-epoch resume

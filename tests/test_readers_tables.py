@@ -1,0 +1,151 @@
+"""Wearable and omics readers: CSV / Parquet / NumPy tables written with pandas and numpy."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datamodules.readers import read_measurement
+from datamodules.readers.omics import read_omics
+from datamodules.schema import DataError, OmicsSpec, WearableSpec
+
+WEAR = WearableSpec(channels=("heart_rate", "steps", "skin_temp"), window_minutes=6, sum_channels=("steps",))
+NAN = np.nan
+
+# samples from 08:00:30 (minute 0 = 08:00); minute 2 has no sample (gap); minute 3 has steps only
+ROWS = [
+    ("2024-03-01T08:00:30", 60.0, 5.0),
+    ("2024-03-01T08:00:50", 70.0, 3.0),
+    ("2024-03-01T08:01:10", 80.0, 10.0),
+    ("2024-03-01T08:03:05", NAN, 2.0),
+    ("2024-03-01T08:04:59", 100.0, NAN),
+    ("2024-03-01T08:04:01", 90.0, 1.0),
+    ("2024-03-01T08:09:00", 55.0, 4.0),  # beyond the 6-minute window
+]
+EXPECTED = np.array([
+    [65.0, 80.0, NAN, NAN, 95.0, NAN],  # heart_rate: per-minute mean
+    [8.0, 10.0, NAN, 2.0, 1.0, NAN],    # steps: per-minute sum
+    [NAN] * 6,                          # skin_temp: not in the file
+], dtype=np.float32)
+
+
+def wearable_table(time: str = "iso") -> pd.DataFrame:
+    df = pd.DataFrame(ROWS, columns=["timestamp", "heart_rate", "steps"])
+    df["battery"] = 0.5  # not a spec channel: ignored
+    if time == "datetime":
+        df["timestamp"] = pd.to_datetime(df["timestamp"])
+    elif time == "seconds":  # seconds from the start of recording (start = 08:00:30)
+        df["timestamp"] = (pd.to_datetime(df["timestamp"]) - pd.Timestamp("2024-03-01T08:00:30")).dt.total_seconds()
+    return df.sample(frac=1.0, random_state=0)  # unsorted on purpose
+
+
+def write(df: pd.DataFrame, path: Path) -> Path:
+    df.to_parquet(path, index=False) if path.suffix == ".parquet" else df.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("ext, time", [(".csv", "iso"), (".parquet", "iso"), (".parquet", "datetime")])
+def test_wearable_bins_per_minute_with_gaps(tmp_path, ext, time):
+    out = read_measurement("wearable", write(wearable_table(time), tmp_path / f"w{ext}"), WEAR)
+    assert out.shape == (3, 6) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, EXPECTED)
+
+
+def test_wearable_numeric_seconds(tmp_path):
+    # seconds from the start (08:00:30 = 0 s): samples at 0, 20, 40, 155, 269, 211, 510 s
+    out = read_measurement("wearable", write(wearable_table("seconds"), tmp_path / "w.csv"), WEAR)
+    np.testing.assert_array_equal(out[0], [70.0, NAN, NAN, 90.0, 100.0, NAN])
+    np.testing.assert_array_equal(out[1], [18.0, NAN, 2.0, 1.0, NAN, NAN])
+
+
+def test_wearable_pads_and_crops_the_window(tmp_path):
+    spec = WearableSpec(channels=("heart_rate",), window_minutes=3, sum_channels=())
+    out = read_measurement("wearable", write(wearable_table(), tmp_path / "w.csv"), spec)
+    np.testing.assert_array_equal(out, [[65.0, 80.0, NAN]])
+    spec = WearableSpec(channels=("heart_rate",), window_minutes=20, sum_channels=())
+    out = read_measurement("wearable", write(wearable_table(), tmp_path / "w.csv"), spec)
+    np.testing.assert_array_equal(out[0, 9], 55.0)
+    assert np.isnan(out[0, 10:]).all()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda df: df.rename(columns={"timestamp": "time"}), r"no 'timestamp' column \(columns: \['time'"),
+    (lambda df: df.assign(timestamp=["not a time"] + list(df.timestamp[1:])), "unparseable timestamp"),
+    (lambda df: df.assign(heart_rate=[np.inf] + list(df.heart_rate[1:])), "'heart_rate' holds Inf"),
+    (lambda df: df.drop(columns=["heart_rate", "steps"]), "none of the channels"),
+])
+def test_wearable_bad_tables(tmp_path, change, match):
+    with pytest.raises(DataError, match=match):
+        read_measurement("wearable", write(change(wearable_table()), tmp_path / "w.csv"), WEAR)
+
+
+# ------------------------------------------------------------------------------------------------
+# omics
+# ------------------------------------------------------------------------------------------------
+
+OMICS = OmicsSpec(features=("rs1", "rs2", "GENE1", "GENE2"))
+
+
+def omics_file(tmp_path: Path, layout: str, ext: str, values: dict[str, float]) -> Path:
+    path = tmp_path / f"o_{layout}{ext}"
+    if layout == "long":
+        df = pd.DataFrame({"feature_id": list(values), "value": list(values.values())})
+    else:
+        df = pd.DataFrame([values])
+    return write(df, path)
+
+
+@pytest.mark.parametrize("layout", ["long", "wide"])
+@pytest.mark.parametrize("ext", [".csv", ".parquet"])
+def test_omics_tables_on_panel_order(tmp_path, layout, ext):
+    path = omics_file(tmp_path, layout, ext, {"GENE2": 4.5, "rs1": 2.0, "other": 1.0, "rs2": NAN})
+    arr, off_panel = read_omics(path, OMICS)
+    np.testing.assert_array_equal(arr, np.array([2.0, NAN, NAN, 4.5], np.float32))
+    assert off_panel == 1
+    with pytest.warns(UserWarning, match=r"o_.*: 1 omics feature\(s\) not on the panel"):
+        out = read_measurement("omics", path, OMICS)
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_omics_no_warning_when_all_on_panel(tmp_path):
+    path = omics_file(tmp_path, "long", ".csv", {"rs1": 0.0, "rs2": 1.0, "GENE1": 2.0, "GENE2": 3.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = read_measurement("omics", path, OMICS)
+    np.testing.assert_array_equal(out, [0.0, 1.0, 2.0, 3.0])
+
+
+def test_omics_npy(tmp_path):
+    np.save(tmp_path / "o.npy", np.array([1.0, NAN, 3.0, 4.0]))
+    np.testing.assert_array_equal(read_measurement("omics", tmp_path / "o.npy", OMICS), [1.0, NAN, 3.0, 4.0])
+    np.save(tmp_path / "short.npy", np.array([1.0, 2.0, 3.0]))
+    with pytest.raises(DataError, match=r"shape \(3,\), expected \(4,\) in the panel's feature order"):
+        read_measurement("omics", tmp_path / "short.npy", OMICS)
+
+
+def test_omics_duplicate_ids(tmp_path):
+    pd.DataFrame({"feature_id": ["rs1", "rs2", "rs1"], "value": [1, 2, 3]}).to_csv(tmp_path / "l.csv", index=False)
+    (tmp_path / "w.csv").write_text("rs1,rs2,rs1\n1,2,3\n")  # pandas would rename the second rs1
+    for name in ("l.csv", "w.csv"):
+        with pytest.raises(DataError, match=r"duplicate omics feature ids \['rs1'\]"):
+            read_measurement("omics", tmp_path / name, OMICS)
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"rs1": np.inf, "rs2": 1.0}, "Inf"),
+    ({"other": 1.0, "rs2": NAN}, "none of the 4 panel features"),
+    ({"rs1": "high", "rs2": 1.0}, "'rs1' has non-numeric value 'high'"),
+])
+def test_omics_bad_values(tmp_path, values, match):
+    with pytest.raises(DataError, match=match):
+        read_measurement("omics", omics_file(tmp_path, "long", ".csv", values), OMICS)
+
+
+def test_omics_wide_table_with_several_rows(tmp_path):
+    pd.DataFrame({"rs1": [1, 2], "rs2": [3, 4]}).to_csv(tmp_path / "w.csv", index=False)
+    with pytest.raises(DataError, match="2 rows, expected 1"):
+        read_measurement("omics", tmp_path / "w.csv", OMICS)

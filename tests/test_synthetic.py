@@ -1,0 +1,227 @@
+"""The built-in synthetic cohort: tables, native files, determinism, ground truth, signal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import av
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import wfdb
+
+from datamodules.schema import MODALITIES, OmicsSpec
+from datamodules.synthetic import STATE_NAMES, synthesize_cohort
+from datamodules.synthetic.cli import main
+from datamodules.synthetic.render_ecg import LEADS_12
+from datamodules.synthetic.render_volume import MRI_SHAPE, MRI_SPACING_MM
+from datamodules.synthetic.state import simulate_subject
+
+ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
+# the session fixture ``cohort`` (tests/conftest.py): 24 subjects, seed 7, workers 2
+
+
+def _tables(root: Path) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_csv(root / f"{name}.csv", keep_default_na=True)
+            for name in ("subjects", "events", "labels", "ground_truth", "states")}
+
+
+def _files(events: pd.DataFrame, modality: str) -> list[str]:
+    return events.loc[events.modality == modality, "path"].tolist()
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _corr(a: list[float], b: list[float]) -> float:
+    return float(np.corrcoef(np.asarray(a, float), np.asarray(b, float))[0, 1])
+
+
+def _visit_state(t: dict[str, pd.DataFrame], sid: str, time: str) -> pd.Series:
+    st = t["states"]
+    return st[(st.subject_id == sid) & (st.time == time)].iloc[0]
+
+
+def test_tables_have_the_contract_columns(cohort: Path) -> None:
+    t = _tables(cohort)
+    subj, ev, lab = t["subjects"], t["events"], t["labels"]
+    assert list(subj.columns) == ["subject_id", "birth_date", "sex", "split", "consent"]
+    assert list(ev.columns) == ["subject_id", "time", "modality", "path", "code", "numeric_value"]
+    assert list(lab.columns) == ["subject_id", "name", "time", "value"]
+    assert len(subj) == 24 and subj.subject_id.str.fullmatch(r"SYN-\d{6}").all()
+    assert subj.sex.isin(["F", "M"]).all() and subj.split.isin(["train", "val", "test"]).all()
+    assert subj.consent.dtype == bool and (~subj.consent).sum() >= 1          # a withdrawn subject
+    assert set(subj.split) == {"train", "val", "test"}
+    first_age = t["ground_truth"].age_at_first_visit
+    assert pd.to_datetime(subj.birth_date, format="%Y-%m-%d").notna().all()
+    assert first_age.between(40, 81).all()
+    assert ev.time.str.match(ISO_TIME).all() and lab.time.str.match(ISO_TIME).all()
+    assert ev[["subject_id", "time"]].apply(tuple, axis=1).is_monotonic_increasing
+    clinical = ev.modality == "clinical"
+    assert ev.loc[clinical, "path"].isna().all() and ev.loc[~clinical, "path"].notna().all()
+    assert ev.loc[clinical, "code"].notna().all() and ev.loc[~clinical, "code"].isna().all()
+    assert ev.loc[~clinical, "numeric_value"].isna().all()
+    assert ev.loc[ev.code == "LOINC:2345-7", "numeric_value"].between(40, 400).all()
+    assert set(ev.modality) == set(MODALITIES)
+    assert all((cohort / p).is_file() for p in ev.path.dropna())
+    meta = json.loads((cohort / "cohort.json").read_text())
+    assert meta["seed"] == 7 and meta["n_subjects"] == 24
+    assert meta["counts"] == {m: int((ev.modality == m).sum()) for m in MODALITIES}
+    assert set(meta["specs"]) == set(MODALITIES) and "render" in meta
+
+
+def test_mri_files_are_nifti_off_the_canonical_grid(cohort: Path) -> None:
+    for rel in _files(_tables(cohort)["events"], "mri"):
+        img = nib.load(cohort / rel)
+        assert img.shape == MRI_SHAPE and np.allclose(img.header.get_zooms(), MRI_SPACING_MM)
+        assert "".join(nib.aff2axcodes(img.affine)) in {"LAS", "LPS"}
+        assert np.asanyarray(img.dataobj).dtype == np.int16
+
+
+def test_ecg_files_are_wfdb_records(cohort: Path) -> None:
+    lead_sets = set()
+    for rel in _files(_tables(cohort)["events"], "ecg"):
+        assert rel.endswith(".hea") and (cohort / rel).with_suffix(".dat").is_file()
+        rec = wfdb.rdrecord(str(cohort / rel)[:-4])
+        assert rec.fs == 500 and rec.sig_len == 5000 and set(rec.units) == {"mV"}
+        assert set(rec.sig_name) <= set(LEADS_12) and rec.fmt == ["16"] * rec.n_sig
+        assert np.isfinite(rec.p_signal).all() and np.abs(rec.p_signal).max() < 10
+        lead_sets.add(len(rec.sig_name))
+    assert 12 in lead_sets and len(lead_sets) > 1                            # some records miss leads
+
+
+def test_audio_and_video_files_open(cohort: Path) -> None:
+    ev = _tables(cohort)["events"]
+    for rel in _files(ev, "voice"):
+        info = sf.info(str(cohort / rel))
+        assert info.format == "FLAC" and info.samplerate == 22050 and info.channels == 1
+        assert 2.0 <= info.duration <= 4.0
+    rates = set()
+    for rel in _files(ev, "breath"):
+        info = sf.info(str(cohort / rel))
+        assert info.format == "FLAC" and 3.0 <= info.duration <= 4.0
+        rates.add((info.samplerate, info.channels))
+    assert rates <= {(16000, 1), (44100, 2)}
+    for modality, size, fps in (("gait", (96, 128), 25), ("face", (96, 96), 30)):
+        for rel in _files(ev, modality)[:6]:
+            with av.open(str(cohort / rel)) as container:
+                stream = container.streams.video[0]
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            assert stream.codec_context.name in {"h264", "mpeg4"} and float(stream.average_rate) == fps
+            assert frames[0].shape == (*size, 3) and 50 <= len(frames) <= 75
+
+
+def test_wearable_and_omics_tables(cohort: Path) -> None:
+    t = _tables(cohort)
+    ev = t["events"]
+    kinds = set()
+    for _, row in ev[ev.modality == "wearable"].iterrows():
+        path = cohort / row.path
+        kinds.add(path.suffix)
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        assert list(df.columns) == ["timestamp", "heart_rate", "steps", "skin_temp"]
+        ts = pd.to_datetime(df.timestamp)
+        gaps = ts.diff().dt.total_seconds().dropna()
+        assert ts.is_monotonic_increasing and gaps.min() >= 19 and (ts.iloc[-1] - ts.iloc[0]).days < 1
+        assert 0 <= (ts.iloc[0] - pd.Timestamp(row.time)).total_seconds() < 3 * 3600
+        assert df.heart_rate.between(25, 230).all() or df.heart_rate.isna().any()
+    assert kinds == {".csv", ".parquet"}
+    panel = OmicsSpec().features
+    kinds = set()
+    for rel in _files(ev, "omics"):
+        path = cohort / rel
+        kinds.add(path.suffix)
+        if path.suffix == ".npy":
+            vec = np.load(path)
+            assert vec.shape == (len(panel),) and vec.dtype == np.float32 and np.isfinite(vec).any()
+            continue
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        assert list(df.columns) == ["feature_id", "value"] and df.feature_id.isin(panel).mean() > 0.9
+        snps = df[df.feature_id.str.startswith("rs") & df.feature_id.isin(panel)]
+        assert snps.value.isin([0, 1, 2]).all()
+    assert kinds == {".csv", ".parquet", ".npy"}
+
+
+def test_ground_truth_and_labels_agree(cohort: Path) -> None:
+    t = _tables(cohort)
+    gt, lab, ev = t["ground_truth"], t["labels"], t["events"]
+    assert {"prs", "onset_days", "end_days"} <= set(gt.columns)
+    assert {f"drift_{n}" for n in STATE_NAMES} <= set(gt.columns)
+    assert set(STATE_NAMES) <= set(t["states"].columns)
+    cases = gt[gt.onset_days.notna()]
+    assert ((cases.onset_days > 0) & (cases.onset_days <= cases.end_days)).all()
+    disease = lab[lab.name == "disease"].set_index("subject_id")
+    first = t["states"].groupby("subject_id").time.min()
+    for _, g in gt.iterrows():
+        row = disease.loc[g.subject_id]
+        days = (pd.Timestamp(row.time) - pd.Timestamp(first[g.subject_id])).total_seconds() / 86400
+        expected = g.onset_days if g.disease else g.end_days
+        assert row.value == g.disease and abs(days - expected) < 1e-4
+        dx = ev[(ev.subject_id == g.subject_id) & (ev.code == "ICD10:G30")]
+        assert len(dx) == g.disease                                          # coded once, for cases only
+        if g.disease:
+            assert pd.Timestamp(dx.time.iloc[0]) >= pd.Timestamp(row.time)
+
+
+def test_disease_rate_is_plausible() -> None:
+    subjects = [simulate_subject(0, i) for i in range(300)]
+    rate = np.mean([s.onset_days == s.onset_days for s in subjects])
+    assert 0.2 <= rate <= 0.42
+    # the disease is predictable from the state before onset
+    x0 = np.array([s.visits[0].state for s in subjects])
+    y = np.array([s.onset_days == s.onset_days for s in subjects], float)
+    assert _corr(x0[:, STATE_NAMES.index("neuro")].tolist(), y.tolist()) > 0.2
+
+
+def test_modalities_carry_the_hidden_state(cohort: Path) -> None:
+    t = _tables(cohort)
+    ev = t["events"]
+    vent, neuro = [], []
+    for _, row in ev[ev.modality == "mri"].iterrows():
+        data = np.asanyarray(nib.load(cohort / row.path).dataobj).astype(float)
+        core = data[8:32, 10:38, 8:32]                                       # inside the brain
+        vent.append(float((core < 350).sum()))
+        neuro.append(_visit_state(t, row.subject_id, row.time).neuro)
+    assert len(vent) >= 5 and _corr(vent, neuro) > 0.6
+    rate, cardio = [], []
+    for _, row in ev[ev.modality == "ecg"].iterrows():
+        rec = wfdb.rdrecord(str(cohort / row.path)[:-4], channel_names=["II"])
+        lead = rec.p_signal[:, 0] - np.median(rec.p_signal[:, 0])
+        peaks = np.flatnonzero((lead[1:-1] > 0.5) & (lead[1:-1] >= lead[:-2]) & (lead[1:-1] > lead[2:]))
+        beats = np.count_nonzero(np.diff(peaks, prepend=-1000) > 125)         # >= 250 ms apart
+        rate.append(beats * 6.0)
+        cardio.append(_visit_state(t, row.subject_id, row.time).cardio)
+    assert len(rate) >= 10 and _corr(rate, cardio) > 0.5
+
+
+def test_same_seed_same_bytes_any_workers(tmp_path: Path) -> None:
+    a = synthesize_cohort(tmp_path / "a", n_subjects=4, seed=3, workers=2)
+    b = synthesize_cohort(tmp_path / "b", n_subjects=4, seed=3, workers=1)
+    c = synthesize_cohort(tmp_path / "c", n_subjects=2, seed=4, workers=1)
+    ca, cb, cc = _checksums(a.out_dir), _checksums(b.out_dir), _checksums(c.out_dir)
+    assert ca == cb
+    assert set(MODALITIES) == {m for m, n in a.counts.items() if n > 0}       # coverage is forced
+    assert ca["subjects.csv"] != cc["subjects.csv"] and ca["events.csv"] != cc["events.csv"]
+    common = set(ca) & set(cc)
+    assert all(ca[k] != cc[k] for k in common if k.startswith("files/") and not k.endswith(".hea"))
+
+
+def test_cli_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "synth"
+    assert main(["--out", str(out), "--subjects", "1", "--workers", "1", "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 subject " in printed and "mri=" in printed
+    assert main(["--out", str(out), "--subjects", "1", "--workers", "1"]) == 1
+    assert "not empty" in capsys.readouterr().err
+    (out / "files" / "stale.txt").write_text("old")
+    assert main(["--out", str(out), "--subjects", "1", "--workers", "1", "--overwrite"]) == 0
+    assert not (out / "files" / "stale.txt").exists()
+    with pytest.raises(FileExistsError):
+        synthesize_cohort(out, n_subjects=1)
