@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any
 
 import lightning as L
@@ -11,6 +12,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .collate import Collator
 from .loader import CropConfig, ShardDataset, rank_and_world
+
+# torchdata 0.11 calls a torch API deprecated since 2.9 on every iteration; harmless, and not ours to fix.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
 class ShardLoader(StatefulDataLoader):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -23,7 +24,7 @@ from datamodules.datamodule import ShardLoader
 from datamodules.demo import DEMO_SECRET, demo_shards
 from datamodules.loader import ShardDataset
 from datamodules.readers import read_measurement
-from datamodules.schema import Event, Measurement, Timeline
+from datamodules.schema import DataWarning, Event, Measurement, Timeline
 from datamodules.shards.format import subject_key
 from datamodules.tables import load_events
 
@@ -58,6 +59,7 @@ def main() -> None:
     p.add_argument("--out", default="scripts/bench/results/data.json")
     a = p.parse_args()
     torch.set_num_threads(1)
+    warnings.simplefilter("ignore", DataWarning)  # off-panel omics features: reported by the builder already
     shards = demo_shards(a.subjects)
     cohort = shards.parent / "cohort"
 
