@@ -59,16 +59,18 @@ class OmniDataModule(L.LightningDataModule):
     def __init__(self, root: str | os.PathLike, batch_size: int = 8, num_workers: int = 0, *,
                  shuffle_buffer: int = 64, seed: int = 0, max_events: int | None = None,
                  max_tokens: int | None = None, tokens_per_instance: dict[str, int] | None = None,
-                 on_error: str = "raise", pin_memory: bool = False) -> None:
+                 on_error: str = "raise", pin_memory: bool = False, modalities: list[str] | None = None) -> None:
         super().__init__()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.on_error, self.pin_memory = shuffle_buffer, seed, on_error, pin_memory
+        self.modalities = modalities
         self.crop = dict(max_events=max_events, max_tokens=max_tokens, tokens_per_instance=tokens_per_instance or {})
 
     def dataset(self, split: str) -> ShardDataset:
         train = split == "train"
         return ShardDataset(self.root, split, shuffle=train, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
-                            crop=CropConfig(**self.crop, random=train), on_error=self.on_error)
+                            crop=CropConfig(**self.crop, random=train), on_error=self.on_error,
+                            modalities=self.modalities)
 
     def loader(self, split: str) -> ShardLoader:
         return ShardLoader(self.dataset(split), self.batch_size, self.num_workers, pin_memory=self.pin_memory)

@@ -18,15 +18,15 @@ import random
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .schema import MODALITIES, SCHEMA_VERSION, DataError, Event, Label, Measurement, Spec, Timeline, specs_from_json, \
-    validate_canonical
+from .schema import MODALITIES, SCHEMA_VERSION, DataError, Event, Label, Measurement, Spec, Timeline, check_modality, \
+    specs_from_json, validate_canonical
 from .shards.format import decode_array, load_index
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", *, shuffle: bool = True,
                  shuffle_buffer: int = 64, seed: int = 0, crop: CropConfig | None = None,
-                 on_error: str = "raise", validate: bool = True) -> None:
+                 on_error: str = "raise", validate: bool = True, modalities: Sequence[str] | None = None) -> None:
         if on_error not in ("raise", "skip"):
             raise DataError(f"on_error={on_error!r}", hint="use 'raise' or 'skip'")
         self.root = Path(root)
@@ -90,6 +90,9 @@ class ShardDataset(IterableDataset):
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
         self.crop = crop or CropConfig(random=shuffle)
         self.on_error, self.validate = on_error, validate
+        self.modalities = tuple(modalities) if modalities else None
+        for m in self.modalities or ():
+            check_modality(m, where="modalities")
         self.epoch = 0
         self.skipped = 0
 
@@ -160,13 +163,15 @@ class ShardDataset(IterableDataset):
         """Raw tar sample -> cropped Timeline; None if skipped (``on_error='skip'``)."""
         where = f"{Path(sample.get('__url__', '?')).name}, key {sample.get('__key__')}"
         try:
-            tl = decode_timeline(sample, self.specs, where, validate=self.validate)
+            tl = decode_timeline(sample, self.specs, where, validate=self.validate, modalities=self.modalities)
         except DataError as err:
             if self.on_error == "skip":
                 self.skipped += 1
                 log.warning("skipping: %s", err)
                 return None
             raise
+        if not tl.events:  # nothing of the selected modalities: not an error, nothing to train on
+            return None
         return crop_timeline(tl, self.crop, np.random.default_rng(_seed(self.seed, epoch, tl.key)))
 
 
@@ -200,8 +205,10 @@ class _TimelineIterator:
 
 
 def decode_timeline(sample: dict[str, Any], specs: dict[str, Spec], where: str = "",
-                    validate: bool = True) -> Timeline:
-    """Raw WebDataset sample (``{"meta.json": bytes, "e0000.ecg.npy": bytes, ...}``) -> Timeline."""
+                    validate: bool = True, modalities: Sequence[str] | None = None) -> Timeline:
+    """Raw WebDataset sample (``{"meta.json": bytes, "e0000.ecg.npy": bytes, ...}``) -> Timeline.
+
+    ``modalities``: keep (and decode) only these; events left empty are dropped."""
     if "meta.json" not in sample:
         raise DataError("sample has no meta.json member", where=where, hint="rebuild the shard")
     try:
@@ -216,13 +223,16 @@ def decode_timeline(sample: dict[str, Any], specs: dict[str, Spec], where: str =
             if modality not in MODALITIES or (modality != "clinical" and modality not in specs):
                 raise DataError(f"unknown modality {modality!r}", where=f"{where}, meta.json",
                                 hint="the shards were written by a newer omnimodal; upgrade")
+            if modalities is not None and modality not in modalities:
+                continue
             if modality == "clinical":
                 ms.append(Measurement("clinical", code=m["code"],
                                       value=float("nan") if m["value"] is None else float(m["value"])))
                 continue
             ms.append(Measurement(modality, _member(sample, m["member"], modality, specs[modality],
                                                     f"{where}, member {m['member']}", validate)))
-        events.append(Event(float(ev["time_days"]), float(ev["age_days"]), ms))
+        if ms:
+            events.append(Event(float(ev["time_days"]), float(ev["age_days"]), ms))
     static = {k: float("nan") if v is None else float(v) for k, v in meta.get("static", {}).items()}
     labels = {k: Label(float(v["value"]), float("nan") if v["time_days"] is None else float(v["time_days"]))
               for k, v in meta.get("labels", {}).items()}

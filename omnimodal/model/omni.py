@@ -1,0 +1,183 @@
+"""The omnimodal model: per-modality encoders -> timeline tokens -> longitudinal backbone.
+
+``OmniModel(batch)`` encodes each modality present once (no per-sample loop), adds modality, token-slot
+and age/time embeddings, packs subjects into rows and runs the block-causal backbone. The output keeps
+both the encoders' tokens (targets for objectives) and the contextual tokens, per instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from datamodules.schema import MODALITIES, OmniBatch
+from encoders import DEFAULT_ENCODERS, Encoder, build_encoder
+
+from .backbone import Backbone, BackboneConfig
+from .packing import Packed, pack
+
+DAYS_PER_YEAR = 365.25
+
+
+@dataclass
+class EncoderSpec:
+    """An encoder by registry name and JSON kwargs (never an import path)."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    encoders: dict[str, EncoderSpec] = field(default_factory=dict)  # modality -> encoder
+    row_len: int | None = None  # packed row length (None: longest subject in the batch)
+    max_tokens_per_instance: int = 16
+
+
+@dataclass
+class Instances:
+    """Per-instance tables of a batch, instances ordered modality by modality (``MODALITIES`` order)."""
+
+    modality: Tensor   # [I] index into MODALITIES
+    subject: Tensor    # [I]
+    event: Tensor      # [I]
+    time_days: Tensor  # [I]
+    slices: dict[str, slice]  # modality -> its rows in [I]
+
+
+@dataclass
+class ModelOutput:
+    encoded: dict[str, Tensor]   # modality -> encoder tokens [N_m, k, d]
+    context: dict[str, Tensor]   # modality -> backbone tokens [N_m, k, d]
+    instances: Instances
+    packed: Packed
+
+    def pooled(self, which: str = "context") -> Tensor:
+        """Mean over each instance's tokens: ``[I, d]`` in instance order."""
+        src = self.context if which == "context" else self.encoded
+        return torch.cat([src[m].mean(1) for m in self.instances.slices], 0)
+
+
+class OmniModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.backbone.d_model
+        specs = cfg.encoders or {m: EncoderSpec(DEFAULT_ENCODERS[m]) for m in MODALITIES}
+        self.encoders = nn.ModuleDict()
+        for m, spec in specs.items():
+            enc = build_encoder(spec.name, **{**spec.kwargs, "d_model": d})
+            if enc.modality != m:
+                raise ValueError(f"model.encoders.{m}: encoder {spec.name!r} is for modality {enc.modality!r}")
+            self.encoders[m] = enc
+        self.modality_emb = nn.Embedding(len(MODALITIES), d)
+        self.slot_emb = nn.Embedding(cfg.max_tokens_per_instance, d)
+        self.time_emb = nn.Sequential(nn.Linear(4, d), nn.GELU(), nn.Linear(d, d))
+        self.mask_emb = nn.Parameter(torch.zeros(len(MODALITIES), d))
+        self.backbone = Backbone(cfg.backbone)
+        nn.init.normal_(self.mask_emb, std=0.02)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re-)initialise every parameter and buffer: after building on the meta device and ``to_empty``."""
+        for enc in self.encoders.values():
+            enc.init_weights()
+        for module in [self.modality_emb, self.slot_emb, *self.time_emb, *self.backbone.modules()]:
+            if module is not self.backbone and callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+        nn.init.normal_(self.mask_emb, std=0.02)
+
+    @property
+    def d_model(self) -> int:
+        return self.cfg.backbone.d_model
+
+    def encode(self, batch: OmniBatch) -> dict[str, Tensor]:
+        """Each modality present in the batch through its encoder, once: ``[N_m, k, d]``."""
+        out = {}
+        for m, mb in batch.modalities.items():
+            if m not in self.encoders:
+                raise ValueError(f"batch has modality {m!r} but the model has no encoder for it; "
+                                 f"add model.encoders.{m} or drop the modality from the data")
+            out[m] = self.encoders[m](mb.data, mb.mask, mb.value)
+        return out
+
+    def absent_anchor(self, batch: OmniBatch) -> Tensor:
+        """Zero that depends on every encoder whose modality is absent from the batch, so those get zero
+        gradients instead of none (distributed training then never waits for a missing gradient)."""
+        device = next(iter(batch.modalities.values())).data.device
+        zero = torch.zeros((), device=device)
+        for m, enc in self.encoders.items():
+            if m not in batch.modalities:
+                zero = zero + enc(torch.zeros(0, *enc.in_shape, dtype=enc.in_dtype, device=device)).sum()
+        return zero
+
+    def forward(self, batch: OmniBatch, hold_out: dict[str, Tensor] | None = None) -> ModelOutput:
+        """``hold_out``: modality -> bool ``[N_m]`` instances whose tokens the backbone does not see
+        (replaced by the modality's mask embedding), for masked-modality modelling."""
+        encoded = self.encode(batch)
+        order = [m for m in MODALITIES if m in encoded]
+        tokens, subj, ev, tm, age, slot, mod, slices, i0 = [], [], [], [], [], [], [], {}, 0
+        inst_mod, inst_subj, inst_ev, inst_tm = [], [], [], []
+        for m in order:
+            x, mb = encoded[m], batch.modalities[m]
+            n, k, _ = x.shape
+            midx = MODALITIES.index(m)
+            if hold_out is not None and m in hold_out:
+                x = torch.where(hold_out[m][:, None, None], self.mask_emb[midx].to(x.dtype), x)
+            tokens.append(x.reshape(n * k, -1))
+            for dst, src in ((subj, mb.subject), (ev, mb.event), (tm, mb.time_days), (age, mb.age_days)):
+                dst.append(src.repeat_interleave(k))
+            slot.append(torch.arange(k, device=x.device).repeat(n))
+            mod.append(torch.full((n * k,), midx, device=x.device, dtype=torch.long))
+            inst_mod.append(torch.full((n,), midx, device=x.device, dtype=torch.long))
+            inst_subj.append(mb.subject)
+            inst_ev.append(mb.event)
+            inst_tm.append(mb.time_days)
+            slices[m] = slice(i0, i0 + n)
+            i0 += n
+        x = torch.cat(tokens) + self.absent_anchor(batch)
+        t, a = torch.cat(tm), torch.cat(age)
+        x = x + self.modality_emb(torch.cat(mod)) + self.slot_emb(torch.cat(slot)) + self.time_emb(time_features(t, a))
+        packed = pack(torch.cat(subj), torch.cat(ev), t, len(batch), self.cfg.row_len)
+        h = packed.gather(self.backbone(packed.scatter(x), packed))
+        context, start = {}, 0
+        for m in order:
+            n, k, d = encoded[m].shape
+            context[m] = h[start:start + n * k].view(n, k, d)
+            start += n * k
+        inst = Instances(torch.cat(inst_mod), torch.cat(inst_subj), torch.cat(inst_ev), torch.cat(inst_tm), slices)
+        return ModelOutput(encoded, context, inst, packed)
+
+    @torch.no_grad()
+    def embed(self, batch: OmniBatch) -> Tensor:
+        """One vector per subject ``[B, d]``: the backbone tokens of its last event, averaged (they have
+        seen the whole history through block-causal attention)."""
+        out = self.forward(batch)
+        return subject_embedding(out, len(batch))
+
+
+def subject_embedding(out: ModelOutput, num_subjects: int) -> Tensor:
+    """Mean of the contextual tokens of each subject's last event: ``[B, d]``."""
+    pooled, inst = out.pooled("context"), out.instances
+    last = torch.full((num_subjects,), -1, dtype=torch.long, device=pooled.device)
+    last = last.scatter_reduce(0, inst.subject, inst.event, reduce="amax")
+    sel = (inst.event == last[inst.subject]).float()
+    s = torch.zeros(num_subjects, pooled.shape[1], device=pooled.device).index_add_(0, inst.subject, pooled * sel[:, None])
+    c = torch.zeros(num_subjects, device=pooled.device).index_add_(0, inst.subject, sel)
+    return s / c.clamp(min=1)[:, None]
+
+
+def time_features(time_days: Tensor, age_days: Tensor) -> Tensor:
+    """Age at the event and time since the first event, on scales a network can use: ``[T, 4]``."""
+    ty, ay = time_days.float() / DAYS_PER_YEAR, age_days.float() / DAYS_PER_YEAR
+    return torch.stack([ay / 100.0, torch.log1p(ay.clamp(min=0)) / 5, ty / 10.0, torch.log1p(ty.clamp(min=0))], -1)
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    enc = sum(p.numel() for p in module.encoders.parameters()) if hasattr(module, "encoders") else 0
+    total = sum(p.numel() for p in module.parameters())
+    return {"total": total, "encoders": enc, "backbone_and_heads": total - enc}

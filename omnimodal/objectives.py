@@ -1,0 +1,143 @@
+"""Pretraining objectives, weighted and composable from config.
+
+- ``masked``: masked-modality modelling in latent space. Some instances are held out (the backbone
+  sees a mask embedding in their place); from the rest of the timeline the model predicts their
+  encoder tokens, scored contrastively against every other held-out token in the batch (InfoNCE), so
+  encoders cannot collapse to a constant.
+- ``contrastive``: cross-modal alignment: encoder embeddings of two different modalities measured at
+  the same event are positives (InfoNCE over all instances of the batch).
+- ``forecast``: next-event forecasting: from the causal context of event e (which has seen events
+  <= e only), predict the pooled encoder embedding of event e+1 (InfoNCE) and the log time gap.
+
+Every objective returns 0 (connected to the graph) when a batch gives it nothing to do, e.g. a batch
+of single-event timelines for forecasting; absent modalities never break a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from datamodules.schema import OmniBatch
+
+from .model.omni import ModelOutput, OmniModel
+
+
+def info_nce(pred: Tensor, target: Tensor, positives: Tensor | None = None, temperature: float = 0.1,
+             exclude_self: bool = False) -> Tensor:
+    """Mean InfoNCE of ``pred [n, d]`` against ``target [m, d]``; ``positives [n, m]`` bool (default: the
+    diagonal). Rows without a positive are left out; ``exclude_self`` drops the diagonal from the
+    candidates (for ``pred is target``)."""
+    logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / temperature
+    eye = torch.eye(pred.shape[0], target.shape[0], dtype=torch.bool, device=pred.device)
+    if positives is None:
+        positives = eye
+    if exclude_self:
+        logits = logits.masked_fill(eye, float("-inf"))
+    has = positives.any(1)
+    if not has.any():
+        return pred.sum() * 0.0
+    logits, positives = logits[has], positives[has]
+    pos = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), 1)
+    return (torch.logsumexp(logits, 1) - pos).mean()
+
+
+@dataclass
+class ObjectiveConfig:
+    masked_weight: float = 1.0
+    contrastive_weight: float = 0.5
+    forecast_weight: float = 0.5
+    mask_fraction: float = 0.25
+    temperature: float = 0.1
+    proj_dim: int = 64
+
+
+class Objectives(nn.Module):
+    """The heads and losses of pretraining. ``forward(model, batch, generator)`` -> dict of losses
+    (``loss`` is their weighted sum)."""
+
+    def __init__(self, cfg: ObjectiveConfig, d_model: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.masked_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.align_proj = nn.Linear(d_model, cfg.proj_dim)
+        self.forecast_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model + 1))
+
+    def forward(self, model: OmniModel, batch: OmniBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        hold = self.choose_held_out(batch, generator) if self.cfg.masked_weight > 0 else None
+        out = model(batch, hold_out=hold)
+        losses: dict[str, Tensor] = {}
+        if self.cfg.masked_weight > 0:
+            losses["masked"] = self.masked(out, hold)
+        if self.cfg.contrastive_weight > 0:
+            losses["contrastive"] = self.contrastive(out)
+        if self.cfg.forecast_weight > 0:
+            losses["forecast"] = self.forecast(out, len(batch))
+        w = {"masked": self.cfg.masked_weight, "contrastive": self.cfg.contrastive_weight,
+             "forecast": self.cfg.forecast_weight}
+        losses["loss"] = sum(w[k] * v for k, v in losses.items())
+        return losses
+
+    def choose_held_out(self, batch: OmniBatch, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Hold out ``mask_fraction`` of the instances at random, but never every instance of a subject."""
+        mods = list(batch.modalities)
+        subj = torch.cat([batch.modalities[m].subject for m in mods])
+        held = (torch.rand(len(subj), generator=generator) < self.cfg.mask_fraction).to(subj.device)
+        visible = torch.bincount(subj[~held], minlength=len(batch))
+        cand = torch.nonzero((visible == 0)[subj] & held).flatten()
+        if cand.numel():
+            held[cand[_first_per_group(subj[cand])]] = False
+        return dict(zip(mods, held.split([len(batch.modalities[m]) for m in mods])))
+
+    def masked(self, out: ModelOutput, hold: dict[str, Tensor] | None) -> Tensor:
+        preds, targets = [], []
+        for m, h in (hold or {}).items():
+            if h.any():
+                preds.append(self.masked_head(out.context[m][h]).flatten(0, 1))
+                targets.append(F.layer_norm(out.encoded[m][h], out.encoded[m].shape[-1:]).detach().flatten(0, 1))
+        if not preds:
+            return _zero(out)
+        return info_nce(torch.cat(preds), torch.cat(targets), temperature=self.cfg.temperature)
+
+    def contrastive(self, out: ModelOutput) -> Tensor:
+        inst = out.instances
+        z = self.align_proj(out.pooled("encoded"))
+        same_event = (inst.subject[:, None] == inst.subject[None]) & (inst.event[:, None] == inst.event[None])
+        positives = same_event & (inst.modality[:, None] != inst.modality[None])
+        return info_nce(z, z, positives, self.cfg.temperature, exclude_self=True)
+
+    def forecast(self, out: ModelOutput, num_subjects: int) -> Tensor:
+        inst = out.instances
+        ctx, enc = out.pooled("context"), out.pooled("encoded").detach()
+        # one row per (subject, event): mean context and mean encoder embedding of the event
+        eid = inst.subject * (int(inst.event.max()) + 2) + inst.event
+        uniq, group = torch.unique(eid, return_inverse=True)
+        n = len(uniq)
+        cnt = torch.zeros(n, device=ctx.device).index_add_(0, group, torch.ones_like(group, dtype=torch.float))
+        ev_ctx = torch.zeros(n, ctx.shape[1], device=ctx.device).index_add_(0, group, ctx) / cnt[:, None]
+        ev_enc = torch.zeros(n, enc.shape[1], device=ctx.device).index_add_(0, group, enc) / cnt[:, None]
+        ev_time = torch.zeros(n, device=ctx.device).index_add_(0, group, inst.time_days.float()) / cnt
+        stride = int(inst.event.max()) + 2
+        ev_subj = torch.div(uniq, stride, rounding_mode="floor")
+        nxt = torch.arange(1, n + 1, device=ctx.device).clamp(max=n - 1)  # uniq is sorted: next event of same subject
+        valid = (torch.arange(n, device=ctx.device) < n - 1) & (ev_subj[nxt] == ev_subj)
+        if not valid.any():
+            return ev_ctx.sum() * 0.0
+        pred = self.forecast_head(ev_ctx[valid])
+        gap = torch.log1p((ev_time[nxt] - ev_time)[valid].clamp(min=0))
+        emb_loss = info_nce(pred[:, :-1], ev_enc[nxt][valid], temperature=self.cfg.temperature)
+        return emb_loss + F.mse_loss(pred[:, -1], gap)
+
+
+def _first_per_group(groups: Tensor) -> Tensor:
+    """Index of the first element of each distinct value in ``groups`` (1-D)."""
+    _, inverse = torch.unique(groups, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), len(groups), dtype=torch.long, device=groups.device)
+    return first.scatter_reduce(0, inverse, torch.arange(len(groups), device=groups.device), reduce="amin")
+
+
+def _zero(out: ModelOutput) -> Tensor:
+    return next(iter(out.context.values())).sum() * 0.0

@@ -1,0 +1,112 @@
+"""``PretrainTask``: the LightningModule that pretrains an :class:`OmniModel` with the objectives.
+
+Everything it needs to rebuild itself is plain data in ``hparams`` (encoder registry names and
+kwargs, sizes, weights): a checkpoint never holds code or ``_target_`` paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from datamodules.schema import OmniBatch
+
+from .model.backbone import BackboneConfig
+from .model.omni import EncoderSpec, ModelConfig, OmniModel, count_parameters
+from .objectives import ObjectiveConfig, Objectives
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    d = dict(d)
+    d["backbone"] = BackboneConfig(**d["backbone"])
+    d["encoders"] = {m: EncoderSpec(**e) for m, e in d["encoders"].items()}
+    return ModelConfig(**d)
+
+
+class PretrainTask(L.LightningModule):
+    def __init__(self, model: dict[str, Any], objective: dict[str, Any], optim: dict[str, Any], seed: int = 0,
+                 compile: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = OmniModel(model_config_from_dict(model))
+        self.objectives = Objectives(ObjectiveConfig(**objective), self.model.d_model)
+        self.optim_cfg = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
+        self.seed = seed
+        if compile:
+            for block in self.model.backbone.blocks:
+                block.compile()
+
+    def parameter_summary(self) -> str:
+        c = count_parameters(self.model)
+        heads = sum(p.numel() for p in self.objectives.parameters())
+        return (f"parameters: {c['total'] + heads:,} (encoders {c['encoders']:,}, backbone+embeddings "
+                f"{c['backbone_and_heads']:,}, objective heads {heads:,})")
+
+    def _losses(self, batch: OmniBatch, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
+        # masking randomness from (seed, step): a resumed run draws the same masks as an uninterrupted one
+        step = self.global_step if stage == "train" else batch_idx
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 2 + (stage != "train"))
+        losses = self.objectives(self.model, batch, gen)
+        for k, v in losses.items():
+            self.log(f"{stage}/{k}", v.detach(), prog_bar=(k == "loss"), batch_size=len(batch),
+                     on_step=stage == "train", on_epoch=stage != "train", sync_dist=stage != "train")
+        return losses
+
+    def training_step(self, batch: OmniBatch, batch_idx: int) -> torch.Tensor:
+        return self._losses(batch, "train", batch_idx)["loss"]
+
+    def validation_step(self, batch: OmniBatch, batch_idx: int) -> torch.Tensor:
+        return self._losses(batch, "val", batch_idx)["loss"]
+
+    def transfer_batch_to_device(self, batch: OmniBatch, device: torch.device, dataloader_idx: int) -> OmniBatch:
+        return batch.to(device)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_cfg
+        decay, no_decay = [], []
+        for n, p in self.named_parameters():
+            (decay if p.ndim >= 2 and "emb" not in n else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+        total = self._total_steps()
+
+        def schedule(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            t = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        """Length of the LR schedule. Not ``trainer.estimated_stepping_batches``: asking for it here sets
+        up the train loader before a checkpoint's loader state is restored, and Lightning then never
+        applies that state, so a mid-epoch resume would restart the epoch (Lightning 2.6)."""
+        t = self.trainer
+        if t.max_steps and t.max_steps > 0:
+            return t.max_steps
+        dm = getattr(t, "datamodule", None)
+        if dm is None or t.max_epochs is None or t.max_epochs < 0:
+            return max(int(t.estimated_stepping_batches), 1)
+        per_epoch = math.ceil(len(dm.train_dataloader()) / max(t.accumulate_grad_batches, 1))
+        return max(per_epoch * t.max_epochs, 1)
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        if self.optim_cfg.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm")
