@@ -9,6 +9,7 @@ modality names and default layouts below agree with ``datamodules/schema.py`` (t
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 from typing import Callable, Sequence, TypeVar
@@ -25,7 +26,7 @@ EncoderT = TypeVar("EncoderT", bound="Encoder")
 _REGISTRY: dict[str, type[Encoder]] = {}
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, abc.ABC):
     """Base class: canonical tensor of one modality -> tokens ``[N, num_tokens, d_model]``.
 
     Subclasses set :attr:`in_shape` (the layout of one instance), :attr:`variable_axes` (layout axes
@@ -59,9 +60,9 @@ class Encoder(nn.Module):
             return torch.zeros(0, self.num_tokens, self.d_model, device=data.device) + anchor
         return self.encode(data, mask, value)
 
+    @abc.abstractmethod
     def encode(self, data: Tensor, mask: Tensor | None, value: Tensor | None) -> Tensor:
         """The encoder proper, called with ``N >= 1`` and a checked bool mask (or None)."""
-        raise NotImplementedError
 
     def _check_input(self, data: Tensor, mask: Tensor | None) -> Tensor | None:
         layout = ", ".join(str(s) for s in self.in_shape)
@@ -102,7 +103,7 @@ class Encoder(nn.Module):
                 self._init_module(name, module)
 
     def _init_module(self, name: str, module: nn.Module) -> None:
-        raise NotImplementedError(f"encoder {self.name!r} does not know how to initialise {name or 'itself'} "
+        raise TypeError(f"encoder {self.name!r} does not know how to initialise {name or 'itself'} "
                                   f"({type(module).__name__}); override _init_module")
 
     def extra_repr(self) -> str:

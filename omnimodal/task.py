@@ -72,9 +72,6 @@ class PretrainTask(L.LightningModule):
     def validation_step(self, batch: OmniBatch, batch_idx: int) -> torch.Tensor:
         return self._losses(batch, "val", batch_idx)["loss"]
 
-    def transfer_batch_to_device(self, batch: OmniBatch, device: torch.device, dataloader_idx: int) -> OmniBatch:
-        return batch.to(device)
-
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
         decay, no_decay = [], []

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.datamodule import OmniDataModule
 from datamodules.demo import demo_shards
-from datamodules.schema import MODALITIES, DataError
+from datamodules.schema import MODALITIES, DataError, specs_from_json
 from datamodules.shards.format import load_index
-from datamodules.schema import specs_from_json
 from encoders import DEFAULT_ENCODERS
 
 from .layout import layout_kwargs
@@ -30,6 +30,8 @@ from .model.backbone import SIZES
 from .task import PretrainTask
 
 log = logging.getLogger("omnimodal.train")
+# ShardLoader's length is exact per rank and worker (datamodules/loader.py); Lightning cannot know that.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined")
 
 
 def data_root(cfg: DictConfig) -> Path:
@@ -103,7 +105,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     print(f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "
           + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss")))
-    print(f"run folder: {cfg.run_dir} (checkpoints/, logs/metrics.csv, tb/)")
+    print(f"run folder: {cfg.run_dir} (checkpoints/, logs/version_*/metrics.csv, tb/)")
     return metrics
 
 

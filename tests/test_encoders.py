@@ -179,7 +179,10 @@ def test_init_weights_refuses_a_parameter_it_cannot_reach() -> None:
             super().__init__(d_model=4, num_tokens=1)
             self.scale = nn.Parameter(torch.ones(4))
 
-    with pytest.raises(NotImplementedError, match="override _init_module"):
+        def encode(self, data, mask, value):
+            return data[:, None] * self.scale
+
+    with pytest.raises(TypeError, match="override _init_module"):
         Scaled().init_weights()
 
 

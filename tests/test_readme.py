@@ -19,7 +19,7 @@ def _commands() -> list[str]:
 
 def test_ci_runs_the_readme_test_command_exactly() -> None:
     main_cmd, test_cmd = _commands()
-    assert "omnimodal-demo" in main_cmd and "pytest" in test_cmd
+    assert "omnimodal-train" in main_cmd and "pytest" in test_cmd
     assert test_cmd in (ROOT / ".ci/run").read_text().splitlines()
 
 

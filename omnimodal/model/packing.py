@@ -1,8 +1,8 @@
 """Sequence assembly and packing: encoded instances -> packed token rows with document boundaries.
 
 Every instance contributes its ``k`` tokens; tokens are ordered by (subject, event, modality, instance,
-slot) and whole subjects are packed into rows of ``row_len`` tokens (first fit, longest subject first), so
-no compute goes to padding beyond each row's tail. ``doc`` says which subject a token belongs to (-1 =
+slot) and whole subjects are packed into balanced rows of at most ``row_len`` tokens (longest subject
+first, into the emptiest row), so little compute goes to padding. ``doc`` says which subject a token belongs to (-1 =
 padding), ``event`` which of its events; attention is block-causal over events within a document.
 """
 
@@ -51,17 +51,17 @@ def pack(subject: Tensor, event: Tensor, time: Tensor, num_subjects: int, row_le
          pad_to: int = 8, packed: bool = True) -> Packed:
     """Lay out tokens given per token (in instance order): ``subject``, ``event``, ``time`` ``[T]``.
 
-    ``row_len`` defaults to the longest subject, rounded up to ``pad_to``; a subject longer than
-    ``row_len`` gets a row as long as it needs. ``packed=False`` gives the padded layout packing
-    replaces (one subject per row), for benchmarks and tests.
+    ``row_len`` caps the row length (None: the longest subject). Rows are as few as the cap allows and
+    balanced, so each is nearly full; their common length is the fullest row's, rounded up to ``pad_to``
+    (use a large ``pad_to`` where shapes should repeat, e.g. for compiled kernels). A subject longer than
+    the cap gets a row of its own. ``packed=False`` gives the padded layout packing replaces (one
+    subject per row), for benchmarks and tests.
     """
     device = subject.device
     key = subject * (int(event.max()) + 1 if event.numel() else 1) + event
     order = torch.sort(key, stable=True).indices  # subject, then event; instance order kept within
     counts = torch.bincount(subject, minlength=num_subjects)
-    L = max(row_len or 0, int(counts.max()) if counts.numel() else 0, 1)
-    L = -(-L // pad_to) * pad_to
-    row_of, off_of, n_rows = _assign_rows(counts.tolist(), L, packed)
+    row_of, off_of, n_rows, L = _assign_rows(counts.tolist(), row_len, packed, pad_to)
     start = torch.cumsum(counts, 0) - counts  # first sorted position of each subject
     sorted_subject = subject[order]
     rank = torch.arange(order.numel(), device=device) - start[sorted_subject]
@@ -75,20 +75,32 @@ def pack(subject: Tensor, event: Tensor, time: Tensor, num_subjects: int, row_le
     return Packed(doc, ev, tm, row, col)
 
 
-def _assign_rows(counts: list[int], L: int, packed: bool) -> tuple[list[int], list[int], int]:
-    """First-fit decreasing of whole subjects into rows of ``L`` tokens (a loop over the B subjects, not
-    tokens): longest subject first, ties in batch order. Unpacked: subject b gets row b."""
-    free: list[int] = []
-    row_of, off_of = [0] * len(counts), [0] * len(counts)
-    order = sorted(range(len(counts)), key=lambda b: -counts[b]) if packed else range(len(counts))
-    for b in order:
-        n = counts[b]
-        if n == 0 and packed:
-            continue
-        r = next((i for i, f in enumerate(free) if f >= n), None) if packed else None
-        if r is None:
-            free.append(L)
-            r = len(free) - 1
-        row_of[b], off_of[b] = r, L - free[r]
-        free[r] -= n
-    return row_of, off_of, max(len(free), 1)
+def _round_up(n: int, k: int) -> int:
+    return -(-max(n, 1) // k) * k
+
+
+def _assign_rows(counts: list[int], cap: int | None, packed: bool, pad_to: int
+                 ) -> tuple[list[int], list[int], int, int]:
+    """Subjects -> (row, offset), number of rows and row length. A loop over the B subjects, not tokens.
+
+    Packed: the fewest rows of at most ``cap`` tokens, filled longest subject first into the emptiest
+    row (balanced, so rows end nearly together). Unpacked: subject b gets row b.
+    """
+    B = len(counts)
+    if not packed:
+        return list(range(B)), [0] * B, max(B, 1), _round_up(max(counts, default=1), pad_to)
+    longest, total = max(counts, default=0), sum(counts)
+    limit = _round_up(max(cap or 0, longest), pad_to)
+    order = sorted((b for b in range(B) if counts[b]), key=lambda b: -counts[b])
+    n_rows = max(1, -(-total // limit))
+    while True:
+        fill = [0] * n_rows
+        row_of, off_of = [0] * B, [0] * B
+        for b in order:
+            r = min(range(n_rows), key=fill.__getitem__)
+            row_of[b], off_of[b] = r, fill[r]
+            fill[r] += counts[b]
+        L = _round_up(max(fill), pad_to)
+        if L <= limit:
+            return row_of, off_of, n_rows, L
+        n_rows += 1

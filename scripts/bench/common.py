@@ -71,8 +71,9 @@ def token_metadata(batch: OmniBatch, k: dict[str, int]) -> tuple[Tensor, Tensor,
     """Per-token ``subject``, ``event``, ``time_days`` ``[T]`` of a batch, each instance repeated ``k``
     times, modalities in ``MODALITIES`` order: the token order of ``OmniModel.forward`` (no encoders run)."""
     mods = [batch.modalities[m] for m in MODALITIES if m in batch.modalities]
-    return tuple(torch.cat([getattr(mb, f).repeat_interleave(k[mb.modality]) for mb in mods])  # type: ignore[return-value]
-                 for f in ("subject", "event", "time_days"))
+    subject, event, time = (torch.cat([getattr(mb, f).repeat_interleave(k[mb.modality]) for mb in mods])
+                            for f in ("subject", "event", "time_days"))
+    return subject, event, time
 
 
 def write_results(out: str | Path, results: dict[str, Any]) -> None:

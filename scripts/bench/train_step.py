@@ -90,7 +90,8 @@ class Lockstep(L.Callback):
         self.acc = (0.0, 0.0)  # Lightning's time so far this step, as a negative offset from `start`
         self.start = now()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         if self.plain_first:
             self._plain_step()
 
@@ -147,10 +148,12 @@ def main() -> None:
         steps["lightning"] += tl
         for i, c in enumerate(ratios):
             ratios[c].append(statistics.median(y[i] / x[i] for x, y in zip(tp, tl)))
+        cpu = [statistics.median(t[1] for t in ts) * 1e3 for ts in (tp, tl)]
         print(f"repeat {r} (plain step {'before' if r % 2 else 'after'} each Lightning step): CPU ms/step plain "
-              f"{statistics.median(t[1] for t in tp) * 1e3:7.1f}, lightning {statistics.median(t[1] for t in tl) * 1e3:7.1f}"
-              f", ratio {ratios['cpu'][-1]:.3f}x; losses {lp[0]:.4f} .. {lp[-1]:.4f}, max |diff| {diffs[-1]:.2e}")
-    med = {c: {k: statistics.median(t[i] for t in v) * 1e3 for k, v in steps.items()} for i, c in enumerate(("wall", "cpu"))}
+              f"{cpu[0]:7.1f}, lightning {cpu[1]:7.1f}, ratio {ratios['cpu'][-1]:.3f}x; "
+              f"losses {lp[0]:.4f} .. {lp[-1]:.4f}, max |diff| {diffs[-1]:.2e}")
+    med = {c: {k: statistics.median(t[i] for t in v) * 1e3 for k, v in steps.items()}
+           for i, c in enumerate(("wall", "cpu"))}
     ratio = {c: statistics.geometric_mean(v) for c, v in ratios.items()}  # order effects cancel over pairs
     res = {"batch_size": a.batch_size, "steps": a.steps, "warmup": w, "repeats": a.repeats, "threads": a.threads,
            **{f"{k}_{c}_ms_per_step": round(med[c][k], 2) for c in med for k in med[c]},
