@@ -79,7 +79,7 @@ class OmniModel(nn.Module):
         self.time_emb = nn.Sequential(nn.Linear(4, d), nn.GELU(), nn.Linear(d, d))
         self.mask_emb = nn.Parameter(torch.zeros(len(MODALITIES), d))
         self.backbone = Backbone(cfg.backbone)
-        nn.init.normal_(self.mask_emb, std=0.02)
+        self._init_embeddings()
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -89,7 +89,16 @@ class OmniModel(nn.Module):
         for module in [self.modality_emb, self.slot_emb, *self.time_emb, *self.backbone.modules()]:
             if module is not self.backbone and callable(getattr(module, "reset_parameters", None)):
                 module.reset_parameters()
-        nn.init.normal_(self.mask_emb, std=0.02)
+        self._init_embeddings()
+
+    @torch.no_grad()
+    def _init_embeddings(self) -> None:
+        """Modality, slot and mask embeddings ~ N(0, 0.02), not ``nn.Embedding``'s N(0, 1): vectors of norm
+        ~sqrt(d) would dwarf the encoders' tokens and the time features, so every token would mostly say
+        which modality and slot it is (and a subject embedding which modalities its last event had), and
+        a short pretraining could not move them (tests/test_learning.py measures the difference)."""
+        for weight in (self.modality_emb.weight, self.slot_emb.weight, self.mask_emb):
+            nn.init.normal_(weight, std=0.02)
 
     @property
     def d_model(self) -> int:
