@@ -8,10 +8,12 @@ import warnings
 from typing import Any
 
 import lightning as L
+import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .collate import Collator
 from .loader import CropConfig, ShardDataset, rank_and_world
+from .schema import DataError
 
 # torchdata 0.11 calls a torch API deprecated since 2.9 on every iteration; harmless, and not ours to fix.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -39,9 +41,26 @@ class ShardLoader(StatefulDataLoader):
         return sum(math.ceil(c / self.batch_size) for c in counts)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "omnimodal_epoch": self._epoch}
+        """This rank's position; under torch.distributed, every rank's (a checkpoint is written by rank 0
+        alone, and each rank reads its own shards: rank 0's position is wrong for the others)."""
+        state = {**super().state_dict(), "omnimodal_epoch": self._epoch}
+        rank, world = rank_and_world()
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks: list[Any] = [None] * world
+            torch.distributed.all_gather_object(ranks, state)  # every rank saves a checkpoint together
+            return {"omnimodal_ranks": ranks}
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "omnimodal_ranks" in state_dict:
+            rank, world = rank_and_world()
+            ranks = state_dict["omnimodal_ranks"]
+            if len(ranks) != world:
+                raise DataError(f"the checkpoint holds the train loader's position for {len(ranks)} processes, "
+                                f"this run has {world}", where="checkpoint loops.fit_loop",
+                                hint=f"resume with {len(ranks)} processes (devices x nodes), or start a new run "
+                                     "from its weights")
+            state_dict = ranks[rank]
         state = dict(state_dict)
         epoch = int(state.pop("omnimodal_epoch", 0))
         self._epoch = epoch

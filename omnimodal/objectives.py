@@ -93,14 +93,16 @@ class Objectives(nn.Module):
         return dict(zip(mods, held.split([len(batch.modalities[m]) for m in mods])))
 
     def masked(self, out: ModelOutput, hold: dict[str, Tensor] | None) -> Tensor:
-        preds, targets = [], []
-        for m, h in (hold or {}).items():
-            if h.any():
-                preds.append(self.masked_head(out.context[m][h]).flatten(0, 1))
-                targets.append(F.layer_norm(out.encoded[m][h], out.encoded[m].shape[-1:]).detach().flatten(0, 1))
-        if not preds:
-            return _zero(out)
-        return info_nce(torch.cat(preds), torch.cat(targets), temperature=self.cfg.temperature)
+        # every head runs once per step, on whatever it gets (even nothing): processes whose batches differ
+        # still use (DDP) and gather (FSDP, ZeRO-3) the same weights in the same order
+        held = [m for m, h in (hold or {}).items() if h.any()]
+        ctx = [out.context[m][hold[m]].flatten(0, 1) for m in held]
+        targets = [F.layer_norm(out.encoded[m][hold[m]], out.encoded[m].shape[-1:]).detach().flatten(0, 1) for m in held]
+        d = self.masked_head[0].in_features
+        pred = self.masked_head(torch.cat(ctx) if ctx else _zero(out).expand(0, d))
+        if not held:
+            return pred.sum() * 0.0
+        return info_nce(pred, torch.cat(targets), temperature=self.cfg.temperature)
 
     def contrastive(self, out: ModelOutput) -> Tensor:
         inst = out.instances
@@ -124,9 +126,9 @@ class Objectives(nn.Module):
         ev_subj = torch.div(uniq, stride, rounding_mode="floor")
         nxt = torch.arange(1, n + 1, device=ctx.device).clamp(max=n - 1)  # uniq is sorted: next event of same subject
         valid = (torch.arange(n, device=ctx.device) < n - 1) & (ev_subj[nxt] == ev_subj)
+        pred = self.forecast_head(ev_ctx[valid])  # run even when empty (see masked)
         if not valid.any():
-            return ev_ctx.sum() * 0.0
-        pred = self.forecast_head(ev_ctx[valid])
+            return pred.sum() * 0.0
         gap = torch.log1p((ev_time[nxt] - ev_time)[valid].clamp(min=0))
         emb_loss = info_nce(pred[:, :-1], ev_enc[nxt][valid], temperature=self.cfg.temperature)
         return emb_loss + F.mse_loss(pred[:, -1], gap)

@@ -15,6 +15,7 @@ import torch
 
 from datamodules.schema import OmniBatch
 
+from .distributed import WORLD_SIZE_KEY, adamw, shard_model
 from .model.backbone import BackboneConfig
 from .model.omni import EncoderSpec, ModelConfig, OmniModel, count_parameters
 from .objectives import ObjectiveConfig, Objectives
@@ -37,9 +38,41 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**d)
 
 
+def adamw_cosine(groups: list[dict[str, Any]], cfg: OptimConfig, total: int, strategy: Any = None) -> dict[str, Any]:
+    """AdamW over parameter ``groups`` with linear warm-up then cosine decay to ``min_lr_ratio``, per step.
+    A group may carry ``lr_ratio`` (its learning rate relative to ``cfg.lr``)."""
+    for g in groups:
+        g["lr"] = cfg.lr * g.pop("lr_ratio", 1.0)
+    opt = adamw([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, strategy=strategy)
+
+    def schedule(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def schedule_length(t: L.Trainer) -> int:
+    """Length of the LR schedule. Not ``trainer.estimated_stepping_batches``: asking for it in
+    ``configure_optimizers`` sets up the train loader before a checkpoint's loader state is restored, and
+    Lightning then never applies that state, so a mid-epoch resume would restart the epoch (Lightning 2.6)."""
+    if t.max_steps and t.max_steps > 0:
+        return t.max_steps
+    dm = getattr(t, "datamodule", None)
+    if dm is None or t.max_epochs is None or t.max_epochs < 0:
+        return max(int(t.estimated_stepping_batches), 1)
+    per_epoch = math.ceil(len(dm.train_dataloader()) / max(t.accumulate_grad_batches, 1))
+    return max(per_epoch * t.max_epochs, 1)
+
+
 class PretrainTask(L.LightningModule):
     def __init__(self, model: dict[str, Any], objective: dict[str, Any], optim: dict[str, Any], seed: int = 0,
-                 compile: bool = False) -> None:
+                 compile: bool = False, preprocessing: dict[str, Any] | None = None) -> None:
+        """``preprocessing``: the shard index's ``specs`` and ``clinical_codes`` the model was trained on;
+        kept in the checkpoint so ``omnimodal-export`` can ship it with the weights."""
         super().__init__()
         self.save_hyperparameters()
         self.model = OmniModel(model_config_from_dict(model))
@@ -72,36 +105,22 @@ class PretrainTask(L.LightningModule):
     def validation_step(self, batch: OmniBatch, batch_idx: int) -> torch.Tensor:
         return self._losses(batch, "val", batch_idx)["loss"]
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # what a model card reports: the latest logged metrics (plain floats: loadable with weights_only)
+        checkpoint["omnimodal_metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                                           if getattr(v, "numel", lambda: 1)() == 1}
+        checkpoint[WORLD_SIZE_KEY] = self.trainer.world_size  # resuming with another number is refused
+
+    def configure_model(self) -> None:
+        if self.device_mesh is not None:  # strategy=fsdp (FSDP2Strategy): shard before the optimizer is built
+            shard_model(self, self.device_mesh)
+
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim_cfg
         decay, no_decay = [], []
         for n, p in self.named_parameters():
             (decay if p.ndim >= 2 and "emb" not in n else no_decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
-        total = self._total_steps()
-
-        def schedule(step: int) -> float:
-            if step < cfg.warmup_steps:
-                return (step + 1) / cfg.warmup_steps
-            t = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def _total_steps(self) -> int:
-        """Length of the LR schedule. Not ``trainer.estimated_stepping_batches``: asking for it here sets
-        up the train loader before a checkpoint's loader state is restored, and Lightning then never
-        applies that state, so a mid-epoch resume would restart the epoch (Lightning 2.6)."""
-        t = self.trainer
-        if t.max_steps and t.max_steps > 0:
-            return t.max_steps
-        dm = getattr(t, "datamodule", None)
-        if dm is None or t.max_epochs is None or t.max_epochs < 0:
-            return max(int(t.estimated_stepping_batches), 1)
-        per_epoch = math.ceil(len(dm.train_dataloader()) / max(t.accumulate_grad_batches, 1))
-        return max(per_epoch * t.max_epochs, 1)
+        groups = [{"params": decay, "weight_decay": self.optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return adamw_cosine(groups, self.optim_cfg, schedule_length(self.trainer), self.trainer.strategy)
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:

@@ -25,6 +25,7 @@ from datamodules.schema import MODALITIES, DataError, specs_from_json
 from datamodules.shards.format import load_index
 from encoders import DEFAULT_ENCODERS
 
+from .distributed import check_resume, load_weights
 from .layout import layout_kwargs
 from .model.backbone import SIZES
 from .task import PretrainTask
@@ -75,7 +76,8 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
                         on_error=d.on_error, modalities=modalities)
     task = PretrainTask(model_dict(cfg, index), OmegaConf.to_container(cfg.objective, resolve=True),
                         OmegaConf.to_container(cfg.optim, resolve=True), seed=int(cfg.seed),
-                        compile=bool(cfg.model.backbone.get("compile", False)))
+                        compile=bool(cfg.model.backbone.get("compile", False)),
+                        preprocessing={"specs": index["specs"], "clinical_codes": index["clinical_codes"]})
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
@@ -87,9 +89,11 @@ def resume_path(cfg: DictConfig) -> str | None:
     if cfg.resume in (None, "none", "null", False):
         return None
     if cfg.resume == "auto":
-        last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if not Path(cfg.resume).is_file():
+        # the newer of checkpoints/last.ckpt and a SLURM requeue checkpoint (hpc_ckpt_<n>.ckpt, omnimodal/slurm.py)
+        run_dir = Path(cfg.run_dir)
+        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+        return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
+    if not Path(cfg.resume).exists():  # a file, or a folder (DeepSpeed, FSDP)
         raise FileNotFoundError(f"config key resume: no checkpoint at {cfg.resume}")
     return str(cfg.resume)
 
@@ -100,7 +104,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     print(task.parameter_summary())
     ckpt = resume_path(cfg)
     if ckpt:
+        check_resume(ckpt, trainer.num_devices * trainer.num_nodes)
         print(f"resuming from {ckpt}")
+    elif cfg.get("init_from"):
+        load_weights(task, cfg.init_from)
+        print(f"weights from {cfg.init_from}")
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     print(f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "

@@ -35,3 +35,41 @@ def shards(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("shards")
     build(cohort, out, workers=2)
     return out
+
+
+def train_config(shards: Path, run_dir: Path, *overrides: str) -> "DictConfig":  # noqa: F821
+    """``omnimodal-train``'s config on ``shards`` for a CPU test run in ``run_dir`` (no TensorBoard)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "data=shards", f"data.root={shards}", "data.num_workers=0", "data.batch_size=4", "data.synthetic=null",
+            "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+            "~logger.tensorboard", *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def pretrained_ckpt(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A briefly pretrained model's checkpoint (4 steps on the test cohort)."""
+    from omnimodal.train import build as build_run
+
+    run = tmp_path_factory.mktemp("pretrain")
+    cfg = train_config(shards, run, "experiment=quick", "trainer.max_steps=4", "data.max_events=4",
+                       "resume=null", "callbacks.checkpoint.every_n_train_steps=4")
+    task, dm, trainer = build_run(cfg)
+    trainer.fit(task, datamodule=dm)
+    return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def release_dir(pretrained_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That checkpoint exported as a release folder (omnimodal-export)."""
+    from omnimodal.release import export
+
+    return export(pretrained_ckpt, tmp_path_factory.mktemp("release") / "omni-test", data_note="synthetic test cohort")

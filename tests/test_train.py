@@ -11,25 +11,11 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
 
+from conftest import train_config as config
 from omnimodal.train import build, resume_path
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "experiment").glob("*.yaml"))
-
-
-def config(shards: Path, run_dir: Path, *overrides: str) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "data=shards", f"data.root={shards}", "data.num_workers=0", "data.batch_size=4", "data.synthetic=null",
-            "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
-            "~logger.tensorboard", *overrides])
-    with open_dict(cfg):
-        cfg.run_dir = str(run_dir)
-    return cfg
 
 
 def test_experiment_list_is_not_empty() -> None:

@@ -106,28 +106,32 @@ class OmniModel(nn.Module):
 
     def encode(self, batch: OmniBatch) -> dict[str, Tensor]:
         """Each modality present in the batch through its encoder, once: ``[N_m, k, d]``."""
-        out = {}
-        for m, mb in batch.modalities.items():
+        return self.encode_all(batch)[0]
+
+    def encode_all(self, batch: OmniBatch) -> tuple[dict[str, Tensor], Tensor]:
+        """Every encoder, in the model's fixed order: present modalities on their data, absent ones on an
+        empty input. Returns the present modalities' tokens and a zero that depends on every absent
+        encoder, so those get zero gradients instead of none (DDP and ZeRO never wait for a missing
+        gradient). The order is the same on every process whatever its batch holds: FSDP and ZeRO-3 gather
+        an encoder's weights when it runs, and processes must gather the same weights in the same order."""
+        for m in batch.modalities:
             if m not in self.encoders:
                 raise ValueError(f"batch has modality {m!r} but the model has no encoder for it; "
                                  f"add model.encoders.{m} or drop the modality from the data")
-            out[m] = self.encoders[m](mb.data, mb.mask, mb.value)
-        return out
-
-    def absent_anchor(self, batch: OmniBatch) -> Tensor:
-        """Zero that depends on every encoder whose modality is absent from the batch, so those get zero
-        gradients instead of none (distributed training then never waits for a missing gradient)."""
         device = next(iter(batch.modalities.values())).data.device
-        zero = torch.zeros((), device=device)
+        out, zero = {}, torch.zeros((), device=device)
         for m, enc in self.encoders.items():
-            if m not in batch.modalities:
+            if m in batch.modalities:
+                mb = batch.modalities[m]
+                out[m] = enc(mb.data, mb.mask, mb.value)
+            else:
                 zero = zero + enc(torch.zeros(0, *enc.in_shape, dtype=enc.in_dtype, device=device)).sum()
-        return zero
+        return out, zero
 
     def forward(self, batch: OmniBatch, hold_out: dict[str, Tensor] | None = None) -> ModelOutput:
         """``hold_out``: modality -> bool ``[N_m]`` instances whose tokens the backbone does not see
         (replaced by the modality's mask embedding), for masked-modality modelling."""
-        encoded = self.encode(batch)
+        encoded, absent = self.encode_all(batch)
         order = [m for m in MODALITIES if m in encoded]
         tokens, subj, ev, tm, age, slot, mod, slices, i0 = [], [], [], [], [], [], [], {}, 0
         inst_mod, inst_subj, inst_ev, inst_tm = [], [], [], []
@@ -148,7 +152,7 @@ class OmniModel(nn.Module):
             inst_tm.append(mb.time_days)
             slices[m] = slice(i0, i0 + n)
             i0 += n
-        x = torch.cat(tokens) + self.absent_anchor(batch)
+        x = torch.cat(tokens) + absent
         t, a = torch.cat(tm), torch.cat(age)
         x = x + self.modality_emb(torch.cat(mod)) + self.slot_emb(torch.cat(slot)) + self.time_emb(time_features(t, a))
         # on CUDA, row lengths in steps of 128 so compiled attention kernels see few distinct shapes

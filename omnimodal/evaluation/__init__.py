@@ -1,0 +1,30 @@
+"""Evaluation of fine-tuned models on plain numpy arrays: metrics with bootstrap confidence
+intervals (:mod:`.metrics`) and the report's PNG plots and markdown table (:mod:`.plots`)."""
+
+from .metrics import (  # noqa: F401
+    CalibrationBins,
+    Estimate,
+    MetricUndefinedError,
+    auprc,
+    auroc,
+    binary_metrics,
+    bootstrap_ci,
+    calibration_bins,
+    concordance_index,
+    cumulative_incidence,
+    format_ci,
+    kaplan_meier,
+    regression_metrics,
+    survival_calibration_bins,
+    time_dependent_auroc,
+    time_to_event_metrics,
+)
+from .plots import (  # noqa: F401
+    format_value,
+    markdown_table,
+    plot_ablation,
+    plot_calibration,
+    plot_person,
+    plot_pr,
+    plot_roc,
+)

@@ -1,0 +1,515 @@
+"""Evaluation metrics on plain numpy arrays (one value per subject; no model imports).
+
+Discrimination (AUROC, AUPRC), regression error (MAE, RMSE, R^2, Pearson r), time-to-event with
+competing risks (cause-specific Harrell's C-index, cumulative/dynamic time-dependent AUROC with
+inverse-probability-of-censoring weights, Aalen-Johansen cumulative incidence) and calibration
+(quantile bins of observed vs predicted, expected calibration error, Brier score, logistic
+recalibration slope and intercept, and the same at a horizon for time-to-event). Confidence
+intervals are percentile bootstraps over subjects (:func:`bootstrap_ci`). Time-to-event coding:
+``time`` in days (float) and ``event`` int, 0 = censored, k >= 1 = cause k. Bad input raises
+``ValueError`` naming the argument; a metric that has no value on the data (one class only, no
+comparable pairs) raises :class:`MetricUndefinedError`, which the bootstrap counts and skips.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+__all__ = [
+    "MetricUndefinedError", "Estimate", "CalibrationBins", "format_ci", "bootstrap_ci",
+    "auroc", "auprc", "binary_metrics", "regression_metrics",
+    "kaplan_meier", "cumulative_incidence", "concordance_index", "time_dependent_auroc",
+    "time_to_event_metrics", "calibration_bins", "survival_calibration_bins",
+]
+
+
+class MetricUndefinedError(ValueError):
+    """The metric has no value on these data (e.g. one class only, no comparable pairs)."""
+
+
+def format_ci(value: float, lo: float, hi: float, digits: int = 3) -> str:
+    """``"0.812 (0.750-0.870)"``; ``"-0.050 (-0.120 to 0.020)"`` when a bound is negative; an en
+    dash for an undefined (NaN) value."""
+    v, a, b = (f"{x:.{digits}f}" for x in (value, lo, hi))
+    if np.isnan(value):
+        return "–"
+    if np.isnan(lo) or np.isnan(hi):
+        return v
+    return f"{v} ({a} to {b})" if min(lo, hi) < 0 else f"{v} ({a}-{b})"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its ``1 - alpha`` percentile bootstrap interval.
+
+    Unpacks as ``value, lo, hi = estimate``; ``n_boot`` resamples gave the interval and
+    ``n_skipped`` more were skipped because the metric was undefined on them.
+    """
+
+    value: float
+    lo: float
+    hi: float
+    n_boot: int = 0
+    n_skipped: int = 0
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.value, self.lo, self.hi))
+
+    def __str__(self) -> str:
+        return format_ci(self.value, self.lo, self.hi)
+
+
+# ----------------------------------------------------------------------------- input checks
+def _vector(name: str, x, n: int | None = None) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must hold one value per subject (1-D); got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty; evaluation needs at least one subject")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric; got dtype {a.dtype}")
+    a = a.astype(float)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise ValueError(f"{name} has {int(bad.sum())} NaN/inf value(s) (first at index "
+                         f"{int(np.flatnonzero(bad)[0])}); drop or impute those subjects first")
+    if n is not None and len(a) != n:
+        raise ValueError(f"{name} has {len(a)} values but the first array has {n}: "
+                         "pass one value per subject, in the same order")
+    return a
+
+
+def _vectors(**arrays) -> list[np.ndarray]:
+    first = np.asarray(next(iter(arrays.values())))
+    n = len(first) if first.ndim == 1 else None
+    return [_vector(k, v, n) for k, v in arrays.items()]
+
+
+def _binary(name: str, y: np.ndarray) -> np.ndarray:
+    values = np.unique(y)
+    if not np.isin(values, (0.0, 1.0)).all():
+        raise ValueError(f"{name} must be binary labels 0/1; got values {values[:10].tolist()}")
+    return y
+
+
+def _both_classes(y: np.ndarray, what: str) -> None:
+    n_pos = int(y.sum())
+    if n_pos in (0, len(y)):
+        raise MetricUndefinedError(f"{what} is undefined: all {len(y)} labels are {int(y[0])} "
+                                   "(need both classes; evaluate on a set with cases and controls)")
+
+
+def _events(time, event, *others: tuple[str, object]) -> list[np.ndarray]:
+    arrays = _vectors(time=time, event=event, **dict(others))
+    e = arrays[1]
+    if (e < 0).any() or (e != np.round(e)).any():
+        raise ValueError("event must be integer codes: 0 = censored, k >= 1 = cause k; got "
+                         f"{np.unique(e)[:10].tolist()}")
+    arrays[1] = e.astype(int)
+    return arrays
+
+
+# ----------------------------------------------------------------------------- bootstrap
+def bootstrap_ci(metric_fn: Callable[..., float], *arrays, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05, stratify=None) -> Estimate:
+    """Percentile bootstrap over subjects: ``metric_fn(*arrays)`` and its ``1 - alpha`` interval.
+
+    Each array's first axis is the subject. ``stratify`` (labels, one per subject) resamples within
+    each stratum so every resample keeps the class balance. Resamples where ``metric_fn`` raises
+    :class:`MetricUndefinedError` are skipped, counted in ``n_skipped`` and warned about.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"bootstrap_ci: arrays differ in length {[len(a) for a in arrays]}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"bootstrap_ci: alpha must be in (0, 1); got {alpha}")
+    value = float(metric_fn(*arrays))
+    if n_boot <= 0:
+        return Estimate(value, float("nan"), float("nan"))
+    if stratify is None:
+        groups = [np.arange(n)]
+    else:
+        strata = np.asarray(stratify)
+        if len(strata) != n:
+            raise ValueError(f"bootstrap_ci: stratify has {len(strata)} labels for {n} subjects")
+        groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        try:
+            stats.append(float(metric_fn(*(a[idx] for a in arrays))))
+        except MetricUndefinedError:
+            pass
+    skipped = n_boot - len(stats)
+    name = getattr(metric_fn, "__name__", "metric")
+    if not stats:
+        raise MetricUndefinedError(f"{name} was undefined in all {n_boot} bootstrap resamples")
+    if skipped:
+        warnings.warn(f"bootstrap of {name}: undefined in {skipped} of {n_boot} resamples "
+                      f"(skipped); the interval comes from the other {len(stats)}", stacklevel=2)
+    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return Estimate(value, float(lo), float(hi), len(stats), skipped)
+
+
+# ----------------------------------------------------------------------------- binary outcomes
+def _weighted_auc(case_score, case_w, ctrl_score, ctrl_w) -> float:
+    """P(case score > control score) + 0.5 P(tie), each pair weighted by ``case_w * ctrl_w``."""
+    order = np.argsort(ctrl_score, kind="stable")
+    s = ctrl_score[order]
+    cum = np.concatenate([[0.0], np.cumsum(ctrl_w[order])])
+    below = cum[np.searchsorted(s, case_score, side="left")]
+    tied = cum[np.searchsorted(s, case_score, side="right")] - below
+    return float(np.sum(case_w * (below + 0.5 * tied)) / (case_w.sum() * ctrl_w.sum()))
+
+
+def _fast_auroc(y: np.ndarray, score: np.ndarray) -> float:
+    _both_classes(y, "AUROC")
+    pos, neg = score[y == 1], score[y == 0]
+    return _weighted_auc(pos, np.ones(len(pos)), neg, np.ones(len(neg)))
+
+
+def _fast_auprc(y: np.ndarray, score: np.ndarray) -> float:
+    """Average precision as scikit-learn defines it (one step per distinct score)."""
+    _both_classes(y, "AUPRC")
+    order = np.argsort(-score, kind="stable")
+    s, t = score[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
+    tp = np.cumsum(t)[last]
+    precision = tp / (last + 1)
+    recall_step = np.diff(np.r_[0.0, tp]) / tp[-1]
+    return float(np.sum(recall_step * precision))
+
+
+def auroc(y, score) -> float:
+    """Area under the ROC curve (scikit-learn); ``y`` 0/1 labels, higher ``score`` = case."""
+    y, score = _vectors(y=y, score=score)
+    _both_classes(_binary("y", y), "AUROC")
+    return float(roc_auc_score(y, score))
+
+
+def auprc(y, score) -> float:
+    """Average precision (area under the precision-recall curve, scikit-learn)."""
+    y, score = _vectors(y=y, score=score)
+    _both_classes(_binary("y", y), "AUPRC")
+    return float(average_precision_score(y, score))
+
+
+def _wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
+
+
+def binary_metrics(y, score, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """AUROC and AUPRC (scikit-learn point values, bootstrap CIs stratified by class), prevalence
+    (Wilson interval), ``n`` and ``n_positive``.  ``y``: [N] 0/1; ``score``: [N], higher = case."""
+    y, score = _vectors(y=y, score=score)
+    _binary("y", y)
+    out = {}
+    for name, point, fast in (("auroc", auroc, _fast_auroc), ("auprc", auprc, _fast_auprc)):
+        est = bootstrap_ci(fast, y, score, n_boot=n_boot, seed=seed, alpha=alpha, stratify=y)
+        out[name] = Estimate(point(y, score), est.lo, est.hi, est.n_boot, est.n_skipped)
+    k, n = int(y.sum()), len(y)
+    out["prevalence"] = Estimate(k / n, *_wilson(k, n, alpha))
+    out.update(n=n, n_positive=k)
+    return out
+
+
+# ----------------------------------------------------------------------------- regression
+def _mae(y, pred):
+    return float(np.mean(np.abs(y - pred)))
+
+
+def _rmse(y, pred):
+    return float(np.sqrt(np.mean((y - pred) ** 2)))
+
+
+def _r2(y, pred):
+    ss_tot = np.sum((y - y.mean()) ** 2)
+    if ss_tot == 0:
+        raise MetricUndefinedError("R^2 is undefined: the target is constant")
+    return float(1 - np.sum((y - pred) ** 2) / ss_tot)
+
+
+def _pearson(y, pred):
+    if np.ptp(y) == 0 or np.ptp(pred) == 0:
+        raise MetricUndefinedError("Pearson r is undefined: the target or the prediction is constant")
+    return float(np.corrcoef(y, pred)[0, 1])
+
+
+def regression_metrics(y, pred, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """MAE, RMSE, R^2 and Pearson r of ``pred`` [N] against ``y`` [N], each with a bootstrap CI."""
+    y, pred = _vectors(y=y, pred=pred)
+    out = {name: bootstrap_ci(fn, y, pred, n_boot=n_boot, seed=seed, alpha=alpha)
+           for name, fn in (("mae", _mae), ("rmse", _rmse), ("r2", _r2), ("pearson_r", _pearson))}
+    out["n"] = len(y)
+    return out
+
+
+# ----------------------------------------------------------------------------- time to event
+def _km_steps(time: np.ndarray, observed: np.ndarray):
+    """Kaplan-Meier at each distinct time: ``(times, survival, n_at_risk)``."""
+    u, inv = np.unique(time, return_inverse=True)
+    d = np.bincount(inv, weights=observed.astype(float), minlength=len(u))
+    at_risk = np.bincount(inv, minlength=len(u))[::-1].cumsum()[::-1]
+    return u, np.cumprod(1.0 - d / at_risk), d, at_risk
+
+
+def _step_at(u: np.ndarray, values: np.ndarray, t, initial: float, left: bool = False) -> np.ndarray:
+    """Right-continuous step function (left limit if ``left``) through ``(u, values)`` at ``t``."""
+    idx = np.searchsorted(u, t, side="left" if left else "right") - 1
+    return np.where(idx >= 0, values[np.maximum(idx, 0)], initial)
+
+
+def kaplan_meier(time, observed, times) -> np.ndarray:
+    """Kaplan-Meier survival S(t) at ``times``; ``observed`` [N] is 1 for an event, 0 if censored."""
+    time, observed = _vectors(time=time, observed=observed)
+    u, surv, _, _ = _km_steps(time, observed != 0)
+    return _step_at(u, surv, np.asarray(times, float), 1.0)
+
+
+def cumulative_incidence(time, event, cause: int, times) -> np.ndarray:
+    """Aalen-Johansen cumulative incidence of ``cause`` at ``times`` (days), competing causes
+    removing subjects from risk: CIF(t) = sum over event times s <= t of S(s-) d_cause(s) / n(s),
+    with S the all-cause Kaplan-Meier. With a single cause it equals 1 - Kaplan-Meier."""
+    time, event = _events(time, event)
+    u, surv, _, at_risk = _km_steps(time, event > 0)
+    _, inv = np.unique(time, return_inverse=True)
+    d_cause = np.bincount(inv, weights=(event == cause).astype(float), minlength=len(u))
+    cif = np.cumsum(np.r_[1.0, surv[:-1]] * d_cause / at_risk)
+    return _step_at(u, cif, np.asarray(times, float), 0.0)
+
+
+def concordance_index(time, event, risk, cause: int = 1) -> float:
+    """Harrell's C for ``cause`` (cause-specific): the share of comparable pairs in which the
+    subject with the earlier ``cause`` event has the higher ``risk``.
+
+    A pair (i, j) is comparable when i has a ``cause`` event at ``time[i]`` and j is known to be
+    event-free of ``cause`` longer: ``time[j] > time[i]``, or ``time[j] == time[i]`` and j is
+    censored or had a competing event (censoring and competing events at a tied time are taken to
+    follow the event). Competing events count as censoring at their time. Two ``cause`` events at
+    the same time are not comparable. Tied risks count 1/2. Perfect ranking gives 1, reversed 0.
+    """
+    time, event, risk = _events(time, event, ("risk", risk))
+    cases = np.flatnonzero(event == cause)
+    not_cause = event != cause
+    concordant = tied = total = 0.0
+    chunk = max(1, 4_000_000 // len(time))
+    for start in range(0, len(cases), chunk):
+        i = cases[start:start + chunk, None]
+        comparable = (time > time[i]) | ((time == time[i]) & not_cause)
+        concordant += np.sum(comparable & (risk < risk[i]))
+        tied += np.sum(comparable & (risk == risk[i]))
+        total += np.sum(comparable)
+    if total == 0:
+        raise MetricUndefinedError(f"C-index is undefined: no comparable pairs (no subject had a "
+                                   f"cause-{cause} event before another subject's follow-up ended)")
+    return float((concordant + 0.5 * tied) / total)
+
+
+def _ipcw(time: np.ndarray, event: np.ndarray, horizon: float, cause: int):
+    """Status at ``horizon`` and inverse-probability-of-censoring weights (Kaplan-Meier of the
+    censoring times, G): cases and competing events by ``horizon`` get 1/G(T-), subjects still
+    event-free get 1/G(horizon), those censored before ``horizon`` get 0."""
+    by_h = time <= horizon
+    if by_h.all():
+        raise MetricUndefinedError(f"no subject was followed beyond {horizon:g} days (longest "
+                                   f"follow-up {time.max():g} days); choose a shorter horizon")
+    u, g, _, _ = _km_steps(time, event == 0)
+    case = by_h & (event == cause)
+    competing = by_h & (event > 0) & (event != cause)
+    survivor = ~by_h
+    w = np.zeros(len(time))
+    w[case | competing] = 1.0 / _step_at(u, g, time[case | competing], 1.0, left=True)
+    w[survivor] = 1.0 / _step_at(u, g, horizon, 1.0)
+    return case, competing, survivor, w
+
+
+def time_dependent_auroc(time, event, risk_at_t, horizons, cause: int = 1,
+                         controls: str = "not_case"):
+    """Cumulative/dynamic AUROC at each horizon (days) with IPCW (Uno 2007; Blanche 2013).
+
+    Cases at t: a ``cause`` event by t. Controls (``controls="not_case"``, Blanche's definition 2):
+    everyone else known at t, i.e. still event-free or had a competing event by t;
+    ``"event_free"`` keeps only subjects event-free at t (definition 1). Subjects censored before t
+    are represented through the inverse-probability-of-censoring weights. ``risk_at_t`` is [N]
+    (one score for all horizons) or [N, H] (a score per horizon, e.g. predicted cumulative
+    incidence by t). Returns a float for a scalar horizon, else an array [H].
+    """
+    if controls not in ("not_case", "event_free"):
+        raise ValueError(f"controls must be 'not_case' or 'event_free'; got {controls!r}")
+    scalar = np.ndim(horizons) == 0
+    hs = np.atleast_1d(np.asarray(horizons, float))
+    risk = np.asarray(risk_at_t, float)
+    risk = np.repeat(risk[:, None], len(hs), 1) if risk.ndim == 1 else risk
+    if risk.ndim != 2 or risk.shape[1] != len(hs):
+        raise ValueError(f"risk_at_t must be [N] or [N, {len(hs)}] (one column per horizon); "
+                         f"got shape {np.shape(risk_at_t)}")
+    time, event, *_ = _events(time, event, *((f"risk_at_t[:, {k}]", risk[:, k]) for k in range(len(hs))))
+    out = np.empty(len(hs))
+    for k, h in enumerate(hs):
+        try:
+            case, competing, survivor, w = _ipcw(time, event, h, cause)
+        except MetricUndefinedError as err:
+            raise MetricUndefinedError(f"time-dependent AUROC at {h:g} days is undefined: {err}") from None
+        ctrl = survivor | competing if controls == "not_case" else survivor
+        if not case.any():
+            raise MetricUndefinedError(f"time-dependent AUROC at {h:g} days is undefined: no "
+                                       f"cause-{cause} event by then (choose a later horizon)")
+        out[k] = _weighted_auc(risk[case, k], w[case], risk[ctrl, k], w[ctrl])
+    return float(out[0]) if scalar else out
+
+
+def time_to_event_metrics(time, event, risk, cause: int = 1, horizons: Sequence[float] = (),
+                          risk_at_t=None, n_boot: int = 1000, seed: int = 0,
+                          alpha: float = 0.05) -> dict:
+    """C-index and time-dependent AUROC per horizon (days), each with a bootstrap CI, and counts.
+
+    ``risk`` [N] ranks subjects for the C-index; ``risk_at_t`` ([N] or [N, H], default ``risk``)
+    scores them at each horizon. Returns ``{"c_index", "td_auroc": {horizon: Estimate}, "n",
+    "n_events", "n_competing", "n_censored"}``; a horizon where the AUROC is undefined (no case
+    by then, nobody followed beyond it) gets a NaN Estimate and a warning saying why.
+    """
+    time, event, risk = _events(time, event, ("risk", risk))
+    hs = np.asarray(horizons, float).reshape(-1)
+    r_t = np.asarray(risk if risk_at_t is None else risk_at_t, float)
+    r_t = np.repeat(r_t[:, None], len(hs), 1) if r_t.ndim == 1 else r_t
+    if r_t.shape != (len(time), len(hs)):
+        raise ValueError(f"risk_at_t must be [N] or [N, {len(hs)}] (N = {len(time)} subjects, one "
+                         f"column per horizon); got shape {np.shape(risk_at_t)}")
+    kw = dict(n_boot=n_boot, seed=seed, alpha=alpha)
+
+    def c_index(t, e, r):
+        return concordance_index(t, e, r, cause)
+
+    out = {"c_index": bootstrap_ci(c_index, time, event, risk, **kw), "td_auroc": {}}
+    for k, h in enumerate(hs):
+        def td_auroc(t, e, r, h=h):
+            return time_dependent_auroc(t, e, r, h, cause)
+        try:
+            out["td_auroc"][float(h)] = bootstrap_ci(td_auroc, time, event, r_t[:, k], **kw)
+        except MetricUndefinedError as err:  # a horizon the data cannot support stays in the report
+            warnings.warn(str(err), stacklevel=2)
+            out["td_auroc"][float(h)] = Estimate(float("nan"), float("nan"), float("nan"))
+    out.update(n=len(time), n_events=int((event == cause).sum()),
+               n_competing=int(((event > 0) & (event != cause)).sum()),
+               n_censored=int((event == 0).sum()))
+    return out
+
+
+# ----------------------------------------------------------------------------- calibration
+@dataclass(frozen=True)
+class CalibrationBins:
+    """Observed vs predicted per quantile bin of the prediction, and summary calibration scores.
+
+    ``predicted``, ``observed``, ``count``, ``observed_lo``/``observed_hi`` are [B]. ``ece`` is the
+    count-weighted mean |observed - predicted|. For time-to-event, ``observed`` is the
+    Aalen-Johansen cumulative incidence by ``horizon_days``, ``brier`` is IPCW-weighted, and the
+    observed intervals and the recalibration ``slope``/``intercept`` are NaN.
+    """
+
+    predicted: np.ndarray
+    observed: np.ndarray
+    count: np.ndarray
+    observed_lo: np.ndarray
+    observed_hi: np.ndarray
+    ece: float
+    brier: float
+    slope: float
+    intercept: float
+    horizon_days: float | None = None
+
+
+def _quantile_bins(prob: np.ndarray, n_bins: int) -> list[np.ndarray]:
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1; got {n_bins}")
+    edges = np.unique(np.quantile(prob, np.linspace(0, 1, n_bins + 1))[1:-1])
+    which = np.searchsorted(edges, prob, side="right")
+    return [idx for idx in (np.flatnonzero(which == b) for b in range(len(edges) + 1)) if len(idx)]
+
+
+def _probabilities(name: str, p: np.ndarray) -> np.ndarray:
+    if (p < 0).any() or (p > 1).any():
+        raise ValueError(f"{name} must be probabilities in [0, 1]; got range "
+                         f"[{p.min():.3g}, {p.max():.3g}] (apply a sigmoid to logits first)")
+    return p
+
+
+def _expit(x):
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def _logistic_fit(y: np.ndarray, x: np.ndarray, fit_slope: bool) -> np.ndarray:
+    """Newton-Raphson for logit P(y=1) = a + b x (``fit_slope``) or a + x (offset, slope 1)."""
+    design = np.column_stack([np.ones_like(x), x]) if fit_slope else np.ones((len(x), 1))
+    offset = 0.0 if fit_slope else x
+    beta = np.zeros(design.shape[1])
+    for _ in range(100):
+        mu = _expit(offset + design @ beta)
+        hess = design.T @ (design * (mu * (1 - mu))[:, None])
+        step = np.linalg.lstsq(hess, design.T @ (y - mu), rcond=None)[0]
+        step *= min(1.0, 5.0 / max(np.abs(step).max(), 1e-300))  # damp far jumps
+        beta += step
+        if np.abs(step).max() < 1e-9:
+            return beta
+    raise MetricUndefinedError("logistic recalibration did not converge (the predictions "
+                               "separate the classes perfectly)")
+
+
+def calibration_bins(y, prob, n_bins: int = 10, alpha: float = 0.05) -> CalibrationBins:
+    """Calibration of predicted probabilities ``prob`` [N] against 0/1 outcomes ``y`` [N].
+
+    Quantile bins (equal counts; fewer when predictions tie), observed frequency per bin with a
+    Wilson interval, ECE, Brier score, and logistic recalibration: ``slope`` b from
+    logit P(y) = a + b logit(prob) (1 = ideal, < 1 = too extreme), ``intercept`` a from the model
+    with b fixed at 1 (calibration-in-the-large; 0 = ideal, > 0 = risks underestimated).
+    Slope and intercept are NaN, with a warning, when undefined (one class, perfect separation).
+    """
+    y, prob = _vectors(y=y, prob=prob)
+    _binary("y", y)
+    _probabilities("prob", prob)
+    bins = _quantile_bins(prob, n_bins)
+    count = np.array([len(b) for b in bins])
+    observed = np.array([y[b].mean() for b in bins])
+    lo, hi = np.array([_wilson(int(y[b].sum()), len(b), alpha) for b in bins]).T
+    predicted = np.array([prob[b].mean() for b in bins])
+    x = np.log(np.clip(prob, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(prob, 1e-7, 1 - 1e-7))
+    try:
+        _both_classes(y, "calibration slope")
+        slope, intercept = _logistic_fit(y, x, True)[1], _logistic_fit(y, x, False)[0]
+    except MetricUndefinedError as err:
+        warnings.warn(f"calibration slope and intercept set to NaN: {err}", stacklevel=2)
+        slope = intercept = float("nan")
+    return CalibrationBins(predicted, observed, count, lo, hi,
+                           ece=float(np.sum(count * np.abs(observed - predicted)) / len(y)),
+                           brier=float(np.mean((prob - y) ** 2)),
+                           slope=float(slope), intercept=float(intercept))
+
+
+def survival_calibration_bins(time, event, pred, horizon: float, cause: int = 1,
+                              n_bins: int = 10) -> CalibrationBins:
+    """Calibration at ``horizon`` (days): predicted cumulative incidence of ``cause`` by then
+    (``pred`` [N]) vs the Aalen-Johansen estimate in each quantile bin of ``pred``; ECE weighted
+    by bin size; IPCW Brier score (subjects censored before ``horizon`` weigh 0)."""
+    time, event, pred = _events(time, event, ("pred", pred))
+    _probabilities("pred", pred)
+    bins = _quantile_bins(pred, n_bins)
+    count = np.array([len(b) for b in bins])
+    predicted = np.array([pred[b].mean() for b in bins])
+    observed = np.array([cumulative_incidence(time[b], event[b], cause, [horizon])[0] for b in bins])
+    case, _, _, w = _ipcw(time, event, horizon, cause)
+    nan = np.full(len(bins), np.nan)
+    return CalibrationBins(predicted, observed, count, nan, nan.copy(),
+                           ece=float(np.sum(count * np.abs(observed - predicted)) / len(time)),
+                           brier=float(np.mean(w * (case - pred) ** 2)),
+                           slope=float("nan"), intercept=float("nan"), horizon_days=float(horizon))

@@ -1,0 +1,157 @@
+"""Prediction heads on a person's embedding, and the targets they learn from a label seen at a landmark.
+
+Three kinds (``HeadConfig.kind``):
+
+- ``classification``: with a label time, "does the outcome (label value >= 1) happen within
+  ``horizon_days`` after the landmark"; a subject censored (value 0) before the horizon ends is not
+  eligible. Without a label time: the label value is the class (``num_classes`` classes).
+- ``regression``: the label value, scaled as ``(value - center) / scale``.
+- ``survival``: time to event with competing risks, in discrete time: ``bins`` equal bins over
+  ``horizon_days``; per bin a softmax over "no event" and each of ``causes`` causes (a discrete-time
+  cause-specific hazard model). Label value 0 = censored at the label time, k = cause k. The forecast is
+  the cumulative incidence of each cause.
+
+A subject whose outcome (or censoring) comes at or before the landmark is not at risk there: not eligible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from datamodules.schema import Label
+
+KINDS = ("classification", "regression", "survival")
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "survival"
+    label: str = "disease"
+    horizon_days: float = 5 * 365.25
+    num_classes: int = 2      # classification without a label time
+    bins: int = 10            # survival
+    causes: int = 1           # survival: label values 1..causes
+    center: float = 0.0       # regression
+    scale: float = 1.0        # regression
+    hidden: int = 0           # 0: linear head; else one hidden layer
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"config key head.kind: {self.kind!r}; use one of {list(KINDS)}")
+        if self.horizon_days <= 0 or self.bins < 1 or self.causes < 1 or self.scale <= 0:
+            raise ValueError("config keys head.horizon_days, head.bins, head.causes, head.scale must be positive")
+
+    @property
+    def out_dim(self) -> int:
+        if self.kind == "survival":
+            return self.bins * (self.causes + 1)
+        if self.kind == "regression":
+            return 1
+        return 1 if self.num_classes == 2 else self.num_classes
+
+
+def target(cfg: HeadConfig, label: Label | None, landmark_days: float) -> tuple[dict[str, float] | None, str]:
+    """The training target for a subject at ``landmark_days``, or ``(None, reason)`` if not eligible."""
+    if label is None:
+        return None, f"no label {cfg.label!r}"
+    timed = not math.isnan(label.time_days)
+    if timed and label.time_days <= landmark_days:
+        return None, "outcome or censoring at or before the landmark"
+    if cfg.kind == "regression":
+        return {"y": (label.value - cfg.center) / cfg.scale}, ""
+    if cfg.kind == "classification":
+        if not timed:
+            if not 0 <= label.value < cfg.num_classes or label.value != int(label.value):
+                return None, f"label value {label.value} is not a class in 0..{cfg.num_classes - 1}"
+            return {"y": float(label.value)}, ""
+        dt = label.time_days - landmark_days
+        if label.value >= 1 and dt <= cfg.horizon_days:
+            return {"y": 1.0}, ""
+        if dt > cfg.horizon_days:
+            return {"y": 0.0}, ""
+        return None, "censored before the horizon"
+    if not timed:
+        return None, "survival label without a time"
+    cause = int(label.value)
+    if cause != label.value or not 0 <= cause <= cfg.causes:
+        return None, f"label value {label.value} is not 0 (censored) or a cause 1..{cfg.causes}"
+    return {"time": label.time_days - landmark_days, "event": float(cause)}, ""
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: HeadConfig, d_model: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = [nn.LayerNorm(d_model), nn.Dropout(cfg.dropout)]
+        if cfg.hidden:
+            layers += [nn.Linear(d_model, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
+        layers.append(nn.Linear(cfg.hidden or d_model, cfg.out_dim))
+        self.net = nn.Sequential(*layers)
+        edges = torch.linspace(0.0, cfg.horizon_days, cfg.bins + 1)
+        self.register_buffer("edges", edges, persistent=False)
+
+    def forward(self, emb: Tensor) -> Tensor:
+        out = self.net(emb)
+        if self.cfg.kind == "survival":
+            return out.view(-1, self.cfg.bins, self.cfg.causes + 1)
+        return out
+
+    # -- losses ------------------------------------------------------------------------------------
+    def loss(self, out: Tensor, tgt: dict[str, Tensor]) -> Tensor:
+        kind = self.cfg.kind
+        if kind == "regression":
+            return F.mse_loss(out.squeeze(-1), tgt["y"])
+        if kind == "classification":
+            if out.shape[-1] == 1:
+                return F.binary_cross_entropy_with_logits(out.squeeze(-1), tgt["y"])
+            return F.cross_entropy(out, tgt["y"].long())
+        return self.survival_nll(out, tgt["time"], tgt["event"].long())
+
+    def bin_of(self, time: Tensor) -> Tensor:
+        """Bin index of each time; ``bins`` for times past the horizon."""
+        return torch.bucketize(time, self.edges[1:-1].to(time), right=True).clamp(max=self.cfg.bins - 1) \
+            .masked_fill(time > self.cfg.horizon_days, self.cfg.bins)
+
+    def survival_nll(self, logits: Tensor, time: Tensor, event: Tensor) -> Tensor:
+        """Discrete-time competing-risks likelihood: survive every bin before the event's (or censoring's)
+        bin, then the event's cause in its bin. A subject censored in a bin counts as at risk only
+        before it; beyond the horizon, as surviving every bin."""
+        logp = logits.float().log_softmax(-1)                       # [B, bins, 1 + causes]
+        j = self.bin_of(time.float())                                # [B]
+        bins = torch.arange(self.cfg.bins, device=logits.device)
+        survived = (bins[None, :] < j[:, None]).float()             # bins fully survived
+        ll = (logp[..., 0] * survived).sum(1)
+        has_event = (event > 0) & (j < self.cfg.bins)
+        jj = j.clamp(max=self.cfg.bins - 1)
+        ll = ll + torch.where(has_event, logp[torch.arange(len(j)), jj, event.clamp(min=0)], torch.zeros_like(ll))
+        return -ll.mean()
+
+    # -- forecasts --------------------------------------------------------------------------------
+    def predict(self, out: Tensor) -> Tensor:
+        """Classification: probability of the positive class (``[B]``) or of each class; regression: the
+        value in label units; survival: cumulative incidence ``[B, bins, causes]`` at each bin's end."""
+        kind = self.cfg.kind
+        if kind == "regression":
+            return out.squeeze(-1) * self.cfg.scale + self.cfg.center
+        if kind == "classification":
+            return torch.sigmoid(out.squeeze(-1)) if out.shape[-1] == 1 else out.softmax(-1)
+        p = out.float().softmax(-1)                                  # [B, bins, 1 + causes]
+        alive_before = torch.cumprod(torch.cat([torch.ones_like(p[:, :1, 0]), p[:, :-1, 0]], 1), 1)
+        return torch.cumsum(alive_before[..., None] * p[..., 1:], 1)
+
+    def risk(self, out: Tensor, cause: int = 1) -> Tensor:
+        """One score per subject (higher = worse): probability (classification), value (regression),
+        cumulative incidence of ``cause`` at the horizon (survival)."""
+        pred = self.predict(out)
+        if self.cfg.kind == "survival":
+            return pred[:, -1, cause - 1]
+        return pred if pred.ndim == 1 else pred[:, -1]
+
+
+__all__ = ["Head", "HeadConfig", "KINDS", "target"]

@@ -1,0 +1,157 @@
+"""Distributed strategies for real, on CPU: two processes (torchrun, gloo) train the same small run under
+DDP, FSDP2, DeepSpeed ZeRO-2 and ZeRO-3 with CPU offload (configs/strategy/), and each process's losses
+must equal a 1-process run fed the same global batch (rank 0's batch then rank 1's, gradient accumulation
+2). Rank 1 reads only 3 of the 9 modalities, so most encoders are unused in its batches: no strategy may
+hang or crash on that (DDP runs with find_unused_parameters=False). Then: checkpoints of every strategy
+consolidate into one file the release export reads; a resume with a different number of processes is
+refused with what to do; every sample is seen once per epoch across ranks x workers.
+
+All 2-process work happens in ONE torchrun (tests/dist_worker.py), shared by the tests through a module
+fixture: one start-up and one DeepSpeed op build (cached under ~/.cache/torch_extensions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dist_strategies import RANK1_MODALITIES, STRATEGIES, LossRecorder, RankInterleaved, compose_config
+
+from omnimodal.distributed import WORLD_SIZE_KEY, check_resume, consolidate, load_weights, written_by
+from omnimodal.distributed import main as consolidate_main
+from omnimodal.task import PretrainTask
+from omnimodal.train import build, run
+
+pytestmark = pytest.mark.distributed
+HERE = Path(__file__).resolve().parent
+#: run together in one torchrun; ZeRO-3 runs in its own (it crashes, see test_zero3_offload...)
+CASES = ["ddp", "fsdp", "deepspeed_zero2"]
+ZERO2_BUG = pytest.mark.xfail(strict=True, reason="ZeRO-2 on CPU/gloo: rank 0's weights of encoders unused on rank 1 "
+                                                  "differ from the averaged-gradient update (losses agree at step 0, "
+                                                  "rank 0 differs by ~0.5% from step 1); not yet explained")
+MATCHING = [pytest.param(c, marks=[ZERO2_BUG] if c == "deepspeed_zero2" else []) for c in CASES]
+#: fp32 on CPU; a 2-process step averages gradients by all-reduce where the reference sums two halves, and
+#: ZeRO/FSDP reduce in other bucket orders: float rounding only, measured <= 2e-6 relative over 4 Adam
+#: steps. A wrong global batch (no averaging, one rank's gradient, a stale shard) moves step 1's loss by
+#: >= 1e-3 relative, 100x over this.
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def dist_runs(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _torchrun(shards, tmp_path_factory.mktemp("dist"), *CASES, "data")
+
+
+def _torchrun(shards: Path, out: Path, *cases: str) -> Path:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "dist_worker.py"), str(shards), str(out), *cases]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=1500)
+    errors = "\n".join(p.read_text()[-3000:] for p in out.glob("*/rank*.error"))
+    assert res.returncode == 0, errors or res.stderr[-5000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], float]:
+    """1 process, accumulate_grad_batches=2: for each step rank 0's batch then rank 1's -> {(step, rank): loss}."""
+    run_dir = tmp_path_factory.mktemp("ref")
+    task, dm, trainer = build(compose_config(shards, run_dir, "trainer.accumulate_grad_batches=2"))
+    rec = LossRecorder()
+    trainer.callbacks.append(rec)
+    trainer.fit(task, datamodule=RankInterleaved(dm, world=2, modalities={1: RANK1_MODALITIES}))
+    assert trainer.global_step == 4
+    return {"losses": {(b // 2, b % 2): loss for b, loss, _ in rec.records},
+            "state_dict": {k: v.detach().clone() for k, v in task.state_dict().items()}}
+
+
+def _rank(dist_runs: Path, case: str, rank: int) -> dict:
+    return json.loads((dist_runs / case / f"rank{rank}.json").read_text())
+
+
+@pytest.mark.parametrize("case", MATCHING)
+def test_two_processes_match_one_with_the_same_global_batch(dist_runs: Path, reference: dict, case: str) -> None:
+    for rank in (0, 1):
+        got = _rank(dist_runs, case, rank)
+        assert got["world_size"] == 2 and got["global_step"] == 4
+        losses = {b: loss for b, loss, _ in got["records"]}
+        assert sorted(losses) == [0, 1, 2, 3]
+        for step, loss in losses.items():
+            want = reference["losses"][(step, rank)]
+            assert loss == pytest.approx(want, rel=RTOL), f"{case} rank {rank} step {step}: {loss} vs {want}"
+    # the reference is sharp: its step-1 loss moves well beyond RTOL when an update changes
+    assert abs(reference["losses"][(1, 0)] - reference["losses"][(0, 0)]) > 100 * RTOL * reference["losses"][(0, 0)]
+
+
+@pytest.mark.parametrize("case", MATCHING)
+def test_checkpoints_consolidate_into_one_file_the_export_reads(dist_runs: Path, reference: dict, case: str,
+                                                                tmp_path: Path) -> None:
+    ckpt = dist_runs / case / "checkpoints" / "last.ckpt"
+    assert ckpt.is_dir() == (case != "ddp")  # DeepSpeed and FSDP write folders
+    assert written_by(ckpt) == 2
+    out = tmp_path / "weights.ckpt"
+    consolidate(ckpt, out)
+    loaded = torch.load(out, map_location="cpu", weights_only=True)
+    task = PretrainTask(**loaded["hyper_parameters"])
+    task.load_state_dict(loaded["state_dict"], strict=True)
+    assert loaded["global_step"] == 4 and loaded[WORLD_SIZE_KEY] == 2
+    # the consolidated weights are the trained ones: those of the 1-process reference after 4 steps
+    for k, want in reference["state_dict"].items():
+        # Adam moves an element whose gradient is rounding noise by up to lr (1e-3) a step: atol 2e-4 allows
+        # that (observed <= 4e-5) and still tells step 4 from step 2 (elements differ by ~lr x 2)
+        torch.testing.assert_close(loaded["state_dict"][k], want, rtol=1e-3, atol=2e-4, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("case", ["fsdp", "deepspeed_zero2"])
+def test_resume_with_another_number_of_processes_says_how(dist_runs: Path, shards: Path, tmp_path: Path,
+                                                          case: str) -> None:
+    ckpt = dist_runs / case / "checkpoints" / "epoch=0-step=2.ckpt"
+    check_resume(ckpt, 2)  # the same number: fine
+    cfg = compose_config(shards, tmp_path, *STRATEGIES[case], "trainer.devices=1", f"resume='{ckpt}'")
+    with pytest.raises(RuntimeError, match=r"written by a run with 2 processes and this run has 1.*omnimodal-consolidate"):
+        run(cfg)  # refused before any process group or training starts
+
+
+def test_a_new_run_starts_from_consolidated_weights(dist_runs: Path, shards: Path, tmp_path: Path) -> None:
+    """What the refusal above proposes: consolidate, then init_from= on 1 process (fresh optimizer)."""
+    weights = tmp_path / "weights.ckpt"
+    assert consolidate_main([str(dist_runs / "deepspeed_zero2" / "checkpoints" / "last.ckpt"), str(weights)]) == 0
+    cfg = compose_config(shards, tmp_path / "run", "resume=null", f"init_from={weights}", "trainer.max_steps=1")
+    task, _, _ = build(cfg)
+    load_weights(task, weights)
+    want = torch.load(weights, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, want[k]) for k, v in task.state_dict().items())
+    assert run(cfg)["train/loss"] > 0
+
+
+def test_every_sample_once_per_epoch_across_ranks_and_workers(dist_runs: Path, shards: Path) -> None:
+    ranks = [_rank(dist_runs, "data", r) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    keys = [k for r in ranks for b in r["batches"] for k in b]
+    n = json.loads((shards / "index.json").read_text())["splits"]["train"]["samples"]
+    assert len(keys) == n and len(set(keys)) == n
+    for r in ranks:  # each rank's loader knows its length (the progress bar's, Lightning's epoch end)
+        assert r["len"] == len(r["batches"]) > 0
+
+
+@pytest.mark.xfail(strict=True, reason="datamodules: ranks may get different numbers of batches per epoch "
+                                       "(shards dealt whole to ranks); DDP/ZeRO/FSDP then hang at epoch end")
+def test_every_rank_gets_the_same_number_of_batches(dist_runs: Path) -> None:
+    assert _rank(dist_runs, "data", 0)["len"] == _rank(dist_runs, "data", 1)["len"]
+
+
+@pytest.mark.xfail(strict=True, reason="ZeRO-3 (offload) aborts in a parameter all-gather when ranks' batches hold "
+                                       "different modalities: Encoder.forward with N=0 reads its submodules' "
+                                       "partitioned weights without running them (encoders/base.py)")
+def test_zero3_offload_two_processes_match_one(shards: Path, reference: dict, tmp_path: Path) -> None:
+    out = _torchrun(shards, tmp_path, "deepspeed_zero3_offload")
+    for rank in (0, 1):
+        got = {b: loss for b, loss, _ in _rank(out, "deepspeed_zero3_offload", rank)["records"]}
+        for step, loss in got.items():
+            assert loss == pytest.approx(reference["losses"][(step, rank)], rel=RTOL)

@@ -1,0 +1,176 @@
+"""Fine-tuning a release: heads, modes (frozen / full / LoRA), modality subsets, the release's preprocessing
+enforced; evaluation report; per-person forecasts."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+from PIL import Image
+
+from datamodules.schema import Event, Label, Measurement, Timeline
+from omnimodal.evaluate import evaluate, write_report
+from omnimodal.finetune import FinetuneTask, LandmarkConfig, build, landmark_sample, load_finetuned
+from omnimodal.heads import Head, HeadConfig, target
+from omnimodal.person import Forecaster, find_person
+from omnimodal.release import ReleaseError
+
+def finetune_config(release: Path | str, shards: Path, run_dir: Path, *overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
+        cfg = compose("finetune", overrides=[
+            f"release={release}", f"data.root={shards}", "data.batch_size=4", "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false", "~logger.tensorboard", "~callbacks.lr_monitor", "landmark.max_events=4",
+            *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    return cfg
+
+
+# --- heads and targets ---------------------------------------------------------------------------------
+def test_targets_at_a_landmark() -> None:
+    surv = HeadConfig(kind="survival", horizon_days=1000, bins=4, causes=2)
+    assert target(surv, Label(2.0, 900.0), 100.0)[0] == {"time": 800.0, "event": 2.0}
+    assert target(surv, Label(1.0, 100.0), 100.0)[0] is None  # not at risk at the landmark
+    assert "not 0 (censored) or a cause" in target(surv, Label(3.0, 900.0), 100.0)[1]
+    cls = HeadConfig(kind="classification", horizon_days=500)
+    assert target(cls, Label(1.0, 400.0), 100.0)[0] == {"y": 1.0}     # onset within the horizon
+    assert target(cls, Label(1.0, 700.0), 100.0)[0] == {"y": 0.0}     # onset after it: negative
+    assert target(cls, Label(0.0, 700.0), 100.0)[0] == {"y": 0.0}     # followed past it, no onset
+    assert target(cls, Label(0.0, 300.0), 100.0) == (None, "censored before the horizon")
+    assert target(HeadConfig(kind="classification", num_classes=3), Label(2.0), 0.0)[0] == {"y": 2.0}
+    assert target(HeadConfig(kind="regression", center=10, scale=2), Label(14.0), 0.0)[0] == {"y": 2.0}
+    with pytest.raises(ValueError, match="head.kind"):
+        HeadConfig(kind="ranking")
+
+
+def test_survival_head_likelihood_and_cumulative_incidence() -> None:
+    cfg = HeadConfig(kind="survival", horizon_days=400, bins=4, causes=2, dropout=0.0)
+    head = Head(cfg, 8)
+    logits = torch.randn(3, 4, 3)
+    p = logits.softmax(-1)
+    # subject 0: cause 2 in bin 2 (t=250); 1: censored in bin 1 (t=150); 2: event-free past the horizon
+    nll = head.survival_nll(logits, torch.tensor([250.0, 150.0, 900.0]), torch.tensor([2, 0, 1]))
+    ll0 = p[0, 0, 0].log() + p[0, 1, 0].log() + p[0, 2, 2].log()
+    ll1 = p[1, 0, 0].log()
+    ll2 = p[2, :, 0].log().sum()
+    assert torch.allclose(nll, -(ll0 + ll1 + ll2) / 3, atol=1e-6)
+    cif = head.predict(logits)                                     # [3, 4 bins, 2 causes]
+    assert cif.shape == (3, 4, 2)
+    assert (cif.diff(dim=1) >= -1e-7).all() and (cif.sum(-1) <= 1 + 1e-6).all()
+    survival = p[..., 0].prod(1)
+    assert torch.allclose(cif[:, -1].sum(-1) + survival, torch.ones(3), atol=1e-6)
+
+
+def _tl(times: list[float], label: Label) -> Timeline:
+    return Timeline("k", {}, [Event(t, 20000 + t, [Measurement("omics", np.zeros(3))]) for t in times], {"disease": label})
+
+
+def test_landmarks_random_for_training_fixed_for_evaluation() -> None:
+    head, lm = HeadConfig(kind="survival"), LandmarkConfig(eval_days=365.25, max_events=2)
+    tl = _tl([0, 200, 300, 500, 800, 1200], Label(1.0, 900.0))
+    (hist, tgt), _ = landmark_sample(tl, head, lm, None)
+    assert [e.time_days for e in hist.events] == [200, 300] and tgt == {"time": 900 - 365.25, "event": 1.0}
+    seen = set()
+    for seed in range(40):
+        (hist, tgt), _ = landmark_sample(tl, head, lm, np.random.default_rng(seed))
+        last = hist.events[-1].time_days
+        assert last < 900 and tgt["time"] == 900 - last and len(hist.events) <= 2
+        seen.add(last)
+    assert seen == {0, 200, 300, 500, 800}  # every event before the outcome, none after it
+    assert landmark_sample(_tl([0, 100], Label(1.0, 200.0)), head, lm, None) == \
+        (None, "outcome or censoring at or before the landmark")
+
+
+# --- fine-tuning a release -----------------------------------------------------------------------------
+def _fit(release_dir: Path, shards: Path, run_dir: Path, *overrides: str) -> tuple[FinetuneTask, dict]:
+    cfg = finetune_config(release_dir, shards, run_dir, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                          "trainer.limit_val_batches=1", *overrides)
+    task, dm, trainer = build(cfg)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    trainer.fit(task, datamodule=dm)
+    assert trainer.global_step == 2
+    return task, before
+
+
+def test_frozen_mode_trains_only_the_head(release_dir: Path, shards: Path, tmp_path: Path) -> None:
+    task, before = _fit(release_dir, shards, tmp_path, "mode=frozen", "head=classification")
+    after = task.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    n = task.trainable_parameters()
+    assert n["model"] == 0 and n["head"] == sum(p.numel() for p in task.head.parameters())
+    ckpt = sorted((tmp_path / "checkpoints").glob("*.ckpt"))[0]
+    again = load_finetuned(ckpt)  # weights_only, no release folder needed
+    assert again.head_cfg.kind == "classification"
+    for k, v in task.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_lora_trains_only_adapters_and_head(release_dir: Path, shards: Path, tmp_path: Path) -> None:
+    task, before = _fit(release_dir, shards, tmp_path, "mode=lora", "lora.r=4")
+    trainable = {n for n, p in task.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    d, layers = task.model.config.backbone["d_model"], task.model.config.backbone["n_layers"]
+    hidden = task.model.omni.backbone.blocks[0].mlp[0].out_features
+    # r x (in + out) per adapted Linear: qkv (d -> 3d), out (d -> d), mlp.0 (d -> h), mlp.2 (h -> d)
+    expect_lora = layers * 4 * ((d + 3 * d) + (d + d) + (d + hidden) + (hidden + d))
+    n = task.trainable_parameters()
+    assert n["model"] == expect_lora and n["head"] == sum(p.numel() for p in task.head.parameters())
+    assert n["model"] + n["head"] < 0.05 * n["total"]
+    after = task.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed)
+
+
+def test_full_mode_with_a_modality_subset(release_dir: Path, shards: Path, tmp_path: Path) -> None:
+    task, before = _fit(release_dir, shards, tmp_path, "mode=full", "modalities=[ecg,wearable]", "head=survival")
+    assert set(task.model.omni.encoders) == {"ecg", "wearable"}
+    after = task.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("omni.backbone"))
+
+
+def test_preprocessing_mismatch_is_refused(release_dir: Path, shards: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "release"
+    shutil.copytree(release_dir, bad)
+    prep = json.loads((bad / "preprocessing.json").read_text())
+    prep["specs"]["ecg"]["rate_hz"] = 500
+    (bad / "preprocessing.json").write_text(json.dumps(prep))
+    with pytest.raises(ReleaseError, match=r"modality 'ecg' was preprocessed differently.*rate_hz: data 250 vs release 500"):
+        build(finetune_config(bad, shards, tmp_path))
+    # the same release is usable on a cohort's other modalities
+    build(finetune_config(bad, shards, tmp_path, "modalities=[wearable,omics]"))
+    with pytest.raises(ReleaseError, match="config key release"):
+        build(finetune_config("null", shards, tmp_path))
+
+
+# --- evaluation report and per-person forecast ---------------------------------------------------------
+def test_eval_report_and_person_forecast(release_dir: Path, shards: Path, tmp_path: Path) -> None:
+    task, _ = _fit(release_dir, shards, tmp_path / "run", "mode=frozen", "head=survival", "landmark.eval_days=30")
+    task.eval()
+    rep = evaluate(task, "frozen", shards, "train", n_boot=50, landmark_days=30)
+    assert len(rep.predictions) >= 10 and set(rep.ablation) == set(task.model.omni.encoders)
+    assert 0.0 <= rep.metrics["survival"]["c_index"].value <= 1.0
+    assert (rep.predictions.risk >= 0).all() and (rep.predictions.risk <= 1).all()
+    path = write_report([rep], tmp_path / "report", "train")
+    text = path.read_text()
+    assert "c_index" in text and "Modality ablation" in text and "ecg" in text
+    for png in ("roc.png", "calibration.png", "ablation.png"):
+        img = np.asarray(Image.open(tmp_path / "report" / png).convert("L"))
+        assert img.shape[0] > 300 and (img < 250).mean() > 0.02, png   # an image with content, not blank
+    tl = find_person(shards, "train", person=0)
+    f = Forecaster(task)
+    traj = f.trajectory(tl)
+    assert [t for t, _ in traj] == [ev.time_days for ev in tl.events]
+    assert all(0.0 <= r <= 1.0 for _, r in traj) and len({round(r, 6) for _, r in traj}) > 1
+    assert math.isclose(f.forecast(tl), traj[-1][1], rel_tol=1e-5)
+    assert f.embed(tl).shape == (task.model.omni.d_model,)
+    png = f.plot(tl, tmp_path / "person.png")
+    assert np.asarray(Image.open(png)).shape[0] > 300
