@@ -59,6 +59,7 @@ class Collator:
             num_events=torch.tensor([len(tl.events) for tl in timelines], dtype=torch.long),
             static=_table([tl.static for tl in timelines]),
             labels=_labels(timelines),
+            padding=torch.tensor([tl.padding for tl in timelines], dtype=torch.bool),
         )
 
 

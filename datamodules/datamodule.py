@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -14,6 +15,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from .collate import Collator
 from .loader import CropConfig, ShardDataset, rank_and_world
 from .schema import DataError
+
+log = logging.getLogger(__name__)
 
 # torchdata 0.11 calls a torch API deprecated since 2.9 on every iteration; harmless, and not ours to fix.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -36,7 +39,8 @@ class ShardLoader(StatefulDataLoader):
         return super().__iter__()
 
     def __len__(self) -> int:
-        """Batches this rank will yield in one epoch (each worker batches its own samples)."""
+        """Batches this rank yields in one epoch (each worker batches its own samples): exact, and the same
+        on every rank, for a dataset with ``even=True``; without it, an upper bound (skipped samples)."""
         counts = self.dataset.samples_per_worker(max(self.num_workers, 1))
         return sum(math.ceil(c / self.batch_size) for c in counts)
 
@@ -72,7 +76,11 @@ class OmniDataModule(L.LightningDataModule):
     """Loaders for the ``train``/``val``/``test`` splits of a shard folder written by ``omnimodal-shard``.
 
     Timelines are cropped to ``max_events`` / ``max_tokens`` (random window for training, most recent
-    for evaluation); ``on_error='skip'`` skips and counts bad samples instead of stopping.
+    for evaluation); ``on_error='skip'`` skips and counts bad samples instead of stopping. Every split
+    is read with ``ShardDataset(even=True)``: each rank gets the same number of batches per epoch (no
+    hang at the epoch end under DDP / FSDP / DeepSpeed) at the cost of fewer than ``world x num_workers``
+    repeated timelines per epoch (plus one per skipped sample), flagged in ``OmniBatch.padding``; the
+    pretraining losses count them like any sample.
     """
 
     def __init__(self, root: str | os.PathLike, batch_size: int = 8, num_workers: int = 0, *,
@@ -89,10 +97,17 @@ class OmniDataModule(L.LightningDataModule):
         train = split == "train"
         return ShardDataset(self.root, split, shuffle=train, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
                             crop=CropConfig(**self.crop, random=train), on_error=self.on_error,
-                            modalities=self.modalities)
+                            modalities=self.modalities, even=True)
 
     def loader(self, split: str) -> ShardLoader:
-        return ShardLoader(self.dataset(split), self.batch_size, self.num_workers, pin_memory=self.pin_memory)
+        ds = self.dataset(split)
+        rank, world = rank_and_world()
+        nslots = world * max(self.num_workers, 1)
+        if rank == 0 and ds.padding_per_epoch(nslots):
+            log.info("%s: %d samples over %d ranks x workers: %d repeated per epoch so that every rank gets "
+                     "the same number of batches (flagged in OmniBatch.padding)", split, ds.num_samples, nslots,
+                     ds.padding_per_epoch(nslots))
+        return ShardLoader(ds, self.batch_size, self.num_workers, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> ShardLoader:
         return self.loader("train")

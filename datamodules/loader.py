@@ -1,8 +1,17 @@
 """Streaming shard loader: WebDataset tar samples -> checked :class:`Timeline` records.
 
-Splitting: shards are dealt to (rank, worker) slots when there are at least as many shards as slots;
-otherwise every slot reads all shards and keeps every n-th sample. Either way each sample is seen
-exactly once per epoch across ranks x workers, and a slot with nothing to read ends at once (no hang).
+Splitting: the split's samples, in this epoch's (seeded) shard order, are cut into ``world x workers``
+contiguous ranges whose sizes differ by at most one; a (rank, worker) slot reads only the shards that
+hold its range (a shard on a range boundary is read by both neighbours, each keeping its own part), so
+each sample is seen exactly once per epoch across ranks x workers, and a slot with nothing to read
+ends at once (no hang).
+
+Even epochs (``even=True``, what :class:`~datamodules.datamodule.OmniDataModule` uses): under DDP / FSDP
+/ DeepSpeed a rank that runs out of batches first leaves the others waiting at the epoch end, so every
+slot then yields exactly ``ceil(samples / slots)`` timelines: after its own range it repeats samples of
+the split (its own first ones, wrapping round), marked ``Timeline.padding`` / ``OmniBatch.padding``.
+Padding is deterministic per (seed, epoch), fewer than ``world x workers`` timelines per epoch, plus
+one for each sample skipped (``on_error='skip'``) or left without events by ``modalities``.
 
 Determinism and resume: the shard order and the shuffle buffer are seeded by (seed, epoch, slot),
 cropping by (seed, epoch, key). The iterator is ``Stateful`` (torchdata's ``StatefulDataLoader`` saves
@@ -11,12 +20,13 @@ and restores it): on restore it skips the samples already yielded *before* decod
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import random
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -67,12 +77,15 @@ class ShardDataset(IterableDataset):
     """Timelines of one split of a shard folder, as an ``IterableDataset``.
 
     ``on_error``: ``"raise"`` stops with a :class:`DataError` naming shard, key and member; ``"skip"``
-    logs it, counts it in ``skipped`` and goes on.
+    logs it, counts it in ``skipped`` and goes on. ``even``: every (rank, worker) slot yields the same
+    number of timelines per epoch, :meth:`slot_length`, padding with flagged repeats (module docstring);
+    ``padded`` counts the repeats this process yielded (per worker process when there are workers).
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", *, shuffle: bool = True,
                  shuffle_buffer: int = 64, seed: int = 0, crop: CropConfig | None = None,
-                 on_error: str = "raise", validate: bool = True, modalities: Sequence[str] | None = None) -> None:
+                 on_error: str = "raise", validate: bool = True, modalities: Sequence[str] | None = None,
+                 even: bool = False) -> None:
         if on_error not in ("raise", "skip"):
             raise DataError(f"on_error={on_error!r}", hint="use 'raise' or 'skip'")
         self.root = Path(root)
@@ -85,16 +98,23 @@ class ShardDataset(IterableDataset):
                             hint=f"splits here: {sorted(self.index['splits'])}")
         self.split = split
         self.specs: dict[str, Spec] = specs_from_json(self.index["specs"])
-        self.urls = [str(self.root / s["name"]) for s in self.index["splits"][split]["shards"]]
-        self.num_samples = int(self.index["splits"][split]["samples"])
+        info = self.index["splits"][split]
+        self.shards = [(str(self.root / s["name"]), int(s["samples"])) for s in info["shards"]]
+        self.urls = [u for u, _ in self.shards]
+        self.num_samples = int(info["samples"])
+        if self.num_samples != sum(n for _, n in self.shards):
+            raise DataError(f"split {split!r} has {self.num_samples} samples but its shards list "
+                            f"{sum(n for _, n in self.shards)}", where=str(self.root / "index.json"),
+                            hint="the index is inconsistent: rebuild the shards with omnimodal-shard")
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
         self.crop = crop or CropConfig(random=shuffle)
-        self.on_error, self.validate = on_error, validate
+        self.on_error, self.validate, self.even = on_error, validate, even
         self.modalities = tuple(modalities) if modalities else None
         for m in self.modalities or ():
             check_modality(m, where="modalities")
         self.epoch = 0
         self.skipped = 0
+        self.padded = 0
 
     def __len__(self) -> int:
         return self.num_samples
@@ -119,34 +139,74 @@ class ShardDataset(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         return rank * nw + wid, world * nw
 
+    def slot_range(self, slot: int, nslots: int) -> tuple[int, int]:
+        """Positions ``[start, stop)`` of the epoch's sample order that ``slot`` of ``nslots`` reads."""
+        return slot * self.num_samples // nslots, (slot + 1) * self.num_samples // nslots
+
+    def slot_length(self, slot: int, nslots: int) -> int:
+        """Timelines ``slot`` yields per epoch: its range's size, or with ``even`` ceil(samples / nslots)
+        for every slot (minus skipped and event-less samples when not ``even``)."""
+        if self.even:
+            return -(-self.num_samples // nslots)
+        start, stop = self.slot_range(slot, nslots)
+        return stop - start
+
     def samples_per_worker(self, num_workers: int) -> list[int]:
-        """How many samples each of this rank's ``num_workers`` workers yields per epoch (before skips)."""
+        """How many timelines each of this rank's ``num_workers`` workers yields per epoch (see :meth:`slot_length`)."""
         rank, world = rank_and_world()
-        nslots = world * num_workers
-        sizes = [s["samples"] for s in self.index["splits"][self.split]["shards"]]
-        if len(sizes) >= nslots:  # shard order is shuffled per epoch, so count for the epoch at hand
-            order = list(range(len(sizes)))
-            if self.shuffle:
-                random.Random(_seed(self.seed, self.epoch, "shards")).shuffle(order)
-            return [sum(sizes[i] for i in order[rank * num_workers + w::nslots]) for w in range(num_workers)]
-        total = sum(sizes)
-        return [len(range(rank * num_workers + w, total, nslots)) for w in range(num_workers)]
+        return [self.slot_length(rank * num_workers + w, world * num_workers) for w in range(num_workers)]
+
+    def padding_per_epoch(self, nslots: int) -> int:
+        """Repeats that even out one epoch over ``nslots`` slots (all ranks x workers; before skips): < nslots."""
+        return nslots * self.slot_length(0, nslots) - self.num_samples if self.even else 0
+
+    def epoch_shards(self, epoch: int) -> list[tuple[str, int]]:
+        """``(url, samples)`` of the split's shards in ``epoch``'s order: the same on every rank and worker."""
+        shards = list(self.shards)
+        if self.shuffle:
+            random.Random(_seed(self.seed, epoch, "shards")).shuffle(shards)
+        return shards
 
     def raw_samples(self, epoch: int) -> Iterator[dict[str, Any]]:
-        """This slot's raw tar samples for ``epoch``, in (seeded, shuffled) order, not decoded."""
+        """This slot's raw tar samples for ``epoch``, in (seeded, shuffled) order, not decoded; with
+        ``even``, followed by an endless stream of repeats flagged ``__padding__``."""
         slot, nslots = self.slot()
-        urls = list(self.urls)
-        if self.shuffle:  # same order on every rank and worker: they then take disjoint slices
-            random.Random(_seed(self.seed, epoch, "shards")).shuffle(urls)
-        by_shard = len(urls) >= nslots
-        mine = urls[slot::nslots] if by_shard else urls
-        samples = wds.tarfile_samples([{"url": u} for u in mine], handler=self._tar_error)
-        if not by_shard:
-            samples = (s for i, s in enumerate(samples) if i % nslots == slot)
+        shards = self.epoch_shards(epoch)
+        start, stop = self.slot_range(slot, nslots)
+        samples = self._read(shards, start, stop)
         if self.shuffle:
             samples = wds.filters._shuffle(samples, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
                                            rng=random.Random(_seed(self.seed, epoch, slot)))
+        if self.even and self.num_samples:
+            samples = itertools.chain(samples, self._repeats(shards, start))
         return samples
+
+    def _read(self, shards: list[tuple[str, int]], start: int, stop: int) -> Iterator[dict[str, Any]]:
+        """Raw samples at positions ``[start, stop)`` of ``shards``' order, opening only the shards that
+        hold them (one at a time, so a short or corrupt shard never shifts another's positions)."""
+        offset = 0
+        for url, n in shards:
+            lo, hi = max(start - offset, 0), min(stop - offset, n)
+            if lo < hi:
+                yield from itertools.islice(wds.tarfile_samples([{"url": url}], handler=self._tar_error), lo, hi)
+            offset += n
+            if offset >= stop:
+                return
+
+    def _repeats(self, shards: list[tuple[str, int]], start: int) -> Iterator[dict[str, Any]]:
+        """Padding: the samples again from position ``start`` on, wrapping round, for ever."""
+        while True:
+            read = 0
+            for read, sample in enumerate(self._read(shards, start, self.num_samples), 1):
+                yield {**sample, "__padding__": True}
+            if not read and not start:  # every shard unreadable (on_error='skip'): nothing to repeat
+                raise self.no_timelines()
+            start = 0
+
+    def no_timelines(self) -> DataError:
+        return DataError(f"no sample of split {self.split!r} gives a timeline: all are unreadable or skipped, or "
+                         f"none has events of modalities {list(self.modalities or MODALITIES)}", where=str(self.root),
+                         hint="check the shards (on_error='raise' names the first bad one) and the modalities")
 
     def _tar_error(self, exn: Exception) -> bool:
         where = next((str(a) for a in exn.args[1:] if isinstance(a, str) and a.endswith(".tar")), "a shard")
@@ -172,15 +232,18 @@ class ShardDataset(IterableDataset):
             raise
         if not tl.events:  # nothing of the selected modalities: not an error, nothing to train on
             return None
-        return crop_timeline(tl, self.crop, np.random.default_rng(_seed(self.seed, epoch, tl.key)))
+        tl = crop_timeline(tl, self.crop, np.random.default_rng(_seed(self.seed, epoch, tl.key)))
+        return replace(tl, padding=True) if sample.get("__padding__") else tl
 
 
 class _TimelineIterator:
-    """One pass over a slot's samples; ``Stateful`` so a loader can resume it mid-epoch."""
+    """One pass over a slot's samples; ``Stateful`` so a loader can resume it mid-epoch. With ``even`` it
+    stops after exactly :meth:`ShardDataset.slot_length` timelines."""
 
     def __init__(self, ds: ShardDataset) -> None:
-        self.ds, self.epoch, self.yielded = ds, ds.epoch, 0
+        self.ds, self.epoch, self.yielded, self.produced = ds, ds.epoch, 0, 0
         self._raw: Iterator[dict[str, Any]] | None = None
+        self._length: int | None = None
 
     def __iter__(self) -> _TimelineIterator:
         return self
@@ -188,17 +251,28 @@ class _TimelineIterator:
     def __next__(self) -> Timeline:
         if self._raw is None:
             self._raw = self.ds.raw_samples(self.epoch)
+        if self._length is None:
+            self._length = self.ds.slot_length(*self.ds.slot()) if self.ds.even else -1
+        if self.produced == self._length:
+            raise StopIteration
+        misses = 0
         while True:
             tl = self.ds.decode(next(self._raw), self.epoch)
             self.yielded += 1
             if tl is not None:
+                self.produced += 1
+                self.ds.padded += tl.padding
                 return tl
+            misses += 1
+            if misses > 2 * self.ds.num_samples:  # only with even: a whole round of repeats gave nothing
+                raise self.ds.no_timelines()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "yielded": self.yielded}
+        return {"epoch": self.epoch, "yielded": self.yielded, "produced": self.produced}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.yielded = int(state["epoch"]), int(state["yielded"])
+        self.produced = int(state.get("produced", self.yielded))
         self._raw = self.ds.raw_samples(self.epoch)
         for _ in range(self.yielded):  # skip raw (undecoded) samples: cheap
             next(self._raw, None)

@@ -306,12 +306,14 @@ class Label:
 @dataclass
 class Timeline:
     """One subject: pseudonymous ``key`` (keyed hash, never the raw id), static covariates, events
-    sorted by time, labels by name."""
+    sorted by time, labels by name. ``padding``: a repeat that evens out an epoch across ranks
+    (``ShardDataset(even=True)``), not a new sample."""
 
     key: str
     static: dict[str, float] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     labels: dict[str, Label] = field(default_factory=dict)
+    padding: bool = False
 
     def count(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -354,7 +356,8 @@ class OmniBatch:
     """A batch of B timelines: per-modality stacks, per-subject covariates and labels.
 
     ``num_events [B]``; ``static`` name -> ``[B]`` float; ``labels`` name -> ``(value [B], time_days [B])``
-    with NaN where a subject has no such label.
+    with NaN where a subject has no such label. ``padding [B]`` bool: True for a repeated timeline that
+    evens out an epoch across ranks (``Timeline.padding``); None = no row is.
     """
 
     keys: list[str]
@@ -362,6 +365,7 @@ class OmniBatch:
     num_events: torch.Tensor
     static: dict[str, torch.Tensor] = field(default_factory=dict)
     labels: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    padding: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -373,6 +377,7 @@ class OmniBatch:
             num_events=self.num_events.to(device),
             static={k: v.to(device) for k, v in self.static.items()},
             labels={k: (v.to(device), t.to(device)) for k, (v, t) in self.labels.items()},
+            padding=None if self.padding is None else self.padding.to(device),
         )
 
     def summary(self) -> str:

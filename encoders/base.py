@@ -52,13 +52,31 @@ class Encoder(nn.Module, abc.ABC):
         """``data [N, *in_shape]`` (+ ``mask``, ``value``) -> ``[N, num_tokens, d_model]``.
 
         ``N = 0`` returns ``[0, k, d]`` that still depends (with zero gradient) on every parameter, so
-        an encoder whose modality is absent from a batch takes part in gradient synchronisation.
+        an encoder whose modality is absent from a batch takes part in gradient synchronisation
+        (:meth:`empty_tokens`).
         """
         mask = self._check_input(data, mask)
         if data.shape[0] == 0:
-            anchor = sum(p.sum() for p in self.parameters()) * 0.0
-            return torch.zeros(0, self.num_tokens, self.d_model, device=data.device) + anchor
+            return self.empty_tokens(data.device)
         return self.encode(data, mask, value)
+
+    def empty_tokens(self, device: torch.device | str | None = None) -> Tensor:
+        """``[0, k, d]`` tokens tied, with zero gradient, to every parameter: :meth:`encode` runs on one
+        all-zero, fully observed instance and its output is sliced to nothing. The submodules run as on
+        real data, in the same order, so a sharded encoder (ZeRO-3, FSDP) gathers the same weights on
+        every process whether or not its modality is in that process's batch. Runs in eval mode: no
+        BatchNorm statistics move and no dropout draws random numbers."""
+        dummy = torch.zeros(1, *self.in_shape, dtype=self.in_dtype, device=device)
+        mask = None if self.mask_axes is None else torch.ones(
+            [dummy.shape[a] for a in self.mask_axes], dtype=torch.bool, device=device)
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            out = self.encode(dummy, mask, None)
+        finally:
+            for m, training in modes:
+                m.training = training
+        return out[:0]
 
     @abc.abstractmethod
     def encode(self, data: Tensor, mask: Tensor | None, value: Tensor | None) -> Tensor:

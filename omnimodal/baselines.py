@@ -85,4 +85,33 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, seed: int = 0):
     return model.fit(x, y.astype(int))
 
 
-__all__ = ["LastVisitFeatures", "fit_logistic"]
+
+
+
+def last_visit_logistic(task, root, train_split: str = "train", test_split: str = "test", seed: int = 0):
+    """The baseline for a fine-tuning task (a :class:`~omnimodal.finetune.FinetuneTask`): the same people,
+    landmarks and modalities, logistic regression on :class:`LastVisitFeatures` for "outcome by the horizon"
+    (people with a known status then). Returns ``(predictions on test_split, fitted model)``."""
+    from .evaluate import Predictions, landmark_items, status_at  # noqa: PLC0415 - evaluate imports the model stack
+
+    mods = task.hparams.get("modalities") or list(task.prep.specs)
+    feats = LastVisitFeatures({m: s for m, s in task.prep.specs.items() if m in mods}, task.prep.clinical_codes)
+    tr, _ = landmark_items(task, root, train_split, task.landmark)
+    te, excluded = landmark_items(task, root, test_split, task.landmark)
+
+    def arrays(items):
+        t = np.array([d.get("time", np.nan) for _, d in items])
+        e = np.array([d.get("event", d.get("y", 0.0)) for _, d in items]).astype(int)
+        return feats.matrix([h for h, _ in items]), t, e
+
+    x, t, e = arrays(tr)
+    if task.head_cfg.kind == "survival":
+        known, y = status_at(t, e, task.head_cfg.horizon_days)
+        x, y = x[known], y[known]
+    else:
+        y = e.astype(float)
+    model = fit_logistic(x, y, seed)
+    x_te, t_te, e_te = arrays(te)
+    target = {"time": t_te, "event": e_te.astype(float)} if task.head_cfg.kind == "survival" else {"y": e_te.astype(float)}
+    return Predictions(target, model.predict_proba(x_te)[:, 1], None, excluded), model
+__all__ = ["LastVisitFeatures", "fit_logistic", "last_visit_logistic"]

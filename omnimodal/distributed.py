@@ -5,6 +5,8 @@ Strategies are chosen by config (``configs/strategy/``); this module holds the f
 - :class:`FSDP2Strategy`: Lightning's ``ModelParallelStrategy`` with every process on one data-parallel
   dimension, and :func:`shard_model` (``fully_shard`` per encoder, per backbone block, then the model and
   the objective heads), called from ``PretrainTask.configure_model``.
+- :class:`DeepSpeedStrategy`: Lightning's DeepSpeed ZeRO strategy with gradients reduced in parameter order,
+  so processes whose batches hold different modalities still sum matching gradients.
 - :func:`adamw`: ``torch.optim.AdamW``, or DeepSpeed's CPU AdamW when ZeRO offloads the optimizer state.
 - :func:`consolidate`: a DeepSpeed ZeRO folder, an FSDP2 (torch distributed-checkpoint) folder or a plain
   Lightning file -> ONE file ``{"state_dict", "hyper_parameters", ...}`` that ``torch.load(weights_only=True)``
@@ -22,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeedStrategy
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 
 if TYPE_CHECKING:
     from .task import PretrainTask
@@ -40,6 +44,42 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         self._tensor_parallel_size = 1
         super().setup_environment()
+
+
+class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
+    """Lightning's ``DeepSpeedStrategy`` (ZeRO 1/2/3, configs/strategy/deepspeed_*.yaml) whose gradient reduction
+    does not depend on the order in which a process's backward produces its gradients.
+
+    ZeRO packs each gradient into its reduction bucket as soon as autograd produces it, and sums the buckets
+    across processes position by position; so every process must produce its gradients in the same order.
+    Here the autograd graph depends on the batch (which modalities, which instances are held out, which
+    objectives have pairs), and a parameter's gradient can come early on one process and late, or never, on
+    another: one parameter's gradient is then silently added to another's. (This is what made ZeRO-2 drift
+    from the 1-process run when the encoders of absent modalities were tied to the loss by a bare parameter
+    sum.) So each backward runs inside DeepSpeed's ``coalesce_grad_reduction``: gradients stay on their
+    parameters until the backward ends and are then reduced in parameter order, a missing one as zeros, the
+    same on every process. The cost is that this communication no longer overlaps the backward."""
+
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        engine = self.model
+        stage = engine.zero_optimization_stage()
+        if stage == 0:  # plain data parallel: DeepSpeed all-reduces whole buffers in parameter order
+            return super().backward(closure_loss, optimizer, *args, **kwargs)
+        if not hasattr(engine, "coalesce_grad_reduction"):  # DeepSpeed before PR 7992 (2026-05)
+            import deepspeed  # noqa: PLC0415 - DeepSpeed only when configured
+
+            rank_zero_warn(f"deepspeed {deepspeed.__version__} has no "
+                           "DeepSpeedEngine.coalesce_grad_reduction: ZeRO reduces gradients in the order the backward "
+                           "produces them, which is only right while every process's backward has the same shape; "
+                           "install the deepspeed of constraints.txt")
+            return super().backward(closure_loss, optimizer, *args, **kwargs)
+        with engine.coalesce_grad_reduction():
+            closure_loss = super().backward(closure_loss, optimizer, *args, **kwargs)
+            if stage < 3:  # under ZeRO-3 a parameter is a partition here; OmniModel ties every one to the loss
+                for p in engine.module.parameters():
+                    if p.requires_grad and p.grad is None:  # reduced by every process or by none
+                        p.grad = torch.zeros_like(p)
+        return closure_loss
 
 
 def shard_model(task: PretrainTask, mesh: Any) -> None:
@@ -82,7 +122,7 @@ def checkpoint_kind(path: str | Path) -> str:
     p = Path(path)
     if p.is_file():
         return "file"
-    if p.is_dir() and ((p / "latest").is_file() or any(p.glob("*/mp_rank_*_model_states.pt"))):
+    if p.is_dir() and ((p / "latest").is_file() or any(p.glob("*/*mp_rank_*_model_states.pt"))):
         return "deepspeed"
     if p.is_dir() and (p / ".metadata").is_file():
         return "dcp"
@@ -94,9 +134,9 @@ def checkpoint_kind(path: str | Path) -> str:
 
 def _deepspeed_states_file(path: Path) -> Path:
     tag = (path / "latest").read_text().strip() if (path / "latest").is_file() else "checkpoint"
-    files = sorted((path / tag).glob("mp_rank_*_model_states.pt"))
+    files = sorted((path / tag).glob("*mp_rank_*_model_states.pt"))  # ZeRO-3: zero_pp_rank_<r>_mp_rank_*
     if not files:
-        raise ValueError(f"{path / tag}: no mp_rank_*_model_states.pt; the DeepSpeed checkpoint is incomplete")
+        raise ValueError(f"{path / tag}: no *mp_rank_*_model_states.pt; the DeepSpeed checkpoint is incomplete")
     return files[0]
 
 

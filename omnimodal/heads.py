@@ -93,6 +93,13 @@ class Head(nn.Module):
             layers += [nn.Linear(d_model, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
         layers.append(nn.Linear(cfg.hidden or d_model, cfg.out_dim))
         self.net = nn.Sequential(*layers)
+        if cfg.kind == "survival":  # start from a small hazard per bin (~3%), not 50%: forecasts begin plausible
+            with torch.no_grad():
+                last = self.net[-1]
+                last.weight.mul_(0.1)
+                bias = last.bias.view(cfg.bins, cfg.causes + 1)
+                bias[:, 0] = math.log(0.97)
+                bias[:, 1:] = math.log(0.03 / cfg.causes)
         edges = torch.linspace(0.0, cfg.horizon_days, cfg.bins + 1)
         self.register_buffer("edges", edges, persistent=False)
 

@@ -37,15 +37,20 @@ def requeue() -> bool:
     """``scontrol requeue`` this job (or array task); False (and a warning) where that fails."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
-    r = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-    if r.returncode:
-        log.warning(f"`scontrol requeue {job}` failed ({r.returncode}: {r.stderr.strip()}): resubmit the job with "
-                    f"the same run folder to resume (sbatch --requeue and JobRequeue=1 allow requeueing)")
-    return r.returncode == 0
+    try:
+        r = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        why = f"exit status {r.returncode}: {r.stderr.strip()}" if r.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = str(e)
+    if why:
+        log.warning(f"`scontrol requeue {job}` failed ({why}): resubmit the job with the same run folder to "
+                    f"resume (sbatch --requeue, and JobRequeue=1 in slurm.conf, allow requeueing)")
+    return not why
 
 
 class RequeueAtStepEnd(L.Callback):
-    """Run Lightning's SLURM auto-requeue handler at the end of a training step instead of mid-step.
+    """Lightning's SLURM auto-requeue (hpc checkpoint, ``scontrol requeue``) at the end of a training step,
+    on all ranks at the same step, instead of wherever the signal lands.
 
     ``every_n_steps``: how often the ranks check for the signal (one all-reduce of a flag each time);
     the signal comes minutes before the time limit (``--signal=USR1@120``), so 1 costs little.
@@ -88,9 +93,13 @@ class RequeueAtStepEnd(L.Callback):
         # itself, as Lightning's handler does, can disagree), then the checkpoint, then `scontrol requeue`
         path = trainer.strategy.broadcast(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))
         rank_zero_info(f"SLURM requeue signal: saving {path} at step {trainer.global_step} and requeueing the job")
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state
         for logger in trainer.loggers:
             logger.save()
+        # `scontrol requeue` makes SLURM send SIGTERM now: nothing is left to do but exit (Lightning's handler
+        # would broadcast to ranks that may be gone)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        trainer.strategy.barrier("requeue")
         if trainer.is_global_zero:
             requeue()
         self._saved = True  # exit at the next hook, once this step's metrics are logged

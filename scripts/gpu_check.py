@@ -52,33 +52,35 @@ def mfu(flops_per_step: float, seconds_per_step: float, peak_tflops: float) -> f
 
 
 def count_step_flops(task: Any, batch: Any) -> tuple[float, int, int]:
-    """(model FLOPs of a training step on ``batch``, tokens, allowed attention pairs), counted on a forward
-    with dense SDPA attention whose attention FLOPs are swapped for the mask's pairs."""
+    """(model FLOPs of a training step on ``batch``, tokens, allowed attention pairs): a forward counted by
+    ``FlopCounterMode`` with attention itself stubbed out (every path, dense or not, would count ``L x L``),
+    plus the mask's pairs."""
     from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
 
     backbone = task.model.backbone
     saved = backbone.cfg.attention, backbone.cfg.activation_checkpointing
     backbone.cfg.attention, backbone.cfg.activation_checkpointing = "sdpa", False
+    sdpa = torch.nn.functional.scaled_dot_product_attention
     seen: dict[str, Any] = {}
+
     def keep_packed(module: Any, args: tuple[Any, ...]) -> None:
         seen["packed"] = args[1]
 
     hook = backbone.register_forward_pre_hook(keep_packed)
+    device = batch_device(batch)
     try:
+        torch.nn.functional.scaled_dot_product_attention = lambda q, k, v, **kw: v  # no FLOPs, same shapes
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), torch.autocast(batch_device(batch).type, torch.bfloat16,
-                                             enabled=batch_device(batch).type == "cuda"), counter:
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"), counter:
             task.objectives(task.model, batch, torch.Generator().manual_seed(0))
     finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
         hook.remove()
         backbone.cfg.attention, backbone.cfg.activation_checkpointing = saved
-    ops = counter.get_flop_counts()["Global"]
-    attention = sum(v for k, v in ops.items() if "attention" in str(k))
     packed = seen["packed"]
     pairs = attention_pairs(packed.doc.cpu(), packed.event.cpu())
     cfg = backbone.cfg
-    return train_step_flops(counter.get_total_flops() - attention, cfg.n_layers, cfg.d_model, pairs), \
-        len(packed.row), pairs
+    return train_step_flops(counter.get_total_flops(), cfg.n_layers, cfg.d_model, pairs), len(packed.row), pairs
 
 
 def batch_device(batch: Any) -> torch.device:
@@ -127,7 +129,7 @@ class Meter:
 
 
 def config(shards: Path, run_dir: Path, cpu: bool, strategy: str | None, steps: int, batch_size: int) -> Any:
-    from hydra import compose, initialize_config_module  # noqa: PLC0415
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
     from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
     from omegaconf import open_dict  # noqa: PLC0415
 
@@ -142,7 +144,10 @@ def config(shards: Path, run_dir: Path, cpu: bool, strategy: str | None, steps: 
         overrides += ["model/backbone=tiny", "model.row_len=256", "trainer.accelerator=cpu",
                       "trainer.precision=32-true", "model.backbone.attention=sdpa"]
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
+    # the checkout's configs/ (what omnimodal-train installs as omnimodal.configs), so this also runs from a
+    # checkout on PYTHONPATH where the project could not be installed
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "configs"),
+                               version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)

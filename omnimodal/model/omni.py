@@ -77,7 +77,9 @@ class OmniModel(nn.Module):
         self.modality_emb = nn.Embedding(len(MODALITIES), d)
         self.slot_emb = nn.Embedding(cfg.max_tokens_per_instance, d)
         self.time_emb = nn.Sequential(nn.Linear(4, d), nn.GELU(), nn.Linear(d, d))
-        self.mask_emb = nn.Parameter(torch.zeros(len(MODALITIES), d))
+        # a module, not a bare Parameter used in forward: ZeRO-3 gathers a module's weights when the module
+        # runs (forward and backward), and OmniModel's own output (a dataclass) gets no backward hook
+        self.mask_emb = nn.Embedding(len(MODALITIES), d, _weight=torch.zeros(len(MODALITIES), d))  # no RNG draw
         self.backbone = Backbone(cfg.backbone)
         self._init_embeddings()
 
@@ -97,7 +99,7 @@ class OmniModel(nn.Module):
         ~sqrt(d) would dwarf the encoders' tokens and the time features, so every token would mostly say
         which modality and slot it is (and a subject embedding which modalities its last event had), and
         a short pretraining could not move them (tests/test_learning.py measures the difference)."""
-        for weight in (self.modality_emb.weight, self.slot_emb.weight, self.mask_emb):
+        for weight in (self.modality_emb.weight, self.slot_emb.weight, self.mask_emb.weight):
             nn.init.normal_(weight, std=0.02)
 
     @property
@@ -132,6 +134,7 @@ class OmniModel(nn.Module):
         """``hold_out``: modality -> bool ``[N_m]`` instances whose tokens the backbone does not see
         (replaced by the modality's mask embedding), for masked-modality modelling."""
         encoded, absent = self.encode_all(batch)
+        mask_vecs = self.mask_emb(torch.arange(len(MODALITIES), device=absent.device))  # run on every process
         order = [m for m in MODALITIES if m in encoded]
         tokens, subj, ev, tm, age, slot, mod, slices, i0 = [], [], [], [], [], [], [], {}, 0
         inst_mod, inst_subj, inst_ev, inst_tm = [], [], [], []
@@ -140,7 +143,7 @@ class OmniModel(nn.Module):
             n, k, _ = x.shape
             midx = MODALITIES.index(m)
             if hold_out is not None and m in hold_out:
-                x = torch.where(hold_out[m][:, None, None], self.mask_emb[midx].to(x.dtype), x)
+                x = torch.where(hold_out[m][:, None, None], mask_vecs[midx].to(x.dtype), x)
             tokens.append(x.reshape(n * k, -1))
             for dst, src in ((subj, mb.subject), (ev, mb.event), (tm, mb.time_days), (age, mb.age_days)):
                 dst.append(src.repeat_interleave(k))

@@ -1,0 +1,132 @@
+"""Fine-tuning a released model on a small downstream cohort, against the same architecture trained from
+scratch on that cohort and against logistic regression on the last visit's summary features.
+
+- Release: ``experiment=quick`` settings pretrained ``PRETRAIN_STEPS`` steps on the demo cohort
+  (``demo_shards(128, 0, 2)``, every modality), exported with ``omnimodal.release.export``.
+- Downstream cohort: another synthetic cohort (``N_DOWN`` people, seed ``SEED_DOWN``) seen through ECG and
+  wearables only (``modalities=[ecg, wearable]``: the cheap modalities a cardiology group has), split 50/10/40
+  by keyed hash. Outcome: disease onset (survival head, horizon 5 years), landmark 1 year after the first event.
+- Models: the release fine-tuned in full (``mode=full``), the same architecture from scratch (``init=scratch
+  mode=full``, backbone at the head's learning rate), both ``EPOCHS`` epochs; and the logistic regression
+  (``omnimodal.baselines.last_visit_logistic``: age + per-lead/channel mean and std of the last visit's ECG
+  and wearable data, L2 strength by cross-validation).
+- Metrics on the held-out test split: C-index and AUROC of "onset within 5 years" (people with a known
+  status), with bootstrap intervals.
+
+Measured on 2 CPU cores (pretraining 150 steps): fine-tuned release C-index 0.672 (0.457-0.890), AUROC 0.673;
+from scratch C-index 0.459 (0.282-0.626), AUROC 0.392; logistic regression C-index 0.699, AUROC 0.706 (44
+people at risk at the landmark). The release beats training from scratch by a wide margin; it
+does not beat the logistic baseline at this pretraining budget (the intervals overlap), so this test
+asserts the former and records the latter. ``pytest tests/test_downstream.py -m slow -s`` prints them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from datamodules.demo import demo_shards
+from datamodules.shards.builder import BuildConfig, build_shards
+from datamodules.synthetic import synthesize_cohort
+from omnimodal import finetune as FT
+from omnimodal import train as T
+from omnimodal.baselines import last_visit_logistic
+from omnimodal.evaluate import compute_metrics, evaluate
+from omnimodal.release import export
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~8 min on 2 idle cores
+
+PRETRAIN_STEPS = 150
+N_DOWN, SEED_DOWN = 200, 11
+EPOCHS = 8
+MODALITIES = "[ecg,wearable]"
+MARGIN = 0.08  # fine-tuned C-index over scratch (measured: +0.21)
+
+
+def _compose(name: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+QUIET = ["trainer.enable_progress_bar=false", "~logger", "~callbacks.lr_monitor", "~callbacks.requeue",
+         "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain")
+    cfg = _compose("train", ["experiment=quick", "data.synthetic.n_subjects=128", "data.num_workers=0",
+                             f"trainer.max_steps={PRETRAIN_STEPS}", "trainer.max_epochs=-1", "resume=null",
+                             "callbacks.checkpoint.every_n_train_steps=100000", "+trainer.limit_val_batches=0", *QUIET])
+    demo_shards(128, 0, 2)
+    with open_dict(cfg):
+        cfg.run_dir = str(out / "run")
+    task, dm, trainer = T.build(cfg)
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(out / "final.ckpt")
+    return export(out / "final.ckpt", out / "release")
+
+
+@pytest.fixture(scope="module")
+def downstream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second synthetic cohort, re-split 50/10/40 by keyed hash (the cohort's own split column dropped)."""
+    base = tmp_path_factory.mktemp("downstream")
+    synthesize_cohort(base / "cohort", n_subjects=N_DOWN, seed=SEED_DOWN, workers=2)
+    subjects = pd.read_csv(base / "cohort" / "subjects.csv").drop(columns=["split"])
+    subjects.to_csv(base / "cohort" / "subjects_resplit.csv", index=False)
+    c = base / "cohort"
+    build_shards(BuildConfig(subjects=str(c / "subjects_resplit.csv"), events=str(c / "events.csv"),
+                             labels=str(c / "labels.csv"), out=str(base / "shards"), secret="downstream-secret-0123456789",
+                             workers=2, max_samples_per_shard=16, split_fractions=(0.5, 0.1, 0.4)))
+    return base / "shards"
+
+
+def _finetune(release: Path, shards: Path, run_dir: Path, *overrides: str) -> FT.FinetuneTask:
+    cfg = _compose("finetune", [f"release={release}", f"data.root={shards}", f"modalities={MODALITIES}",
+                                "landmark.max_events=8", f"trainer.max_epochs={EPOCHS}", "head=survival",
+                                "callbacks.checkpoint.monitor=null", "callbacks.checkpoint.save_top_k=0", *QUIET, *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    task, dm, trainer = FT.build(cfg)
+    trainer.fit(task, datamodule=dm)
+    return task
+
+
+def test_finetuned_release_beats_scratch_and_is_compared_with_logistic(release: Path, downstream: Path,
+                                                                       tmp_path: Path) -> None:
+    tuned = _finetune(release, downstream, tmp_path / "tuned", "mode=full")
+    scratch = _finetune(release, downstream, tmp_path / "scratch", "init=scratch", "mode=full",
+                        "optim.backbone_lr_ratio=1.0")
+    results = {}
+    for name, task in (("fine-tuned release", tuned), ("from scratch", scratch)):
+        rep = evaluate(task, name, downstream, "test", n_boot=200, ablation=False)
+        results[name] = rep.metrics
+    preds, _ = last_visit_logistic(tuned, downstream)
+    results["logistic, last visit"] = compute_metrics("survival", _as_survival(preds), tuned.head_cfg.horizon_days, 200)
+    n = len(preds)
+    lines = [f"downstream: {n} people at risk at the landmark in the test split"]
+    for name, m in results.items():
+        lines.append(f"  {name:22s} C-index {m['survival']['c_index']}  AUROC(5 y) {m['binary']['auroc']}")
+    print("\n" + "\n".join(lines))
+
+    c = {k: m["survival"]["c_index"].value for k, m in results.items()}
+    auc = {k: m["binary"]["auroc"].value for k, m in results.items()}
+    assert n >= 30 and results["fine-tuned release"]["survival"]["n_events"] >= 8
+    assert c["fine-tuned release"] > c["from scratch"] + MARGIN, c
+    assert auc["fine-tuned release"] > auc["from scratch"], auc
+    assert c["fine-tuned release"] > 0.6, c
+    assert 0.5 < c["logistic, last visit"] <= 1.0  # the baseline ran and is better than chance
+
+
+def _as_survival(p):
+    """Logistic predictions carry a probability, not a cumulative-incidence curve: give compute_metrics
+    the same value at every bin so its time-dependent AUROC and calibration read it as the 5-year risk."""
+    p.cif = np.repeat(np.clip(p.risk, 0, 1)[:, None], 10, 1)
+    return p
