@@ -179,17 +179,16 @@ def test_eval_report_and_person_forecast(release_dir: Path, shards: Path, tmp_pa
 
 
 def test_eval_and_forecast_commands(release_dir: Path, shards: Path, tmp_path: Path, capsys) -> None:
-    _fit(release_dir, shards, tmp_path / "run", "mode=frozen", "head=classification", "landmark.eval_days=30",
-         "head.horizon_days=3000")
+    _fit(release_dir, shards, tmp_path / "run", "mode=frozen", "head=survival", "landmark.eval_days=30")
     ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     eval_main([ckpt, ckpt, "--names", "a,b", "--data", str(shards), "--split", "train", "--out", str(tmp_path / "rep"),
                "--n-boot", "20", "--landmark-days", "30"])
     text = (tmp_path / "rep" / "report.md").read_text()
-    assert "| a |" in text and "| b |" in text and "auroc" in text
+    assert "| a |" in text and "| b |" in text and "c_index" in text
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())[0]["model"] == "a"
     forecast_main([ckpt, "--data", str(shards), "--split", "train", "--person", "1", "--out", str(tmp_path / "p.png")])
     out = capsys.readouterr().out
-    assert "forecast within 8.2 years after each event" in out and (tmp_path / "p.png").is_file()
+    assert "forecast within 5.0 years after each event" in out and (tmp_path / "p.png").is_file()
     with pytest.raises(SystemExit, match="no person at position 999"):
         forecast_main([ckpt, "--data", str(shards), "--split", "train", "--person", "999"])
     with pytest.raises(SystemExit, match="no such checkpoint"):
