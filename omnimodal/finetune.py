@@ -38,7 +38,8 @@ from datamodules.schema import OmniBatch, Timeline
 from .heads import Head, HeadConfig, target
 from .model.omni import subject_embedding
 from .release import OmniConfig, OmniForTimelines, Preprocessing, ReleaseError, load_release
-from .task import OptimConfig, adamw_cosine, schedule_length
+from .task import OptimConfig, PretrainTask, adamw_cosine, schedule_length
+from .train import make_trainer
 
 log = logging.getLogger("omnimodal.finetune")
 MODES = ("frozen", "full", "lora")
@@ -269,10 +270,7 @@ class FinetuneTask(L.LightningModule):
                   {"params": model_params, "weight_decay": self.optim_cfg.weight_decay, "lr_ratio": ratio}]
         return adamw_cosine(groups, self.optim_cfg, schedule_length(self.trainer))
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Any = None) -> None:
-        if self.optim_cfg.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm")
+    configure_gradient_clipping = PretrainTask.configure_gradient_clipping  # clip by optim.grad_clip
 
     @classmethod
     def from_release(cls, release: str | Path, head: dict[str, Any], init: str = "release", **kw: Any) -> "FinetuneTask":
@@ -333,10 +331,7 @@ def build(cfg: DictConfig) -> tuple[FinetuneTask, LandmarkData, L.Trainer]:
     lm = LandmarkConfig(**OmegaConf.to_container(cfg.landmark, resolve=True))
     dm = LandmarkData(cfg.data.root, task.prep, task.head_cfg, lm, batch_size=int(cfg.data.batch_size),
                       num_workers=int(cfg.data.num_workers), seed=int(cfg.seed), modalities=modalities)
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                      default_root_dir=cfg.run_dir)
+    trainer = make_trainer(cfg)
     return task, dm, trainer
 
 

@@ -64,6 +64,15 @@ def model_dict(cfg: DictConfig, index: dict[str, Any]) -> dict[str, Any]:
     return {"backbone": backbone, "encoders": encoders, "row_len": cfg.model.get("row_len")}
 
 
+def make_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Lightning Trainer of a composed config: its ``trainer`` (with the strategy), ``logger`` and
+    ``callbacks`` groups, writing under ``run_dir`` (shared by omnimodal-train and omnimodal-finetune)."""
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                   default_root_dir=cfg.run_dir)
+
+
 def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
     """Everything a run needs, from a composed config (used by the CLI and the tests)."""
     L.seed_everything(int(cfg.seed), workers=True)
@@ -78,10 +87,7 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
                         OmegaConf.to_container(cfg.optim, resolve=True), seed=int(cfg.seed),
                         compile=bool(cfg.model.backbone.get("compile", False)),
                         preprocessing={"specs": index["specs"], "clinical_codes": index["clinical_codes"]})
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                      default_root_dir=cfg.run_dir)
+    trainer = make_trainer(cfg)
     return task, dm, trainer
 
 
