@@ -56,9 +56,16 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
     objectives have pairs), and a parameter's gradient can come early on one process and late, or never, on
     another: one parameter's gradient is then silently added to another's. (This is what made ZeRO-2 drift
     from the 1-process run when the encoders of absent modalities were tied to the loss by a bare parameter
-    sum.) So each backward runs inside DeepSpeed's ``coalesce_grad_reduction``: gradients stay on their
-    parameters until the backward ends and are then reduced in parameter order, a missing one as zeros, the
-    same on every process. The cost is that this communication no longer overlaps the backward."""
+    sum.) So the backwards of one optimizer step run inside DeepSpeed's ``coalesce_grad_reduction``: gradients
+    stay on their parameters until the accumulation boundary and are then reduced in parameter order, a missing
+    one as zeros, the same on every process. The cost is that this communication no longer overlaps the backward.
+
+    With ``trainer.accumulate_grad_batches`` > 1 one step spans several backwards, and DeepSpeed's flush
+    *overwrites* the reduced gradients: so the block is opened at the window's first backward and closed (one
+    flush) after its last; ``engine.step()`` between them, which at a non-boundary micro-step only counts it,
+    runs with the block's no-sync flag lowered (DeepSpeed refuses ``step()`` inside the block)."""
+
+    _window: Any = None  # the open coalesce_grad_reduction block of the current accumulation window
 
     def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         engine = self.model
@@ -73,13 +80,33 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
                            "produces them, which is only right while every process's backward has the same shape; "
                            "install the deepspeed of constraints.txt")
             return super().backward(closure_loss, optimizer, *args, **kwargs)
-        with engine.coalesce_grad_reduction():
-            closure_loss = super().backward(closure_loss, optimizer, *args, **kwargs)
+        if self._window is None:
+            self._window = engine.coalesce_grad_reduction()
+            self._window.__enter__()
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.inside_no_sync_ctxt = True  # lowered after a non-boundary backward (below)
+        closure_loss = super().backward(closure_loss, optimizer, *args, **kwargs)
+        if boundary:
             if stage < 3:  # under ZeRO-3 a parameter is a partition here; OmniModel ties every one to the loss
                 for p in engine.module.parameters():
                     if p.requires_grad and p.grad is None:  # reduced by every process or by none
                         p.grad = torch.zeros_like(p)
+            self._close_window()
+        else:
+            engine.inside_no_sync_ctxt = False  # engine.step() only counts this micro-step
         return closure_loss
+
+    def _close_window(self) -> None:
+        window, self._window = self._window, None
+        if window is not None:
+            self.model.inside_no_sync_ctxt = True
+            window.__exit__(None, None, None)  # the one reduction of the step
+
+    def teardown(self) -> None:
+        # a run that stops inside a window (max_steps between micro-steps) leaves DeepSpeed's flags as they were
+        if self._window is not None and self.model is not None:
+            self._close_window()
+        super().teardown()
 
 
 def shard_model(task: PretrainTask, mesh: Any) -> None:

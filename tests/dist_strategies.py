@@ -117,6 +117,10 @@ STRATEGIES = {
                                 "trainer.strategy.config.zero_optimization.offload_param.pin_memory=false",
                                 "model.backbone.activation_checkpointing=true"],
 }
+#: the same with 2 micro-batches per process and step (DeepSpeed's gradient_accumulation_steps): 2 steps
+ACCUMULATE = ["trainer.accumulate_grad_batches=2", "trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=1"]
+for _case in ("deepspeed_zero2", "deepspeed_zero3_offload"):
+    STRATEGIES[f"{_case}_accumulate"] = [*STRATEGIES[_case], *ACCUMULATE]
 
 
 def compose_config(shards: Any, run_dir: Any, *overrides: str) -> Any:

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.distributed
 HERE = Path(__file__).resolve().parent
 #: run together in one torchrun
 CASES = ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3_offload"]
+#: ZeRO with gradient accumulation 2 (2 steps of 2 micro-batches per process)
+ACCUMULATING = ["deepspeed_zero2_accumulate", "deepspeed_zero3_offload_accumulate"]
 #: fp32 on CPU; a 2-process step averages gradients by all-reduce where the reference sums two halves, and
 #: ZeRO/FSDP reduce in other bucket orders: float rounding only, measured <= 2e-6 relative over 4 Adam
 #: steps. A wrong global batch (no averaging, one rank's gradient, a stale shard) moves step 1's loss by
@@ -41,7 +43,7 @@ RTOL = 1e-5
 
 @pytest.fixture(scope="module")
 def dist_runs(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _torchrun(shards, tmp_path_factory.mktemp("dist"), *CASES, "data")
+    return _torchrun(shards, tmp_path_factory.mktemp("dist"), *CASES, *ACCUMULATING, "data")
 
 
 def _torchrun(shards: Path, out: Path, *cases: str) -> Path:
@@ -54,17 +56,29 @@ def _torchrun(shards: Path, out: Path, *cases: str) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def reference(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], float]:
-    """1 process, accumulate_grad_batches=2: for each step rank 0's batch then rank 1's -> {(step, rank): loss}."""
-    run_dir = tmp_path_factory.mktemp("ref")
-    task, dm, trainer = build(compose_config(shards, run_dir, "trainer.accumulate_grad_batches=2"))
+def _reference(shards: Path, run_dir: Path, accumulate: int, steps: int) -> dict:
+    """1 process fed, for each step, every rank's micro-batches back to back (rank 0's, rank 1's, rank 0's
+    next, ...) with ``accumulate_grad_batches=accumulate`` -> {"losses": {(rank batch index, rank): loss}, ...}."""
+    task, dm, trainer = build(compose_config(shards, run_dir, f"trainer.accumulate_grad_batches={accumulate}",
+                                             f"trainer.max_steps={steps}"))
     rec = LossRecorder()
     trainer.callbacks.append(rec)
     trainer.fit(task, datamodule=RankInterleaved(dm, world=2, modalities={1: RANK1_MODALITIES}))
-    assert trainer.global_step == 4
+    assert trainer.global_step == steps
     return {"losses": {(b // 2, b % 2): loss for b, loss, _ in rec.records},
             "state_dict": {k: v.detach().clone() for k, v in task.state_dict().items()}}
+
+
+@pytest.fixture(scope="module")
+def reference(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The reference of the 2-process runs without accumulation: 4 steps, each rank 0's batch then rank 1's."""
+    return _reference(shards, tmp_path_factory.mktemp("ref"), accumulate=2, steps=4)
+
+
+@pytest.fixture(scope="module")
+def reference_accumulating(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The reference of the 2-process runs with 2 micro-batches per process and step: 2 steps of 4 batches."""
+    return _reference(shards, tmp_path_factory.mktemp("ref_acc"), accumulate=4, steps=2)
 
 
 def _rank(dist_runs: Path, case: str, rank: int) -> dict:
@@ -83,6 +97,21 @@ def test_two_processes_match_one_with_the_same_global_batch(dist_runs: Path, ref
             assert loss == pytest.approx(want, rel=RTOL), f"{case} rank {rank} step {step}: {loss} vs {want}"
     # the reference is sharp: its step-1 loss moves well beyond RTOL when an update changes
     assert abs(reference["losses"][(1, 0)] - reference["losses"][(0, 0)]) > 100 * RTOL * reference["losses"][(0, 0)]
+
+
+@pytest.mark.parametrize("case", ACCUMULATING)
+def test_zero_with_gradient_accumulation_matches_one_process(dist_runs: Path, reference_accumulating: dict,
+                                                             case: str) -> None:
+    """DeepSpeed reduces ZeRO gradients once per accumulation window (a flush per micro-batch overwrote the
+    earlier micro-batches' gradients: the update then saw only the last one)."""
+    for rank in (0, 1):
+        got = _rank(dist_runs, case, rank)
+        assert got["global_step"] == 2
+        losses = {b: loss for b, loss, _ in got["records"]}
+        assert sorted(losses) == [0, 1, 2, 3]
+        for b, loss in losses.items():
+            want = reference_accumulating["losses"][(b, rank)]
+            assert loss == pytest.approx(want, rel=RTOL), f"{case} rank {rank} micro-batch {b}: {loss} vs {want}"
 
 
 @pytest.mark.parametrize("case", CASES)
