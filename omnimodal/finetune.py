@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from datamodules.loader import CropConfig, ShardDataset, _seed, crop_timeline
 from datamodules.schema import OmniBatch, Timeline
 
-from .heads import Head, HeadConfig, target
+from .heads import Head, HeadConfig, covariates, target
 from .model.omni import subject_embedding
 from .release import OmniConfig, OmniForTimelines, Preprocessing, ReleaseError, load_release
 from .task import OptimConfig, PretrainTask, adamw_cosine, schedule_length
@@ -237,7 +237,7 @@ class FinetuneTask(L.LightningModule):
                 emb = subject_embedding(self.model(batch), len(batch))
         else:
             emb = subject_embedding(self.model(batch), len(batch))
-        return self.head(emb)
+        return self.head(emb, covariates(self.head_cfg.covariates, batch))
 
     def predict_risk(self, batch: OmniBatch, cause: int = 1) -> torch.Tensor:
         return self.head.risk(self(batch), cause)
@@ -327,11 +327,18 @@ def build(cfg: DictConfig) -> tuple[FinetuneTask, LandmarkData, L.Trainer]:
     modalities = list(cfg.get("modalities") or []) or None
     task = FinetuneTask.from_release(cfg.release, head, init=cfg.init, mode=cfg.mode,
                                      lora=OmegaConf.to_container(cfg.lora, resolve=True), modalities=modalities,
-                                     optim=OmegaConf.to_container(cfg.optim, resolve=True), seed=int(cfg.seed))
-    lm = LandmarkConfig(**OmegaConf.to_container(cfg.landmark, resolve=True))
-    dm = LandmarkData(cfg.data.root, task.prep, task.head_cfg, lm, batch_size=int(cfg.data.batch_size),
+                                     optim=OmegaConf.to_container(cfg.optim, resolve=True), seed=int(cfg.seed),
+                                     landmark=OmegaConf.to_container(cfg.landmark, resolve=True))
+    # the checkpoint records the landmark design: omnimodal-eval and forecasts use the one it was trained for
+    dm = LandmarkData(cfg.data.root, task.prep, task.head_cfg, task.landmark, batch_size=int(cfg.data.batch_size),
                       num_workers=int(cfg.data.num_workers), seed=int(cfg.seed), modalities=modalities)
     trainer = make_trainer(cfg)
+    if trainer.world_size > 1:
+        raise ValueError(
+            f"omnimodal-finetune runs on one process; this config asks for {trainer.world_size} (config keys "
+            "trainer.devices, trainer.num_nodes): people not at risk at a landmark are left out, so processes would "
+            "get different numbers of batches and DDP would hang at the epoch end. A downstream cohort fits one "
+            "device: set trainer.devices=1 trainer.num_nodes=1 (and a larger data.batch_size for throughput)")
     return task, dm, trainer
 
 

@@ -12,6 +12,11 @@ Three kinds (``HeadConfig.kind``):
   the cumulative incidence of each cause.
 
 A subject whose outcome (or censoring) comes at or before the landmark is not at risk there: not eligible.
+
+``HeadConfig.covariates``: what a clinical model always has beside the embedding, fed to the head next to it:
+``age`` (at the landmark, i.e. the history's last event, scaled as the model's age feature) and any static
+covariate of the shards (``sex_male``; missing -> 0). Age is the strongest single predictor of most
+outcomes; a head that must dig it out of a 256-d embedding with a few hundred people learns it poorly.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datamodules.schema import Label
+from datamodules.schema import Label, OmniBatch
 
 KINDS = ("classification", "regression", "survival")
 
@@ -40,12 +45,14 @@ class HeadConfig:
     scale: float = 1.0        # regression
     hidden: int = 0           # 0: linear head; else one hidden layer
     dropout: float = 0.1
+    covariates: tuple[str, ...] = ()  # "age" and/or static covariates ("sex_male") next to the embedding
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"config key head.kind: {self.kind!r}; use one of {list(KINDS)}")
         if self.horizon_days <= 0 or self.bins < 1 or self.causes < 1 or self.scale <= 0:
             raise ValueError("config keys head.horizon_days, head.bins, head.causes, head.scale must be positive")
+        self.covariates = tuple(self.covariates or ())
 
     @property
     def out_dim(self) -> int:
@@ -84,14 +91,38 @@ def target(cfg: HeadConfig, label: Label | None, landmark_days: float) -> tuple[
     return {"time": label.time_days - landmark_days, "event": float(cause)}, ""
 
 
+def covariates(names: tuple[str, ...], batch: OmniBatch) -> Tensor | None:
+    """``[B, len(names)]``: ``age`` at each subject's last event ((years - 60) / 15, as the model's age
+    feature) and static covariates by name (missing -> 0). ``None`` without covariates."""
+    if not names:
+        return None
+    from .model.omni import scaled_age  # noqa: PLC0415 - the model imports heads' users, not heads
+
+    cols = []
+    for name in names:
+        if name == "age":
+            age = torch.full((len(batch),), float("-inf"), device=batch.num_events.device)
+            for mb in batch.modalities.values():
+                age = age.scatter_reduce(0, mb.subject, mb.age_days.to(age), reduce="amax")
+            cols.append(scaled_age(age.clamp(min=0)))
+        elif name in batch.static:
+            cols.append(torch.nan_to_num(batch.static[name].float(), nan=0.0))
+        else:
+            raise ValueError(f"config key head.covariates: {name!r} is neither 'age' nor a static covariate of the "
+                             f"data (it has {sorted(batch.static)})")
+    return torch.stack(cols, -1)
+
+
 class Head(nn.Module):
     def __init__(self, cfg: HeadConfig, d_model: int) -> None:
         super().__init__()
         self.cfg = cfg
-        layers: list[nn.Module] = [nn.LayerNorm(d_model), nn.Dropout(cfg.dropout)]
+        self.norm = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(cfg.dropout))
+        width = d_model + len(cfg.covariates)
+        layers: list[nn.Module] = []
         if cfg.hidden:
-            layers += [nn.Linear(d_model, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
-        layers.append(nn.Linear(cfg.hidden or d_model, cfg.out_dim))
+            layers += [nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
+        layers.append(nn.Linear(cfg.hidden or width, cfg.out_dim))
         self.net = nn.Sequential(*layers)
         if cfg.kind == "survival":  # start from a small hazard per bin (~3%), not 50%: forecasts begin plausible
             with torch.no_grad():
@@ -103,8 +134,13 @@ class Head(nn.Module):
         edges = torch.linspace(0.0, cfg.horizon_days, cfg.bins + 1)
         self.register_buffer("edges", edges, persistent=False)
 
-    def forward(self, emb: Tensor) -> Tensor:
-        out = self.net(emb)
+    def forward(self, emb: Tensor, cov: Tensor | None = None) -> Tensor:
+        x = self.norm(emb)
+        if self.cfg.covariates:
+            if cov is None or cov.shape[-1] != len(self.cfg.covariates):
+                raise ValueError(f"head.covariates {list(self.cfg.covariates)}: pass their values (heads.covariates)")
+            x = torch.cat([x, cov.to(x.dtype)], -1)
+        out = self.net(x)
         if self.cfg.kind == "survival":
             return out.view(-1, self.cfg.bins, self.cfg.causes + 1)
         return out
@@ -161,4 +197,4 @@ class Head(nn.Module):
         return pred if pred.ndim == 1 else pred[:, -1]
 
 
-__all__ = ["Head", "HeadConfig", "KINDS", "target"]
+__all__ = ["Head", "HeadConfig", "KINDS", "covariates", "target"]

@@ -20,8 +20,8 @@ from datamodules.schema import Event, Label, Measurement, Timeline
 from omnimodal.evaluate import evaluate, write_report
 from omnimodal.evaluate import main as eval_main
 from omnimodal.person import main as forecast_main
-from omnimodal.finetune import FinetuneTask, LandmarkConfig, build, landmark_sample, load_finetuned
-from omnimodal.heads import Head, HeadConfig, target
+from omnimodal.finetune import FinetuneTask, LandmarkCollator, LandmarkConfig, build, landmark_sample, load_finetuned
+from omnimodal.heads import Head, HeadConfig, covariates, target
 from omnimodal.person import Forecaster, find_person
 from omnimodal.release import ReleaseError
 
@@ -116,6 +116,26 @@ def test_frozen_mode_trains_only_the_head(release_dir: Path, shards: Path, tmp_p
         assert torch.equal(v, again.state_dict()[k]), k
 
 
+def test_head_reads_age_at_the_landmark_and_static_covariates(release_dir: Path, shards: Path, tmp_path: Path) -> None:
+    task, _ = _fit(release_dir, shards, tmp_path, "mode=frozen", "head=survival", "head.covariates=[age,sex_male]")
+    assert task.head.net[-1].in_features == task.model.omni.d_model + 2
+    cfg = finetune_config(release_dir, shards, tmp_path / "b", "head.covariates=[age,sex_male]")
+    _, dm, _ = build(cfg)
+    items = list(dm.dataset("train", train=False))[:4]
+    batch, _ = LandmarkCollator(task.prep)(items)
+    cov = covariates(("age", "sex_male"), batch)
+    want_age = [(h.events[-1].age_days / 365.25 - 60) / 15 for h, _ in items]   # the history's last event
+    assert torch.allclose(cov[:, 0], torch.tensor(want_age), atol=1e-5)
+    assert cov[:, 1].tolist() == [h.static["sex_male"] for h, _ in items]
+    # the covariate moves the forecast: the same person ten years older gets another risk
+    older = covariates(("age", "sex_male"), batch) + torch.tensor([10 / 15, 0.0])
+    emb = torch.zeros(len(items), task.model.omni.d_model)
+    task.head.eval()
+    assert not torch.allclose(task.head(emb, cov), task.head(emb, older))
+    with pytest.raises(ValueError, match=r"head.covariates: 'bmi' is neither 'age' nor .*sex_male"):
+        covariates(("bmi",), batch)
+
+
 def test_lora_trains_only_adapters_and_head(release_dir: Path, shards: Path, tmp_path: Path) -> None:
     task, before = _fit(release_dir, shards, tmp_path, "mode=lora", "lora.r=4")
     trainable = {n for n, p in task.named_parameters() if p.requires_grad}
@@ -151,6 +171,8 @@ def test_preprocessing_mismatch_is_refused(release_dir: Path, shards: Path, tmp_
     build(finetune_config(bad, shards, tmp_path, "modalities=[wearable,omics]"))
     with pytest.raises(ReleaseError, match="config key release"):
         build(finetune_config("null", shards, tmp_path))
+    with pytest.raises(ValueError, match=r"one process; this config asks for 2 .*trainer.devices=1"):
+        build(finetune_config(release_dir, shards, tmp_path, "trainer.devices=2"))
 
 
 # --- evaluation report and per-person forecast ---------------------------------------------------------
@@ -181,6 +203,8 @@ def test_eval_report_and_person_forecast(release_dir: Path, shards: Path, tmp_pa
 def test_eval_and_forecast_commands(release_dir: Path, shards: Path, tmp_path: Path, capsys) -> None:
     _fit(release_dir, shards, tmp_path / "run", "mode=frozen", "head=survival", "landmark.eval_days=30")
     ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    # the checkpoint carries its landmark design (evaluation and forecasts default to it)
+    assert load_finetuned(ckpt).landmark == LandmarkConfig(eval_days=30, train="random", max_events=4)
     eval_main([ckpt, ckpt, "--names", "a,b", "--data", str(shards), "--split", "train", "--out", str(tmp_path / "rep"),
                "--n-boot", "20", "--landmark-days", "30"])
     text = (tmp_path / "rep" / "report.md").read_text()

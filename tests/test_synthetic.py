@@ -225,3 +225,25 @@ def test_cli_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert not (out / "files" / "stale.txt").exists()
     with pytest.raises(FileExistsError):
         synthesize_cohort(out, n_subjects=1)
+
+
+def test_a_cohort_of_some_modalities_is_the_full_cohort_seen_through_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A cardiology clinic's view (clinical, ECG, wearables): the same people, labels and files as the full
+    cohort of the seed, and nothing else measured."""
+    full = synthesize_cohort(tmp_path / "full", n_subjects=6, seed=3, workers=1)
+    assert main(["--out", str(tmp_path / "some"), "--subjects", "6", "--seed", "3", "--workers", "1",
+                 "--modalities", "clinical", "ecg", "wearable"]) == 0
+    ca, cs = _checksums(full.out_dir), _checksums(tmp_path / "some")
+    for name in ("subjects.csv", "labels.csv", "ground_truth.csv", "states.csv"):
+        assert cs[name] == ca[name], name
+    kept = {k for k in ca if k.startswith("files/") and ("_ecg." in k or "_wearable." in k)}
+    assert kept and {k for k in cs if k.startswith("files/")} == kept
+    assert all(cs[k] == ca[k] for k in kept)
+    ev_full, ev_some = (pd.read_csv(p / "events.csv") for p in (full.out_dir, tmp_path / "some"))
+    assert set(ev_some.modality) == {"clinical", "ecg", "wearable"}
+    pd.testing.assert_frame_equal(ev_some.reset_index(drop=True), ev_full[ev_full.modality.isin(
+        ["clinical", "ecg", "wearable"])].reset_index(drop=True))
+    assert json.loads((tmp_path / "some" / "cohort.json").read_text())["modalities"] == ["clinical", "ecg", "wearable"]
+    assert main(["--out", str(tmp_path / "bad"), "--subjects", "2", "--modalities", "ecg", "eeg"]) == 1
+    assert "['eeg']; choose from" in capsys.readouterr().err

@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=128, help="number of subjects (default 128)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    p.add_argument("--modalities", nargs="+", metavar="M", default=None,
+                   help="measure only these modalities (e.g. clinical ecg wearable; default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier cohort in --out")
     return p
 
@@ -28,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         info = synthesize_cohort(args.out, n_subjects=args.subjects, seed=args.seed,
-                                 workers=args.workers, overwrite=args.overwrite)
-    except FileExistsError as exc:
+                                 workers=args.workers, overwrite=args.overwrite, modalities=args.modalities)
+    except (FileExistsError, ValueError) as exc:
         print(f"omnimodal-synth: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {info.out_dir}: {info.summary()}")

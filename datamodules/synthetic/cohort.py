@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -74,12 +75,12 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _ensure_coverage(subjects: list[Subject]) -> None:
+def _ensure_coverage(subjects: list[Subject], modalities: Sequence[str] = VISIT_ORDER) -> None:
     """Every modality appears at least once (added at the last visit of a consenting subject)."""
     pool = [s for s in subjects if s.consent] or subjects
     present = {m for s in subjects for v in s.visits for m in v.modalities}
     for k, modality in enumerate(VISIT_ORDER):
-        if modality not in present:
+        if modality in modalities and modality not in present:
             visit = pool[(k * 7) % len(pool)].visits[-1]
             visit.modalities = [m for m in VISIT_ORDER if m == modality or m in visit.modalities]
 
@@ -177,19 +178,28 @@ def render_parameters() -> dict[str, object]:
 
 
 def synthesize_cohort(out_dir: str | Path, n_subjects: int = 128, seed: int = 0, workers: int = 2,
-                      overwrite: bool = False) -> CohortInfo:
+                      overwrite: bool = False, modalities: Sequence[str] | None = None) -> CohortInfo:
     """Generate a synthetic omnimodal cohort in ``out_dir`` (see the module docstring for the layout).
 
     The output depends only on ``seed`` and ``n_subjects`` (not on ``workers``); subject ``i`` is the
     same in every cohort of the same seed, except for forced modality coverage and splits.
+    ``modalities``: a cohort that measures only these (e.g. a cardiology clinic: clinical, ecg, wearable);
+    the people, their health and every kept file are those of the full cohort of the same seed.
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
+    keep = list(VISIT_ORDER) if modalities is None else list(modalities)
+    unknown = sorted(set(keep) - set(VISIT_ORDER))
+    if unknown or not keep:
+        raise ValueError(f"modalities: {unknown or 'none given'}; choose from {list(VISIT_ORDER)}")
     start = time.perf_counter()
     out = Path(out_dir)
     _prepare(out, overwrite)
     subjects = [simulate_subject(seed, i) for i in range(n_subjects)]
-    _ensure_coverage(subjects)
+    for s in subjects:
+        for v in s.visits:
+            v.modalities = [m for m in v.modalities if m in keep]
+    _ensure_coverage(subjects, keep)
     _ensure_splits(subjects)
     rows = [r for subject_rows in _render_all(seed, subjects, out.resolve(), workers) for r in subject_rows]
     events = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
@@ -208,7 +218,7 @@ def synthesize_cohort(out_dir: str | Path, n_subjects: int = 128, seed: int = 0,
         splits={k: sum(s.split == k for s in subjects) for k in ("train", "val", "test")},
     )
     meta = {k: v for k, v in dataclasses.asdict(info).items() if k not in ("out_dir", "elapsed_s", "size_bytes")}
-    meta.update(generator="omnimodal.synthetic", state_names=STATE_NAMES, render=render_parameters(),
+    meta.update(generator="omnimodal.synthetic", state_names=STATE_NAMES, modalities=keep, render=render_parameters(),
                 specs=specs_to_json(default_specs()))
     (out / "cohort.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
