@@ -14,7 +14,7 @@ Three kinds (``HeadConfig.kind``):
 A subject whose outcome (or censoring) comes at or before the landmark is not at risk there: not eligible.
 
 ``HeadConfig.covariates``: what a clinical model always has beside the embedding, fed to the head next to it:
-``age`` (at the landmark, i.e. the history's last event, scaled as the model's age feature) and any static
+``age`` (at the landmark, i.e. the history's last event, as (years - 60) / 15) and any static
 covariate of the shards (``sex_male``; missing -> 0). Age is the strongest single predictor of most
 outcomes; a head that must dig it out of a 256-d embedding with a few hundred people learns it poorly.
 """
@@ -92,19 +92,17 @@ def target(cfg: HeadConfig, label: Label | None, landmark_days: float) -> tuple[
 
 
 def covariates(names: tuple[str, ...], batch: OmniBatch) -> Tensor | None:
-    """``[B, len(names)]``: ``age`` at each subject's last event ((years - 60) / 15, as the model's age
-    feature) and static covariates by name (missing -> 0). ``None`` without covariates."""
+    """``[B, len(names)]``: ``age`` at each subject's last event ((years - 60) / 15) and static covariates
+    by name (missing -> 0). ``None`` without covariates."""
     if not names:
         return None
-    from .model.omni import scaled_age  # noqa: PLC0415 - the model imports heads' users, not heads
-
     cols = []
     for name in names:
         if name == "age":
             age = torch.full((len(batch),), float("-inf"), device=batch.num_events.device)
             for mb in batch.modalities.values():
                 age = age.scatter_reduce(0, mb.subject, mb.age_days.to(age), reduce="amax")
-            cols.append(scaled_age(age.clamp(min=0)))
+            cols.append((age.clamp(min=0) / 365.25 - 60.0) / 15.0)
         elif name in batch.static:
             cols.append(torch.nan_to_num(batch.static[name].float(), nan=0.0))
         else:

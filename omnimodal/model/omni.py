@@ -189,18 +189,9 @@ def subject_embedding(out: ModelOutput, num_subjects: int) -> Tensor:
 
 
 def time_features(time_days: Tensor, age_days: Tensor) -> Tensor:
-    """Age at the event and time since the first event, on scales a network can use: ``[T, 4]``. Age is
-    centred and scaled to about unit spread over adult ages ((age - 60) / 15 years): it is the strongest
-    single predictor of most outcomes, and a feature that barely varies across people (age / 100 spans
-    0.4-0.9) left it to a short pretraining to amplify, which it did not."""
+    """Age at the event and time since the first event, on scales a network can use: ``[T, 4]``."""
     ty, ay = time_days.float() / DAYS_PER_YEAR, age_days.float() / DAYS_PER_YEAR
-    return torch.stack([scaled_age(age_days), torch.log1p(ay.clamp(min=0)) - 4.0, ty / 5.0,
-                        torch.log1p(ty.clamp(min=0))], -1)
-
-
-def scaled_age(age_days: Tensor) -> Tensor:
-    """Age in units a network can use directly: (years - 60) / 15."""
-    return (age_days.float() / DAYS_PER_YEAR - 60.0) / 15.0
+    return torch.stack([ay / 100.0, torch.log1p(ay.clamp(min=0)) / 5, ty / 10.0, torch.log1p(ty.clamp(min=0))], -1)
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
