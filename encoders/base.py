@@ -61,22 +61,39 @@ class Encoder(nn.Module, abc.ABC):
         return self.encode(data, mask, value)
 
     def empty_tokens(self, device: torch.device | str | None = None) -> Tensor:
-        """``[0, k, d]`` tokens tied, with zero gradient, to every parameter: :meth:`encode` runs on one
-        all-zero, fully observed instance and its output is sliced to nothing. The submodules run as on
-        real data, in the same order, so a sharded encoder (ZeRO-3, FSDP) gathers the same weights on
-        every process whether or not its modality is in that process's batch. Runs in eval mode: no
-        BatchNorm statistics move and no dropout draws random numbers."""
+        """``[0, k, d]`` tokens tied, with zero gradient, to every trainable parameter.
+
+        Sharded weights (DeepSpeed ZeRO-3, FSDP2) are gathered only when the modules holding them run, and
+        processes with and without the modality must gather the same ones: then :meth:`encode` runs on one
+        all-zero, fully observed instance (in eval mode: no BatchNorm statistics move, no dropout draws) and
+        its output is sliced to nothing. Otherwise (one process, DDP, ZeRO-1/2) a zero multiple of each
+        parameter is enough and costs no encoder compute."""
+        if not self.sharded():
+            zero = torch.zeros((), device=device)
+            for p in self.parameters():
+                if p.requires_grad:
+                    zero = zero + p.reshape(-1)[:1].sum() * 0.0
+            return torch.zeros(0, self.num_tokens, self.d_model, device=device) + zero
+        return self.encode_one_dummy(device)[:0]
+
+    def sharded(self) -> bool:
+        """Whether this encoder's weights are partitioned over processes (ZeRO-3 or FSDP2)."""
+        from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415 - torch >= 2.6 public path
+
+        return isinstance(self, FSDPModule) or any(hasattr(p, "ds_id") for p in self.parameters())
+
+    def encode_one_dummy(self, device: torch.device | str | None = None) -> Tensor:
+        """:meth:`encode` on one all-zero, fully observed instance, in eval mode (modes restored)."""
         dummy = torch.zeros(1, *self.in_shape, dtype=self.in_dtype, device=device)
         mask = None if self.mask_axes is None else torch.ones(
             [dummy.shape[a] for a in self.mask_axes], dtype=torch.bool, device=device)
         modes = [(m, m.training) for m in self.modules()]
         self.eval()
         try:
-            out = self.encode(dummy, mask, None)
+            return self.encode(dummy, mask, None)
         finally:
             for m, training in modes:
                 m.training = training
-        return out[:0]
 
     @abc.abstractmethod
     def encode(self, data: Tensor, mask: Tensor | None, value: Tensor | None) -> Tensor:

@@ -248,25 +248,35 @@ def test_tokens_do_not_depend_on_masked_out_values(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_empty_batch_gives_empty_tokens_and_zero_gradients(name: str) -> None:
+@pytest.mark.parametrize("sharded", [False, True])
+def test_empty_batch_gives_empty_tokens_and_zero_gradients(name: str, sharded: bool) -> None:
+    """Every parameter takes part with a zero gradient (DDP, ZeRO and FSDP wait for all of them). Sharded
+    (ZeRO-3 marks its partitioned parameters with ``ds_id``; FSDP2 makes the encoder an FSDPModule): every
+    module holding weights runs, as on data, so processes with and without the modality gather the same
+    weights (tests/test_distributed.py, ZeRO-3). Not sharded: no module runs (no encoder compute)."""
     enc = shared(name).train()
-    # every module holding weights runs, as on data: ZeRO-3 / FSDP gather a module's weights when it runs, and
-    # processes with and without the modality must gather the same ones (tests/test_distributed.py, ZeRO-3)
+    if sharded:
+        for i, p in enumerate(enc.parameters()):
+            p.ds_id = i
     holders = {m for m in enc.modules() if any(True for _ in m.parameters(recurse=False))}
     ran: set[nn.Module] = set()
     hooks = [m.register_forward_pre_hook(lambda mod, args: ran.add(mod)) for m in holders]
     state = {k: v.clone() for k, v in enc.state_dict().items()}
     try:
+        assert enc.sharded() == sharded
         out = enc(**make_inputs(enc, n=0))
         assert out.shape == (0, 3, 32) and out.dtype == torch.float32
-        assert ran == holders
+        assert ran == (holders if sharded else set())
         assert all(m.training for m in enc.modules())  # train mode back; no BatchNorm statistics moved
         assert all(torch.equal(v, state[k]) for k, v in enc.state_dict().items())
-        out.sum().backward()  # every parameter takes part (zero gradient), as DDP/FSDP need
+        out.sum().backward()
         assert all(p.grad is not None and not p.grad.any() for p in enc.parameters())
     finally:
         for h in hooks:
             h.remove()
+        for p in enc.parameters():
+            if hasattr(p, "ds_id"):
+                del p.ds_id
         enc.zero_grad(set_to_none=True)
 
 
