@@ -80,8 +80,13 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, seed: int = 0):
     folds = int(min(5, np.bincount(y.astype(int)).min()))
     if folds < 2:
         raise ValueError("logistic baseline: needs at least 2 people of each class in the training data")
+    import sklearn
+
+    # pure L2, said explicitly where scikit-learn >= 1.9 warns about its coming defaults
+    quiet = {"l1_ratios": (0.0,), "use_legacy_attributes": False} \
+        if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 9) else {}
     model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-3, 1, 9), cv=folds, scoring="neg_log_loss",
-                                                                 max_iter=2000, random_state=seed))
+                                                                 max_iter=2000, random_state=seed, **quiet))
     return model.fit(x, y.astype(int))
 
 

@@ -217,3 +217,34 @@ def test_eval_and_forecast_commands(release_dir: Path, shards: Path, tmp_path: P
         forecast_main([ckpt, "--data", str(shards), "--split", "train", "--person", "999"])
     with pytest.raises(SystemExit, match="no such checkpoint"):
         eval_main([str(tmp_path / "nope.ckpt"), "--data", str(shards)])
+
+
+# --- the last-visit baseline -----------------------------------------------------------------------------
+def test_last_visit_features_and_logistic_baseline() -> None:
+    import warnings
+
+    from datamodules.schema import default_specs
+    from omnimodal.baselines import LastVisitFeatures, fit_logistic
+
+    specs = {m: s for m, s in default_specs().items() if m in ("ecg", "wearable")}
+    feats = LastVisitFeatures(specs, [])
+    wear = np.stack([np.arange(specs["wearable"].shape()[-1], dtype=np.float32)] * specs["wearable"].shape()[0])
+    tl = Timeline("k", {}, [Event(0.0, 365.25 * 60, [Measurement("ecg", np.ones(specs["ecg"].shape(), np.float32))]),
+                            Event(30.0, 365.25 * 70, [Measurement("wearable", wear)])], {})
+    x = feats(tl)
+    n_ecg, n_wear = feats.size("ecg"), feats.size("wearable")
+    assert len(x) == 1 + (1 + n_ecg) + (1 + n_wear)
+    assert x[0] == pytest.approx(70.0)                          # age at the last visit, in years
+    assert x[1] == 0 and not x[2:2 + n_ecg].any()               # no ECG at the last visit: indicator and zeros
+    channels = wear.shape[0]
+    assert x[2 + n_ecg] == 1                                    # wearables present: per-channel mean, then std
+    np.testing.assert_allclose(x[3 + n_ecg:3 + n_ecg + channels], wear.mean(-1))
+    np.testing.assert_allclose(x[3 + n_ecg + channels:], wear.std(-1), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(80, 3))
+    y = (xs[:, 0] + 0.5 * rng.normal(size=80) > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)           # no scikit-learn deprecation noise in reports
+        model = fit_logistic(xs, y)
+    p = model.predict_proba(xs)[:, 1]
+    assert ((p > 0.5) == y).mean() > 0.8
