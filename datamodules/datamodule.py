@@ -103,10 +103,10 @@ class OmniDataModule(L.LightningDataModule):
         ds = self.dataset(split)
         rank, world = rank_and_world()
         nslots = world * max(self.num_workers, 1)
-        if rank == 0 and ds.padding_per_epoch(nslots):
+        repeats = ds.padding_per_epoch(nslots)
+        if rank == 0 and repeats:
             log.info("%s: %d samples over %d ranks x workers: %d repeated per epoch so that every rank gets "
-                     "the same number of batches (flagged in OmniBatch.padding)", split, ds.num_samples, nslots,
-                     ds.padding_per_epoch(nslots))
+                     "the same number of batches (flagged in OmniBatch.padding)", split, ds.num_samples, nslots, repeats)
         return ShardLoader(ds, self.batch_size, self.num_workers, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> ShardLoader:

@@ -119,4 +119,6 @@ def last_visit_logistic(task, root, train_split: str = "train", test_split: str 
     x_te, t_te, e_te = arrays(te)
     target = {"time": t_te, "event": e_te.astype(float)} if task.head_cfg.kind == "survival" else {"y": e_te.astype(float)}
     return Predictions(target, model.predict_proba(x_te)[:, 1], None, excluded), model
+
+
 __all__ = ["LastVisitFeatures", "fit_logistic", "last_visit_logistic"]

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 
 from datamodules.schema import Label, OmniBatch
 
+from .model.omni import DAYS_PER_YEAR
+
 KINDS = ("classification", "regression", "survival")
 
 
@@ -102,7 +104,7 @@ def covariates(names: tuple[str, ...], batch: OmniBatch) -> Tensor | None:
             age = torch.full((len(batch),), float("-inf"), device=batch.num_events.device)
             for mb in batch.modalities.values():
                 age = age.scatter_reduce(0, mb.subject, mb.age_days.to(age), reduce="amax")
-            cols.append((age.clamp(min=0) / 365.25 - 60.0) / 15.0)
+            cols.append((age.clamp(min=0) / DAYS_PER_YEAR - 60.0) / 15.0)
         elif name in batch.static:
             cols.append(torch.nan_to_num(batch.static[name].float(), nan=0.0))
         else:
