@@ -83,7 +83,8 @@ class Spec(abc.ABC):
         """Full canonical shape of one instance (the maximum along ``variable_axis``)."""
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """JSON data (tuples as lists): what ``index.json`` and a release's ``preprocessing.json`` hold."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         d["kind"] = self.kind
         return d
 

@@ -28,6 +28,8 @@ from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpee
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .infra import checkpoints
+
 if TYPE_CHECKING:
     from .task import PretrainTask
 
@@ -167,41 +169,14 @@ def _deepspeed_states_file(path: Path) -> Path:
     return files[0]
 
 
-def _load_trusted(path: Path) -> dict[str, Any]:
-    """A checkpoint's non-tensor part written by our own training run. ``weights_only=True`` first; DeepSpeed
-    puts a few of its own objects in it (its config, loss scaler), which we then allow by name."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as first:  # noqa: BLE001 - pickle raises several types for a disallowed global
-        from torch.serialization import get_unsafe_globals_in_checkpoint  # noqa: PLC0415
-
-        names = [n for n in get_unsafe_globals_in_checkpoint(str(path)) if n.split(".")[0] in _TRUSTED_ROOTS]
-        unknown = set(get_unsafe_globals_in_checkpoint(str(path))) - set(names)
-        if unknown:
-            raise ValueError(f"{path}: holds objects of types outside torch/deepspeed/lightning ({sorted(unknown)}); "
-                             f"refusing to unpickle it") from first
-        with torch.serialization.safe_globals([_resolve(n) for n in names]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
-_TRUSTED_ROOTS = ("deepspeed", "lightning", "pytorch_lightning", "torch", "collections", "argparse", "enum")
-
-
-def _resolve(name: str) -> Any:
-    import importlib  # noqa: PLC0415
-
-    module, _, attr = name.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
-
 def checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """The non-tensor part of a checkpoint (hyper-parameters, step, loops; Lightning keys)."""
     p, kind = Path(path), checkpoint_kind(path)
     if kind == "deepspeed":
-        return _load_trusted(_deepspeed_states_file(p))
+        return checkpoints.load(_deepspeed_states_file(p))
     if kind == "dcp":
-        return _load_trusted(p / _DCP_META)
-    return _load_trusted(p)
+        return checkpoints.load(p / _DCP_META)
+    return checkpoints.load(p)
 
 
 def written_by(path: str | Path) -> int | None:
@@ -256,7 +231,7 @@ def _tensor_state(path: Path, kind: str, template: dict[str, torch.Tensor]) -> d
         state = {"state_dict": {k: v.detach().clone() for k, v in template.items()}}
         dcp.load(state, checkpoint_id=str(path), no_dist=True)  # reads the shards into full tensors
         return state["state_dict"]
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = checkpoints.load(path)
     if "state_dict" not in ckpt:
         raise ValueError(f"{path}: no 'state_dict'; not a Lightning checkpoint")
     return ckpt["state_dict"]
@@ -272,12 +247,14 @@ def consolidate(path: str | Path, out: str | Path | None = None) -> dict[str, An
 
     p = Path(path)
     kind = checkpoint_kind(p)
+    checkpoints.verify(p)  # every pickle of it, before DeepSpeed or torch distributed checkpoint reads any
     meta = checkpoint_meta(p)
     if "hyper_parameters" not in meta:
         raise ValueError(f"{p}: no hyper_parameters; it was not written by omnimodal-train (PretrainTask)")
     hparams = _plain(meta["hyper_parameters"])
     task = PretrainTask(**hparams)
-    state = _tensor_state(p, kind, task.state_dict())
+    with checkpoints.no_code_from_checkpoints():  # DeepSpeed's reader asks for weights_only=False
+        state = _tensor_state(p, kind, task.state_dict())
     try:
         task.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -303,8 +280,7 @@ def consolidate(path: str | Path, out: str | Path | None = None) -> dict[str, An
 def load_weights(task: PretrainTask, path: str | Path) -> None:
     """Initialise a task from a (consolidated) checkpoint's weights, strictly (``init_from=``)."""
     p = Path(path)
-    state = torch.load(p, map_location="cpu", weights_only=True)["state_dict"] if checkpoint_kind(p) == "file" \
-        else consolidate(p)["state_dict"]
+    state = checkpoints.load(p)["state_dict"] if checkpoint_kind(p) == "file" else consolidate(p)["state_dict"]
     try:
         task.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -322,7 +298,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = ap.parse_args(list(argv) if argv is not None else None)
     try:
         res = consolidate(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # CheckpointError is a ValueError
         print(f"omnimodal-consolidate: {exc}", file=sys.stderr)
         return 2
     n = sum(v.numel() for v in res["state_dict"].values())

@@ -36,8 +36,9 @@ from datamodules.loader import CropConfig, ShardDataset, _seed, crop_timeline
 from datamodules.schema import OmniBatch, Timeline
 
 from .heads import Head, HeadConfig, covariates, target
+from .infra import checkpoints
 from .model.omni import subject_embedding
-from .release import OmniConfig, OmniForTimelines, Preprocessing, ReleaseError, load_release
+from .release import OmniConfig, OmniForTimelines, Preprocessing, ReleaseError, check_release, load_release
 from .task import OptimConfig, PretrainTask, adamw_cosine, schedule_length
 from .train import make_trainer
 
@@ -277,33 +278,17 @@ class FinetuneTask(L.LightningModule):
         """``init="release"``: the released weights; ``"scratch"``: the same architecture, freshly initialised."""
         if init not in ("release", "scratch"):
             raise ValueError(f"config key init: {init!r}; use 'release' or 'scratch'")
-        path = Path(release)
-        rel_cfg = _read_release_config(path)
-        prep = _read_json(path / "preprocessing.json")
-        return cls(rel_cfg, prep, head, release_path=str(path), load_release_weights=init == "release", **kw)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    if not path.is_file():
-        raise ReleaseError(f"{path.parent}: no {path.name}; a release folder is written by omnimodal-export")
-    return json.loads(path.read_text())
-
-
-def _read_release_config(path: Path) -> dict[str, Any]:
-    raw = _read_json(path / "config.json")
-    cfg = OmniConfig.from_dict(raw)
-    cfg.validate_release(str(path / "config.json"))
-    return cfg.model_dict()
+        config, prep = check_release(release)
+        return cls(config.model_dict(), prep.to_json(), head, release_path=str(release),
+                   load_release_weights=init == "release", **kw)
 
 
 def load_finetuned(path: str | Path) -> FinetuneTask:
     """A fine-tuned checkpoint, read with ``weights_only=True``; no release folder needed."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ReleaseError(f"{path}: no such checkpoint") from None
+        ckpt = checkpoints.load(path, what="fine-tuned checkpoint")
+    except checkpoints.CheckpointError as err:
+        raise ReleaseError(str(err)) from None
     hp = dict(ckpt.get("hyper_parameters") or {})
     if "head" not in hp or "model_config" not in hp:
         raise ReleaseError(f"{path}: not an omnimodal-finetune checkpoint (no hyper_parameters.head/model_config)")

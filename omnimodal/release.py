@@ -33,6 +33,7 @@ from datamodules.collate import Collator
 from datamodules.schema import MODALITIES, OmniBatch, Spec, specs_from_json
 from encoders import list_encoders
 
+from .infra import checkpoints
 from .model.backbone import BackboneConfig
 from .model.omni import EncoderSpec, ModelConfig, OmniModel, count_parameters
 
@@ -65,6 +66,47 @@ def _check_plain(value: Any, where: str, file: str) -> None:
         raise ReleaseError(f"{file}: {where} has a {type(value).__name__}; only JSON values are allowed")
 
 
+#: what a release's config.json may hold at its top level (what save_pretrained writes for OmniConfig)
+CONFIG_KEYS = {"architectures", "backbone", "encoders", "row_len", "max_tokens_per_instance", "model_type",
+               "transformers_version", "dtype", "torch_dtype", "_name_or_path", "_commit_hash"}
+PREPROCESSING_KEYS = {"specs", "clinical_codes"}
+_DTYPES = {"float32", "float16", "bfloat16", "float64"}
+
+
+def check_config_json(raw: dict[str, Any], file: str = "config.json") -> None:
+    """The whole of a release's ``config.json``: only :data:`CONFIG_KEYS` at the top, JSON data everywhere, no
+    key or string that asks a loader for code; ``architectures`` (if any) is ``["OmniForTimelines"]``."""
+    if not isinstance(raw, dict):
+        raise ReleaseError(f"{file}: not a JSON object")
+    _check_plain(raw, "config", file)
+    unknown = sorted(set(raw) - CONFIG_KEYS)
+    if unknown:
+        raise ReleaseError(f"{file}: unknown top-level keys {unknown}; an omnimodal release's config.json holds only "
+                           f"{sorted(CONFIG_KEYS)}. Remove them, or re-export the model with omnimodal-export.")
+    if raw.get("model_type", MODEL_TYPE) != MODEL_TYPE:
+        raise ReleaseError(f"{file}: model_type is {raw.get('model_type')!r}, not {MODEL_TYPE!r}; "
+                           "this is not an omnimodal release")
+    if raw.get("architectures") not in (None, ["OmniForTimelines"]):
+        raise ReleaseError(f"{file}: architectures = {raw['architectures']!r}; an omnimodal release is "
+                           "[\"OmniForTimelines\"] (the class is never taken from the file)")
+    for k in ("dtype", "torch_dtype"):
+        if raw.get(k) is not None and str(raw[k]).removeprefix("torch.") not in _DTYPES:
+            raise ReleaseError(f"{file}: {k} = {raw[k]!r}; use one of {sorted(_DTYPES)}")
+
+
+def check_weights_file(path: Path) -> None:
+    """A release's ``model.safetensors`` must be a safetensors file (a pickle under that name is refused
+    before transformers reads it)."""
+    from safetensors import safe_open  # noqa: PLC0415
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ...
+        raise ReleaseError(f"{path}: not a safetensors file ({type(err).__name__}: {err}); releases hold their "
+                           "weights as safetensors only (omnimodal-export writes them)") from None
+
+
 class OmniConfig(PretrainedConfig):
     """Architecture of an :class:`OmniModel` as plain data (see :class:`ModelConfig`)."""
 
@@ -77,6 +119,14 @@ class OmniConfig(PretrainedConfig):
         self.row_len = row_len
         self.max_tokens_per_instance = max_tokens_per_instance
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "OmniConfig":  # type: ignore[override]
+        """Every path that reads a ``config.json`` (``AutoModel.from_pretrained``, :func:`load_release`,
+        fine-tuning) comes here: the whole file is checked before anything is built from it."""
+        where = kwargs.get("name_or_path") or config_dict.get("_name_or_path")
+        check_config_json(config_dict, str(Path(where) / "config.json") if where else "config.json")
+        return super().from_dict(config_dict, **kwargs)
 
     def validate_release(self, file: str = "config.json") -> None:
         """Refuse anything but known encoders with JSON settings (called on every load)."""
@@ -130,7 +180,11 @@ class OmniPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any):  # type: ignore[override]
         """``transformers`` builds the model on the meta device and fills in only what the weights file
-        holds; buffers that are not saved (the rotary frequencies) are recomputed here."""
+        holds; buffers that are not saved (the rotary frequencies) are recomputed here. Weights are read from
+        safetensors only, and a local ``model.safetensors`` is checked to be one first."""
+        if args and Path(str(args[0])).is_dir() and (Path(str(args[0])) / "model.safetensors").exists():
+            check_weights_file(Path(str(args[0])) / "model.safetensors")
+        kwargs.setdefault("use_safetensors", True)
         model = super().from_pretrained(*args, **kwargs)
         model.reset_unsaved_buffers()
         return model
@@ -182,6 +236,10 @@ class Preprocessing:
     @classmethod
     def from_json(cls, d: dict[str, Any], file: str = PREPROCESSING) -> "Preprocessing":
         _check_plain(d, "preprocessing", file)
+        unknown = sorted(set(d) - PREPROCESSING_KEYS) if isinstance(d, dict) else ["<not an object>"]
+        if unknown:
+            raise ReleaseError(f"{file}: unknown top-level keys {unknown}; preprocessing.json holds only "
+                               f"{sorted(PREPROCESSING_KEYS)}. Remove them, or re-export the model.")
         try:
             return cls(specs_from_json(d["specs"]), list(d.get("clinical_codes") or []))
         except (KeyError, TypeError, ValueError) as err:
@@ -214,20 +272,39 @@ class Release:
     path: Path
 
 
+def read_release_json(path: Path) -> dict[str, Any]:
+    """One JSON file of a release folder; a missing or broken file is a :class:`ReleaseError` naming it."""
+    if path.parent.is_file():
+        raise ReleaseError(f"{path.parent} is a file; a release is a folder written by omnimodal-export "
+                           "(a training checkpoint becomes one with `omnimodal-export CKPT OUT`)")
+    if not path.is_file():
+        raise ReleaseError(f"{path.parent}: no {path.name}; a release folder is written by omnimodal-export")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReleaseError(f"{path}: not valid JSON ({err})") from None
+
+
+def check_release(path: str | Path) -> tuple[OmniConfig, Preprocessing]:
+    """Everything in a release folder checked before any weights are read: ``config.json`` and
+    ``preprocessing.json`` whole (:func:`check_config_json`, :meth:`Preprocessing.from_json`), and
+    ``model.safetensors`` a safetensors file."""
+    path = Path(path)
+    config = OmniConfig.from_dict(read_release_json(path / "config.json"), name_or_path=str(path))
+    config.validate_release(str(path / "config.json"))
+    prep = Preprocessing.from_json(read_release_json(path / PREPROCESSING), str(path / PREPROCESSING))
+    if not (path / "model.safetensors").is_file():
+        raise ReleaseError(f"{path}: no model.safetensors; a release folder is written by omnimodal-export")
+    check_weights_file(path / "model.safetensors")
+    return config, prep
+
+
 def load_release(path: str | Path, **kwargs: Any) -> Release:
     """Model + preprocessing from a release folder (validated; see the module docstring)."""
     path = Path(path)
-    for name in ("config.json", "model.safetensors", PREPROCESSING):
-        if not (path / name).is_file():
-            raise ReleaseError(f"{path}: no {name}; a release folder is written by omnimodal-export")
-    raw = json.loads((path / "config.json").read_text())
-    if raw.get("model_type") != MODEL_TYPE:
-        raise ReleaseError(f"{path / 'config.json'}: model_type is {raw.get('model_type')!r}, not {MODEL_TYPE!r}; "
-                           "this is not an omnimodal release")
-    OmniConfig.from_dict(raw).validate_release(str(path / "config.json"))  # before any weights are read
+    _, prep = check_release(path)
     model = OmniForTimelines.from_pretrained(path, **kwargs)
     model.eval()
-    prep = Preprocessing.from_json(json.loads((path / PREPROCESSING).read_text()), str(path / PREPROCESSING))
     return Release(model, prep, path)
 
 
@@ -241,11 +318,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ReleaseError(f"{path} is a folder (a sharded DeepSpeed/FSDP checkpoint?): consolidate it first with "
                            "omnimodal-consolidate, then export the file it writes")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ReleaseError(f"{path}: no such checkpoint") from None
-    except Exception as err:  # noqa: BLE001 - unpickling errors are many kinds
-        raise ReleaseError(f"{path}: cannot be read as a training checkpoint with weights_only=True ({err})") from err
+        ckpt = checkpoints.load(path, what="training checkpoint")
+    except checkpoints.CheckpointError as err:
+        raise ReleaseError(str(err)) from None
     hp = ckpt.get("hyper_parameters") or {}
     if "model" not in hp or "state_dict" not in ckpt:
         raise ReleaseError(f"{path}: not an omnimodal-train checkpoint (no hyper_parameters.model / state_dict)")
@@ -347,5 +422,5 @@ def main(argv: list[str] | None = None) -> None:
     print(f"release written to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 
-__all__ = ["OmniConfig", "OmniForTimelines", "Preprocessing", "Release", "ReleaseError", "export", "load_release",
-           "read_checkpoint"]
+__all__ = ["OmniConfig", "OmniForTimelines", "Preprocessing", "Release", "ReleaseError", "check_release", "export",
+           "load_release", "read_checkpoint"]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 import time
@@ -26,6 +27,7 @@ from datamodules.shards.format import load_index
 from encoders import DEFAULT_ENCODERS
 
 from .distributed import check_resume, load_weights
+from .infra import checkpoints
 from .layout import layout_kwargs
 from .model.backbone import SIZES
 from .task import PretrainTask
@@ -110,12 +112,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     print(task.parameter_summary())
     ckpt = resume_path(cfg)
     if ckpt:
+        checkpoints.verify(ckpt)  # every pickle in it, before Lightning or DeepSpeed reads it
         check_resume(ckpt, trainer.num_devices * trainer.num_nodes)
         print(f"resuming from {ckpt}")
     elif cfg.get("init_from"):
         load_weights(task, cfg.init_from)
         print(f"weights from {cfg.init_from}")
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
+    with checkpoints.no_code_from_checkpoints() if ckpt else contextlib.nullcontext():
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     print(f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "
           + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss")))
@@ -125,7 +129,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="pkg://omnimodal.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except checkpoints.CheckpointError as err:
+        raise SystemExit(f"omnimodal-train: {err}") from None
     return metrics.get("val/loss")  # the value a sweeper optimises
 
 

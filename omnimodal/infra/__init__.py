@@ -1,0 +1,1 @@
+"""Infrastructure: reading checkpoints safely (more to come: strategies, SLURM)."""
