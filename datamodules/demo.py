@@ -18,12 +18,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OMNIMODAL_CACHE", Path.home() / ".cache" / "omnimodal"))
 
 
+def cohort_fingerprint() -> str:
+    """What the demo cohort's files depend on besides (n, seed): the generator version and every declared
+    modality with its spec and visit rate. A change (a new modality, say) builds a new cached cohort."""
+    import hashlib  # noqa: PLC0415
+
+    from .schema import default_specs, dumps, specs_to_json  # noqa: PLC0415
+    from .synthetic.state import GENERATOR_VERSION, visit_rates  # noqa: PLC0415
+
+    key = {"generator": GENERATOR_VERSION, "specs": specs_to_json(default_specs()), "visit_rates": visit_rates()}
+    return hashlib.sha256(dumps(key)).hexdigest()[:10]
+
+
 def demo_shards(n_subjects: int = 128, seed: int = 0, workers: int = 2, root: str | os.PathLike | None = None,
                 max_samples_per_shard: int = 16) -> Path:
     """Shard folder of the synthetic cohort ``(n_subjects, seed)``; built once, then reused."""
     from .synthetic import synthesize_cohort  # noqa: PLC0415 - only needed on first use
 
-    base = Path(root) if root else cache_dir() / f"synthetic-n{n_subjects}-s{seed}"
+    base = Path(root) if root else cache_dir() / f"synthetic-n{n_subjects}-s{seed}-{cohort_fingerprint()}"
     shards = base / "shards"
     if (shards / INDEX_NAME).is_file():
         return shards

@@ -29,248 +29,57 @@ boolean mask (True = observed). Any other NaN or Inf is bad input and is rejecte
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Sequence
 
-import numpy as np
 import torch
+
+from .specs import (  # noqa: F401 - the data contract in one import: specs, errors, checks
+    SPEC_KINDS, STANDARD_12_LEADS, AudioSpec, ClinicalSpec, DataError, DataWarning, OmicsSpec, Spec, VideoSpec,
+    VolumeSpec, WaveformSpec, WearableSpec, check_modality, default_specs, specs_from_json, specs_to_json,
+    validate_canonical,
+)
 
 SCHEMA_VERSION = 1
 
-MODALITIES: tuple[str, ...] = (
-    "mri", "ecg", "voice", "breath", "gait", "face", "wearable", "omics", "clinical",
-)
 
-STANDARD_12_LEADS: tuple[str, ...] = (
-    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
-)
+class _Modalities(Sequence[str]):
+    """The registered modality names in their declared order (:mod:`datamodules.modalities`), read live."""
 
+    def _names(self) -> tuple[str, ...]:
+        from .modalities import names  # noqa: PLC0415 - the registry imports the specs, not this module
 
-class DataError(ValueError):
-    """Bad input, with where it is (file, shard, subject key, member) and what to do."""
+        return names()
 
-    def __init__(self, reason: str, *, where: str = "", hint: str = "") -> None:
-        self.reason, self.where, self.hint = reason, where, hint
-        msg = f"{where}: {reason}" if where else reason
-        super().__init__(f"{msg}. {hint}" if hint else msg)
+    def __getitem__(self, i):  # type: ignore[override] # noqa: ANN001, ANN204
+        return self._names()[i]
 
+    def __len__(self) -> int:
+        return len(self._names())
 
-class DataWarning(UserWarning):
-    """Input that was used, but not all of it (e.g. omics features off the panel): goes in the report."""
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._names())
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
 
-# ----------------------------------------------------------------------------------------------
-# Canonical specs: one dataclass per layout kind; the values are the cohort-wide defaults and are
-# stored in the shard index so every consumer agrees on them.
-# ----------------------------------------------------------------------------------------------
+    def index(self, name: str, *args: int) -> int:  # type: ignore[override]
+        return self._names().index(name, *args)
 
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, list, _Modalities)) else NotImplemented
 
-@dataclass(frozen=True)
-class Spec(abc.ABC):
-    kind: ClassVar[str] = ""
-    dtype: ClassVar[str] = "float32"
-    storage_dtype: ClassVar[str] = "float32"
-    #: modalities whose stored arrays may hold NaN (= missing entries, see the storage rule)
-    nan_is_missing: ClassVar[bool] = False
-    #: leading dims that may be shorter than :meth:`shape` (padded at collation, masked)
-    variable_axis: ClassVar[int | None] = None
+    def __hash__(self) -> int:
+        return hash(self._names())
 
-    @abc.abstractmethod
-    def shape(self) -> tuple[int, ...]:
-        """Full canonical shape of one instance (the maximum along ``variable_axis``)."""
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON data (tuples as lists): what ``index.json`` and a release's ``preprocessing.json`` hold."""
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        d["kind"] = self.kind
-        return d
+    def __repr__(self) -> str:
+        return repr(self._names())
 
 
-@dataclass(frozen=True)
-class VolumeSpec(Spec):
-    """3-D image (MRI): ``[1, D, H, W]`` at ``spacing_mm``, orientation ``RAS``."""
-
-    kind: ClassVar[str] = "volume"
-    storage_dtype: ClassVar[str] = "float16"
-    spacing_mm: tuple[float, float, float] = (4.0, 4.0, 4.0)
-    size: tuple[int, int, int] = (48, 48, 48)
-    orientation: str = "RAS"
-
-    def shape(self) -> tuple[int, ...]:
-        return (1, *self.size)
-
-
-@dataclass(frozen=True)
-class WaveformSpec(Spec):
-    """Multi-lead biosignal (ECG): ``[leads, rate_hz * duration_s]`` in ``units``."""
-
-    kind: ClassVar[str] = "waveform"
-    nan_is_missing: ClassVar[bool] = True
-    rate_hz: int = 250
-    duration_s: float = 10.0
-    leads: tuple[str, ...] = STANDARD_12_LEADS
-    units: str = "mV"
-
-    @property
-    def samples(self) -> int:
-        return int(round(self.rate_hz * self.duration_s))
-
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.leads), self.samples)
-
-
-@dataclass(frozen=True)
-class AudioSpec(Spec):
-    """Mono audio: ``[1, n]`` with ``n <= rate_hz * max_duration_s``."""
-
-    kind: ClassVar[str] = "audio"
-    storage_dtype: ClassVar[str] = "float16"
-    variable_axis: ClassVar[int | None] = 1
-    rate_hz: int = 16000
-    max_duration_s: float = 4.0
-
-    @property
-    def max_samples(self) -> int:
-        return int(round(self.rate_hz * self.max_duration_s))
-
-    def shape(self) -> tuple[int, ...]:
-        return (1, self.max_samples)
-
-
-@dataclass(frozen=True)
-class VideoSpec(Spec):
-    """Video clip: ``[T, 3, H, W]`` uint8 RGB at ``fps`` with ``T <= max_frames``."""
-
-    kind: ClassVar[str] = "video"
-    dtype: ClassVar[str] = "uint8"
-    storage_dtype: ClassVar[str] = "uint8"
-    variable_axis: ClassVar[int | None] = 0
-    fps: float = 8.0
-    max_frames: int = 16
-    size: tuple[int, int] = (64, 64)
-
-    def shape(self) -> tuple[int, ...]:
-        return (self.max_frames, 3, *self.size)
-
-
-@dataclass(frozen=True)
-class WearableSpec(Spec):
-    """Minute-level wearable streams: ``[channels, window_minutes]`` from the first timestamp.
-
-    Samples are binned per minute: ``mean`` for rates, ``sum`` for counts (``sum_channels``).
-    """
-
-    kind: ClassVar[str] = "timeseries"
-    nan_is_missing: ClassVar[bool] = True
-    channels: tuple[str, ...] = ("heart_rate", "steps", "skin_temp")
-    window_minutes: int = 1440
-    sum_channels: tuple[str, ...] = ("steps",)
-
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.channels), self.window_minutes)
-
-
-@dataclass(frozen=True)
-class OmicsSpec(Spec):
-    """Omics values on a fixed feature panel: ``[features]`` (SNP dosages, expression, ...)."""
-
-    kind: ClassVar[str] = "vector"
-    nan_is_missing: ClassVar[bool] = True
-    features: tuple[str, ...] = tuple(f"rs{1000 + i}" for i in range(32)) + tuple(
-        f"GENE{i:03d}" for i in range(32)
-    )
-
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.features),)
-
-
-@dataclass(frozen=True)
-class ClinicalSpec(Spec):
-    """Clinical events as MEDS rows: ``code`` (str) and ``numeric_value`` (float or NaN)."""
-
-    kind: ClassVar[str] = "event"
-
-    def shape(self) -> tuple[int, ...]:
-        return ()
-
-
-SPEC_KINDS: dict[str, type[Spec]] = {
-    c.kind: c for c in (VolumeSpec, WaveformSpec, AudioSpec, VideoSpec, WearableSpec, OmicsSpec, ClinicalSpec)
-}
-
-_DEFAULT_KIND = {
-    "mri": VolumeSpec, "ecg": WaveformSpec, "voice": AudioSpec, "breath": AudioSpec,
-    "gait": VideoSpec, "face": VideoSpec, "wearable": WearableSpec, "omics": OmicsSpec,
-    "clinical": ClinicalSpec,
-}
-
-
-def default_specs(**overrides: Mapping[str, Any]) -> dict[str, Spec]:
-    """Canonical specs for every modality; ``overrides={"ecg": {"rate_hz": 500}}`` changes fields."""
-    unknown = set(overrides) - set(MODALITIES)
-    if unknown:
-        raise DataError(f"unknown modality {sorted(unknown)} in spec overrides",
-                        hint=f"use one of {list(MODALITIES)}")
-    return {m: _DEFAULT_KIND[m](**_tuples(overrides.get(m, {}))) for m in MODALITIES}
-
-
-def _tuples(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def specs_to_json(specs: Mapping[str, Spec]) -> dict[str, Any]:
-    return {m: s.to_json() for m, s in specs.items()}
-
-
-def specs_from_json(d: Mapping[str, Any]) -> dict[str, Spec]:
-    out = {}
-    for m, s in d.items():
-        s = dict(s)
-        cls = SPEC_KINDS[s.pop("kind")]
-        out[m] = cls(**_tuples(s))
-    return out
-
-
-def check_modality(modality: str, where: str = "") -> str:
-    if modality not in MODALITIES:
-        raise DataError(f"unknown modality {modality!r}", where=where,
-                        hint=f"use one of {', '.join(MODALITIES)}")
-    return modality
-
-
-def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str = "") -> np.ndarray:
-    """Check one canonical array against its spec (shape, dtype, finiteness); return it.
-
-    Raises :class:`DataError` naming ``where`` and the problem.
-    """
-    if not isinstance(array, np.ndarray):
-        raise DataError(f"{modality} array is {type(array).__name__}, expected numpy.ndarray", where=where)
-    full = spec.shape()
-    shape = array.shape
-    ok = len(shape) == len(full)
-    if ok and spec.variable_axis is not None:
-        ax = spec.variable_axis
-        ok = (1 <= shape[ax] <= full[ax]) and all(
-            s == f for i, (s, f) in enumerate(zip(shape, full)) if i != ax)
-    elif ok:
-        ok = tuple(shape) == tuple(full)
-    if not ok:
-        raise DataError(f"{modality} array has shape {tuple(shape)}, expected {full}"
-                        + (f" (axis {spec.variable_axis} may be shorter)" if spec.variable_axis is not None else ""),
-                        where=where, hint="re-run the reader with this cohort's spec")
-    if array.dtype != np.dtype(spec.dtype):
-        raise DataError(f"{modality} array has dtype {array.dtype}, expected {spec.dtype}", where=where)
-    if array.dtype.kind == "f":
-        bad = np.isinf(array).any() or (not spec.nan_is_missing and np.isnan(array).any())
-        if bad:
-            raise DataError(f"{modality} array holds NaN or Inf values", where=where,
-                            hint="fix or drop the recording; only missing entries of ecg/wearable/omics may be NaN")
-        if spec.nan_is_missing and np.isnan(array).all():
-            raise DataError(f"{modality} array holds no observed value (all missing)", where=where)
-    return array
+#: every registered modality, in declaration order (a live view of the registry)
+MODALITIES: Sequence[str] = _Modalities()
 
 
 # ----------------------------------------------------------------------------------------------

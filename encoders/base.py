@@ -3,8 +3,9 @@
 An encoder turns one modality's stacked canonical tensor ``data [N, *layout]`` (plus its ``mask`` and,
 for clinical, ``value``) into ``k`` tokens per instance: ``[N, k, d]``. Encoders are built by registry
 name (``"ecg/conv1d"``) with JSON-serialisable keyword arguments, so a released checkpoint can name them
-without import paths. This package imports torch and model libraries only, never ``datamodules``; the
-modality names and default layouts below agree with ``datamodules/schema.py`` (tests check both sides).
+without import paths. This package imports torch and model libraries only, never ``datamodules``: a modality
+is just the first part of an encoder's name, and its layout arrives as constructor keywords (the data side's
+``Spec.encoder_layout``); tests check that both sides agree.
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from __future__ import annotations
 import abc
 import inspect
 import math
+import re
 from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MODALITIES: tuple[str, ...] = (
-    "mri", "ecg", "voice", "breath", "gait", "face", "wearable", "omics", "clinical",
-)
-
+_NAME = re.compile(r"^[a-z][a-z0-9_]*/[a-z0-9_]+$")
 EncoderT = TypeVar("EncoderT", bound="Encoder")
 _REGISTRY: dict[str, type[Encoder]] = {}
 
@@ -157,9 +156,9 @@ def register(name: str) -> Callable[[type[EncoderT]], type[EncoderT]]:
     audio encoder for ``voice`` and ``breath``); :func:`build_encoder` sets ``modality`` and ``name`` on
     the instance from the name it was built by.
     """
-    modality, _, variant = name.partition("/")
-    if modality not in MODALITIES or not variant or "/" in variant:
-        raise ValueError(f"encoder name {name!r} must be 'modality/variant' with modality one of {list(MODALITIES)}")
+    if not _NAME.match(name):
+        raise ValueError(f"encoder name {name!r} must be 'modality/variant' (lower case letters, digits, '_')")
+    modality = name.partition("/")[0]
 
     def deco(cls: type[EncoderT]) -> type[EncoderT]:
         old = _REGISTRY.get(name)
@@ -175,9 +174,15 @@ def register(name: str) -> Callable[[type[EncoderT]], type[EncoderT]]:
 
 def list_encoders(modality: str | None = None) -> list[str]:
     """Registered encoder names, sorted; only those of ``modality`` if given."""
-    if modality is not None and modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; use one of {list(MODALITIES)}")
+    if modality is not None and modality not in encoder_modalities():
+        raise ValueError(f"no encoder is registered for modality {modality!r}; encoders exist for "
+                         f"{encoder_modalities()}")
     return sorted(n for n in _REGISTRY if modality is None or n.split("/")[0] == modality)
+
+
+def encoder_modalities() -> list[str]:
+    """The modalities some registered encoder is for, sorted."""
+    return sorted({n.split("/")[0] for n in _REGISTRY})
 
 
 def build_encoder(name: str, **kwargs: object) -> Encoder:

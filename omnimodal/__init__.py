@@ -1,9 +1,13 @@
 """omnimodal: omnimodal longitudinal health foundation models.
 
 Importing the package registers the released-model classes with ``transformers``' Auto classes, so
-``transformers.AutoModel.from_pretrained(<release folder>)`` works after ``import omnimodal``.
+``transformers.AutoModel.from_pretrained(<release folder>)`` works after ``import omnimodal``, and the
+Hydra config options that derive from the modality and encoder registries (:mod:`omnimodal.hydra_configs`).
 """
 
 from . import release as release  # noqa: F401  (registers OmniConfig / OmniForTimelines)
+from .hydra_configs import register_configs
+
+register_configs()
 
 __version__ = "0.1.0"

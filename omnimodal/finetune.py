@@ -202,7 +202,7 @@ class FinetuneTask(L.LightningModule):
         self.optim_cfg = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
         self.mode = mode
         torch.manual_seed(seed)
-        self.model = OmniForTimelines(OmniConfig(**model_config))
+        self.model = OmniForTimelines(OmniConfig.from_model_dict(model_config))
         if load_release_weights:
             if not release_path:
                 raise ValueError("load_release_weights needs release_path")

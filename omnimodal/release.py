@@ -35,7 +35,7 @@ from encoders import list_encoders
 
 from .infra import checkpoints
 from .model.backbone import BackboneConfig
-from .model.omni import EncoderSpec, ModelConfig, OmniModel, count_parameters
+from .model.omni import EncoderSpec, ModelConfig, OmniModel, count_parameters, with_embedding_rows
 
 MODEL_TYPE = "omnimodal"
 PREPROCESSING = "preprocessing.json"
@@ -67,7 +67,8 @@ def _check_plain(value: Any, where: str, file: str) -> None:
 
 
 #: what a release's config.json may hold at its top level (what save_pretrained writes for OmniConfig)
-CONFIG_KEYS = {"architectures", "backbone", "encoders", "row_len", "max_tokens_per_instance", "model_type",
+CONFIG_KEYS = {"architectures", "backbone", "encoders", "row_len", "max_tokens_per_instance", "embedding_rows",
+               "model_type",
                "transformers_version", "dtype", "torch_dtype", "_name_or_path", "_commit_hash"}
 PREPROCESSING_KEYS = {"specs", "clinical_codes"}
 _DTYPES = {"float32", "float16", "bfloat16", "float64"}
@@ -113,11 +114,14 @@ class OmniConfig(PretrainedConfig):
     model_type = MODEL_TYPE
 
     def __init__(self, backbone: dict[str, Any] | None = None, encoders: dict[str, dict[str, Any]] | None = None,
-                 row_len: int | None = None, max_tokens_per_instance: int = 16, **kwargs: Any) -> None:
+                 row_len: int | None = None, max_tokens_per_instance: int = 16,
+                 embedding_rows: list[str] | None = None, **kwargs: Any) -> None:
         self.backbone = dict(backbone or asdict(BackboneConfig()))
         self.encoders = {m: {"name": e["name"], "kwargs": dict(e.get("kwargs") or {})} for m, e in (encoders or {}).items()}
         self.row_len = row_len
         self.max_tokens_per_instance = max_tokens_per_instance
+        # the modality of each row of the modality/mask embeddings (ModelConfig.embedding_rows), always written
+        self.embedding_rows = list(embedding_rows) if embedding_rows is not None else list(self.encoders)
         super().__init__(**kwargs)
 
     @classmethod
@@ -126,14 +130,15 @@ class OmniConfig(PretrainedConfig):
         fine-tuning) comes here: the whole file is checked before anything is built from it."""
         where = kwargs.get("name_or_path") or config_dict.get("_name_or_path")
         check_config_json(config_dict, str(Path(where) / "config.json") if where else "config.json")
-        return super().from_dict(config_dict, **kwargs)
+        return super().from_dict(with_embedding_rows(dict(config_dict)), **kwargs)  # a release from before v2
 
     def validate_release(self, file: str = "config.json") -> None:
         """Refuse anything but known encoders with JSON settings (called on every load)."""
         if getattr(self, "auto_map", None):
             raise ReleaseError(f"{file}: has auto_map (remote code); omnimodal releases never run code from a "
                                "release folder. Use a release written by omnimodal-export.")
-        _check_plain({"backbone": self.backbone, "encoders": self.encoders}, "config", file)
+        _check_plain({"backbone": self.backbone, "encoders": self.encoders, "embedding_rows": self.embedding_rows},
+                     "config", file)
         known = set(list_encoders())
         if not self.encoders:
             raise ReleaseError(f"{file}: config.encoders is empty; a release needs at least one modality encoder")
@@ -144,6 +149,9 @@ class OmniConfig(PretrainedConfig):
                 raise ReleaseError(f"{file}: encoders.{m}.name = {e['name']!r} is not a registered encoder "
                                    f"(registered: {', '.join(sorted(known))}). A release names encoders by registry "
                                    "name only; install the omnimodal version that defines it.")
+        absent = [m for m in self.encoders if m not in self.embedding_rows]
+        if absent:
+            raise ReleaseError(f"{file}: embedding_rows {self.embedding_rows} lacks the encoders' modalities {absent}")
         fields = set(BackboneConfig.__dataclass_fields__)
         unknown = set(self.backbone) - fields
         if unknown:
@@ -153,18 +161,22 @@ class OmniConfig(PretrainedConfig):
         self.validate_release()
         return ModelConfig(backbone=BackboneConfig(**self.backbone),
                            encoders={m: EncoderSpec(e["name"], dict(e["kwargs"])) for m, e in self.encoders.items()},
-                           row_len=self.row_len, max_tokens_per_instance=self.max_tokens_per_instance)
+                           row_len=self.row_len, max_tokens_per_instance=self.max_tokens_per_instance,
+                           embedding_rows=list(self.embedding_rows))
 
     def model_dict(self) -> dict[str, Any]:
         """The architecture as plain data (the inverse of :meth:`from_model_dict`)."""
         return {"backbone": dict(self.backbone), "encoders": {m: dict(e) for m, e in self.encoders.items()},
-                "row_len": self.row_len, "max_tokens_per_instance": self.max_tokens_per_instance}
+                "row_len": self.row_len, "max_tokens_per_instance": self.max_tokens_per_instance,
+                "embedding_rows": list(self.embedding_rows)}
 
     @classmethod
     def from_model_dict(cls, d: dict[str, Any]) -> "OmniConfig":
-        """From the plain-data model config a training checkpoint keeps (``PretrainTask`` hparams)."""
+        """From the plain-data model config a training or fine-tuning checkpoint keeps (one written before the
+        modality registry has no ``embedding_rows``: :func:`with_embedding_rows`)."""
+        d = with_embedding_rows(d)
         return cls(backbone=dict(d["backbone"]), encoders=d["encoders"], row_len=d.get("row_len"),
-                   max_tokens_per_instance=d.get("max_tokens_per_instance", 16))
+                   max_tokens_per_instance=d.get("max_tokens_per_instance", 16), embedding_rows=d["embedding_rows"])
 
 
 class OmniPreTrainedModel(PreTrainedModel):

@@ -17,7 +17,7 @@ from datamodules.schema import OmniBatch
 
 from .distributed import WORLD_SIZE_KEY, adamw, shard_model
 from .model.backbone import BackboneConfig
-from .model.omni import EncoderSpec, ModelConfig, OmniModel, count_parameters
+from .model.omni import EncoderSpec, ModelConfig, OmniModel, count_parameters, with_embedding_rows
 from .objectives import ObjectiveConfig, Objectives
 
 
@@ -32,7 +32,8 @@ class OptimConfig:
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    d = dict(d)
+    """A stored (plain-data) model config; one written before the modality registry reads as such."""
+    d = with_embedding_rows(dict(d))
     d["backbone"] = BackboneConfig(**d["backbone"])
     d["encoders"] = {m: EncoderSpec(**e) for m, e in d["encoders"].items()}
     return ModelConfig(**d)

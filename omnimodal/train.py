@@ -22,13 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.datamodule import OmniDataModule
 from datamodules.demo import demo_shards
-from datamodules.schema import MODALITIES, DataError, specs_from_json
+from datamodules.modalities import registry
+from datamodules.schema import DataError, specs_from_json
 from datamodules.shards.format import load_index
-from encoders import DEFAULT_ENCODERS
 
 from .distributed import check_resume, load_weights
 from .infra import checkpoints
-from .layout import layout_kwargs
 from .model.backbone import SIZES
 from .task import PretrainTask
 
@@ -47,23 +46,29 @@ def data_root(cfg: DictConfig) -> Path:
 
 
 def model_dict(cfg: DictConfig, index: dict[str, Any]) -> dict[str, Any]:
-    """Plain-data model config: encoder registry names + kwargs (layouts from the shard index)."""
+    """Plain-data model config: encoder registry names + kwargs (layouts from the shard index). The
+    modalities are ``model.modalities``, or every registered modality the shards hold."""
     specs = specs_from_json(index["specs"])
-    modalities = list(cfg.model.get("modalities") or MODALITIES)
+    declared = registry()
+    modalities = list(cfg.model.get("modalities") or [m for m in declared if m in specs])
     enc_cfg = OmegaConf.to_container(cfg.model.get("encoder") or OmegaConf.create(), resolve=True)
     encoders = {}
     for m in modalities:
-        if m not in MODALITIES:
-            raise ValueError(f"config key model.modalities: unknown modality {m!r}; use some of {list(MODALITIES)}")
-        e = enc_cfg.get(m) or {"name": DEFAULT_ENCODERS[m], "kwargs": {}}
-        kwargs = {**layout_kwargs(m, specs[m], len(index["clinical_codes"]) + 1), **(e.get("kwargs") or {})}
+        if m not in declared:
+            raise ValueError(f"config key model.modalities: unknown modality {m!r}; use some of {list(declared)}")
+        if m not in specs:
+            raise ValueError(f"config key model.modalities: the shards have no {m!r} (they hold {sorted(specs)}); "
+                             "rebuild them with omnimodal-shard or drop the modality")
+        e = enc_cfg.get(m) or {"name": declared[m].default_encoder, "kwargs": {}}
+        kwargs = {**specs[m].encoder_layout(vocab_size=len(index["clinical_codes"]) + 1), **(e.get("kwargs") or {})}
         encoders[m] = {"name": e["name"], "kwargs": kwargs}
     b = cfg.model.backbone
     if b.size not in SIZES:
         raise ValueError(f"config key model.backbone.size: unknown size {b.size!r}; use one of {list(SIZES)}")
     backbone = {**SIZES[b.size], "dropout": b.dropout, "activation_checkpointing": b.activation_checkpointing,
                 "attention": b.attention}
-    return {"backbone": backbone, "encoders": encoders, "row_len": cfg.model.get("row_len")}
+    return {"backbone": backbone, "encoders": encoders, "row_len": cfg.model.get("row_len"),
+            "embedding_rows": list(encoders)}
 
 
 def make_trainer(cfg: DictConfig) -> L.Trainer:

@@ -12,22 +12,22 @@ import pytest
 import torch
 from torch import nn
 
-from encoders import DEFAULT_ENCODERS, MODALITIES, Encoder, build_encoder, list_encoders
+from datamodules.modalities import registry
+from encoders import Encoder, build_encoder, encoder_modalities, list_encoders
 
-# Small layouts, and small trunks for the large variants, so the file runs in well under a minute on
-# two CPU cores; each final feature grid keeps > 1 position. Default layouts and full-size trunks are
-# exercised at the end (the full-size trunks under the `slow` marker).
-SMALL: dict[str, dict] = {
-    "mri": dict(size=[32, 32, 32]),
-    "ecg": dict(samples=500),
-    "voice": dict(max_samples=4000),
-    "breath": dict(max_samples=4000),
-    "gait": dict(frames=4, size=[32, 32]),
-    "face": dict(frames=4, size=[32, 32]),
-    "wearable": dict(minutes=240),
-    "omics": dict(features=16),
-    "clinical": dict(vocab_size=50),
+# Small layouts (by layout kind: a modality's declared spec says which), and small trunks for the large
+# variants, so the file runs in well under a minute on two CPU cores; each final feature grid keeps > 1
+# position. Default layouts and full-size trunks are exercised at the end (full-size trunks: `slow`).
+SMALL_BY_KIND: dict[str, dict] = {
+    "volume": dict(size=[32, 32, 32]),
+    "waveform": dict(samples=500),
+    "audio": dict(max_samples=4000),
+    "video": dict(frames=4, size=[32, 32]),
+    "timeseries": dict(minutes=240),
+    "vector": dict(features=16),
+    "event": dict(vocab_size=50),
 }
+SMALL: dict[str, dict] = {m: SMALL_BY_KIND[d.spec.kind] for m, d in registry().items()}
 VARIANT: dict[str, dict] = {
     "resnet": dict(size=[32, 16, 16], widen_factor=0.25),
     "r3d18": dict(frames=2, stages=2),
@@ -134,12 +134,11 @@ def scramble(enc: Encoder, inputs: dict, seed: int = 1) -> dict:
 
 
 def test_registry_names_are_modality_slash_variant_and_agree_with_datamodules() -> None:
-    from datamodules.schema import MODALITIES as DATA_MODALITIES
-
-    assert MODALITIES == DATA_MODALITIES
+    declared = registry()
+    assert set(encoder_modalities()) == set(declared)  # an encoder for every declared modality, and no other
     for name in NAMES:
         modality, variant = name.split("/")
-        assert modality in MODALITIES and variant
+        assert modality in declared and variant
         with torch.device("meta"):
             enc = build_encoder(name)
         assert (enc.modality, enc.name) == (modality, name)
@@ -151,13 +150,15 @@ def test_unknown_encoder_or_argument_is_a_clear_error() -> None:
         build_encoder("nope/x")
     with pytest.raises(TypeError, match="ecg/conv1d.*leads"):
         build_encoder("ecg/conv1d", lead=12)
-    with pytest.raises(ValueError, match="unknown modality"):
+    with pytest.raises(ValueError, match="no encoder is registered for modality 'eeg'"):
         list_encoders("eeg")
+    with pytest.raises(ValueError, match="must be 'modality/variant'"):
+        build_encoder.__globals__["register"]("ECG-conv")
 
 
 def test_every_modality_has_a_small_default_encoder() -> None:
-    assert set(DEFAULT_ENCODERS) == set(MODALITIES)
-    for modality, name in DEFAULT_ENCODERS.items():
+    for modality, decl in registry().items():
+        name = decl.default_encoder
         assert name in list_encoders(modality)
         with torch.device("meta"):
             enc = build_encoder(name)
@@ -301,14 +302,16 @@ def test_default_encoders_read_collated_batches_at_the_schema_default_layouts() 
         return a
 
     timelines = [Timeline(key=f"k{i}", events=[Event(0.0, 9000.0, [
-        *(Measurement(m, canonical(m, i)) for m in MODALITIES if m != "clinical"),
+        *(Measurement(m, canonical(m, i)) for m, d in registry().items() if d.has_files),
         Measurement("clinical", code="LAB:glucose", value=5.4 if i else float("nan")),
         Measurement("clinical", code="DX:never-seen")])]) for i in range(2)]
     collator = Collator(specs, clinical_codes=["LAB:glucose", "DX:E11"])
     batch = collator(timelines)
+    assert set(batch.modalities) == set(registry())
     for modality, mb in batch.modalities.items():
-        kwargs = {"vocab_size": collator.vocab_size} if modality == "clinical" else {}
-        enc = build_encoder(DEFAULT_ENCODERS[modality], **kwargs).eval()
+        # the layout the data side declares is what the encoder is built for (Spec.encoder_layout)
+        kwargs = specs[modality].encoder_layout(vocab_size=collator.vocab_size)
+        enc = build_encoder(registry()[modality].default_encoder, **kwargs).eval()
         with torch.no_grad():
             out = enc(mb.data, mb.mask, mb.value)
         assert out.shape == (len(mb), enc.num_tokens, enc.d_model), modality

@@ -158,8 +158,9 @@ def test_ranks_read_only_the_shards_that_hold_their_part(uneven: tuple[Path, dic
         monkeypatch.setenv("WORLD_SIZE", "3")
         opened.clear()
         keys = _keys(ShardLoader(ShardDataset(root, "train", seed=1, even=True), batch_size=4))
-        assert {where[k] for k in keys} <= set(opened) and len(opened) == len(set(opened)) < nshards
-        reads.append(len(opened))
+        assert {where[k] for k in keys} <= set(opened) and len(set(opened)) < nshards
+        assert len(opened) - len(set(opened)) <= 1  # only a padding repeat (even epochs) opens one again
+        reads.append(len(set(opened)))
     assert sum(reads) <= nshards + 2  # a shard on a boundary between two ranks is read by both
 
 

@@ -12,12 +12,11 @@ import torch
 from datamodules.collate import Collator
 from datamodules.loader import CropConfig, ShardDataset
 from datamodules.schema import Event, Timeline, specs_from_json
-from omnimodal.layout import layout_kwargs
 from omnimodal.model.backbone import BackboneConfig, block_causal_mask
 from omnimodal.model.omni import EncoderSpec, ModelConfig, OmniModel
 from omnimodal.model.packing import pack
 from omnimodal.objectives import ObjectiveConfig, Objectives
-from encoders import DEFAULT_ENCODERS
+from datamodules.modalities import registry
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +30,8 @@ def make_model(shards: Path, seed: int = 0, **backbone) -> OmniModel:
 
     index = load_index(shards)
     specs = specs_from_json(index["specs"])
-    encoders = {m: EncoderSpec(DEFAULT_ENCODERS[m], {**layout_kwargs(m, specs[m], len(index["clinical_codes"]) + 1),
-                                                     "d_model": 32})
+    vocab = len(index["clinical_codes"]) + 1
+    encoders = {m: EncoderSpec(registry()[m].default_encoder, {**specs[m].encoder_layout(vocab_size=vocab), "d_model": 32})
                 for m in specs}
     torch.manual_seed(seed)
     return OmniModel(ModelConfig(BackboneConfig(d_model=32, n_layers=2, n_heads=4, **backbone), encoders,

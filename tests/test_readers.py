@@ -13,22 +13,23 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from datamodules.readers import SUPPORTED, file_suffix, fit_length, read_measurement, resample
+from datamodules.modalities import registry
+from datamodules.readers import file_suffix, fit_length, read_measurement, resample, supported
 from datamodules.schema import DataError, default_specs
 
 SPECS = default_specs()
-FILE_MODALITIES = ["mri", "ecg", "voice", "breath", "gait", "face", "wearable", "omics"]
+FILE_MODALITIES = [m for m, d in registry().items() if d.has_files]
 
 
 @pytest.mark.parametrize("modality", FILE_MODALITIES)
 def test_missing_file(tmp_path, modality):
-    path = tmp_path / f"absent{SUPPORTED[modality][0]}"
+    path = tmp_path / f"absent{supported(modality)[0]}"
     with pytest.raises(DataError, match="file not found") as e:
         read_measurement(modality, path, SPECS[modality])
     assert str(path) in str(e.value) and "path column" in str(e.value)
 
 
-@pytest.mark.parametrize("modality, name", [
+@pytest.mark.parametrize("modality, name", [*((m, "x.xyz") for m in FILE_MODALITIES),  # every declared reader
     ("mri", "t1.mgz"), ("ecg", "ecg.xml"), ("voice", "v.mp3"), ("breath", "b"), ("gait", "g.gif"),
     ("face", "f.wav"), ("wearable", "w.json"), ("omics", "o.npz"),
 ])
@@ -36,7 +37,7 @@ def test_unsupported_extension(tmp_path, modality, name):
     (tmp_path / name).write_bytes(b"x")
     with pytest.raises(DataError, match="unsupported") as e:
         read_measurement(modality, tmp_path / name, SPECS[modality])
-    assert all(s in str(e.value) for s in SUPPORTED[modality] if s.startswith("."))
+    assert all(s in str(e.value) for s in supported(modality) if s.startswith("."))
 
 
 def test_directory_only_for_mri(tmp_path):

@@ -17,34 +17,15 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from datamodules.schema import (
-    AudioSpec, DataError, DataWarning, OmicsSpec, Spec, VideoSpec, VolumeSpec, WaveformSpec, WearableSpec, check_modality,
-    validate_canonical,
-)
+from datamodules.modalities import DICOM_DIR, get, registry
+from datamodules.schema import DataError, DataWarning, Spec, validate_canonical
 
-__all__ = ["read_measurement", "preload_readers", "SUPPORTED", "file_suffix", "resample", "fit_length", "option"]
+__all__ = ["read_measurement", "preload_readers", "supported", "file_suffix", "resample", "fit_length", "option"]
 
-# modality -> (reader module, spec type, supported suffixes, hint shown when decoding fails)
-_DICOM_DIR = "<directory of .dcm files>"
-_BROKEN = "the file is damaged, truncated or not in the format its extension says; "
-_TABLE: dict[str, tuple[str, type[Spec], tuple[str, ...], str]] = {
-    "mri": ("mri", VolumeSpec, (".nii", ".nii.gz", ".dcm", _DICOM_DIR),
-            _BROKEN + "check that it opens with nibabel (NIfTI) or pydicom (DICOM) and re-export it"),
-    "ecg": ("ecg", WaveformSpec, (".hea", ".dat", ".dcm", ".npy", ".npz", ".csv"),
-            _BROKEN + "check that it opens with wfdb.rdrecord, pydicom, numpy or pandas and re-export it"),
-    "voice": ("audio", AudioSpec, (".wav", ".flac"),
-              _BROKEN + "check that it opens with soundfile and re-export it as WAV or FLAC"),
-    "gait": ("video", VideoSpec, (".mp4", ".mov", ".avi", ".mkv", ".webm"),
-             _BROKEN + "check that it plays (e.g. ffprobe) and re-encode it as H.264 MP4"),
-    "wearable": ("wearable", WearableSpec, (".csv", ".parquet"), _BROKEN + "check that it opens with pandas"),
-    "omics": ("omics", OmicsSpec, (".csv", ".parquet", ".npy"),
-              _BROKEN + "check that it opens with pandas (tables) or numpy (.npy)"),
-}
-_TABLE["breath"] = _TABLE["voice"]
-_TABLE["face"] = _TABLE["gait"]
 
-#: modality -> supported file suffixes (what users may put in the events table's ``path``)
-SUPPORTED: dict[str, tuple[str, ...]] = {m: t[2] for m, t in _TABLE.items()}
+def supported(modality: str) -> tuple[str, ...]:
+    """The file suffixes a modality's readers take (what users may put in the events table's ``path``)."""
+    return get(modality).suffixes
 
 
 def read_measurement(modality: str, path: str | os.PathLike, spec: Spec,
@@ -55,39 +36,35 @@ def read_measurement(modality: str, path: str | os.PathLike, spec: Spec,
     formats which do not describe themselves need. Raises :class:`DataError` on any bad input.
     """
     where = str(path)
-    check_modality(modality, where)
-    if modality == "clinical":
-        raise DataError("clinical measurements have no file", where=where,
-                        hint="give clinical events as code/value columns of the events table, not a path")
+    decl = get(modality, where)
+    if not decl.has_files:
+        raise DataError(f"{modality} measurements have no file", where=where,
+                        hint=f"give {modality} events as code/value columns of the events table, not a path")
     p = Path(path)
     if not p.exists():
         raise DataError("file not found", where=where,
                         hint="check the events table's path column (relative paths are resolved from "
                              "the current directory) and that the file was copied")
-    module, spec_type, suffixes, decode_hint = _TABLE[modality]
-    if not isinstance(spec, spec_type):
-        raise DataError(f"{modality} needs a {spec_type.__name__}, got {type(spec).__name__}", where=where,
+    if type(spec) is not type(decl.spec):
+        raise DataError(f"{modality} needs a {type(decl.spec).__name__}, got {type(spec).__name__}", where=where,
                         hint="pass the cohort's spec for this modality (default_specs()[modality])")
-    suffix = _DICOM_DIR if p.is_dir() else file_suffix(p)
-    if suffix not in suffixes:
+    suffix = DICOM_DIR if p.is_dir() else file_suffix(p)
+    if suffix not in decl.readers:
         raise DataError(f"unsupported {modality} file type {suffix or '(no extension)'!r}", where=where,
-                        hint=f"convert it to one of: {', '.join(suffixes)}")
-    opts: Mapping[str, Any] = {} if options is None else options
-    reader = getattr(importlib.import_module(f"{__name__}.{module}"), f"read_{module}")
+                        hint=f"convert it to one of: {', '.join(decl.suffixes)}")
+    reader = decl.reader(suffix)
     try:
-        if modality == "omics":
-            arr, off_panel = reader(p, spec, opts)
-            if off_panel:
-                warnings.warn(f"{where}: {off_panel} omics feature(s) not on the panel were ignored "
-                              "(add them to OmicsSpec.features to keep them)", DataWarning, stacklevel=2)
-        else:
-            arr = reader(p, spec, opts)
+        arr = reader(p, spec, {} if options is None else options)
     except (DataError, MemoryError):
         raise
     except Exception as e:  # any decoding-library failure -> a DataError naming the file
         detail = " ".join(str(e).split()).rstrip(". ")  # one line, for logs
         raise DataError(f"cannot decode {modality} file: {type(e).__name__}: {detail}", where=where,
-                        hint=decode_hint) from e
+                        hint=decl.decode_hint) from e
+    if isinstance(arr, tuple):  # (array, notes): input used, but not all of it -> the build report
+        arr, notes = arr
+        for note in notes:
+            warnings.warn(f"{where}: {note}", DataWarning, stacklevel=2)
     return validate_canonical(modality, spec, arr, where=where)
 
 
@@ -99,11 +76,11 @@ def read_measurement(modality: str, path: str | os.PathLike, spec: Spec,
 def preload_readers(modalities: Iterable[str]) -> None:
     """Import the reader modules (and their libraries) for these modalities now, e.g. before forking
     worker processes so that each does not import MONAI or PyAV again."""
-    heavy = {"mri": ("monai.transforms", "monai.data"), "gait": ("av",), "face": ("av",),
-             "voice": ("soundfile", "torchaudio.functional"), "breath": ("soundfile", "torchaudio.functional"),
-             "ecg": ("wfdb", "pydicom", "torchaudio.functional")}
-    for m in set(modalities) & set(_TABLE):
-        for name in (f"{__name__}.{_TABLE[m][0]}", *heavy.get(m, ())):
+    mods = registry()
+    for m in set(modalities) & set(mods):
+        for ref in set(mods[m].readers.values()):
+            importlib.import_module(ref.partition(":")[0])
+        for name in mods[m].preload:
             importlib.import_module(name)
 
 

@@ -21,8 +21,8 @@ from datamodules.schema import DataError, OmicsSpec
 
 
 def read_omics(path: Path, spec: OmicsSpec,
-               options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, int]:
-    """Read an omics file -> (``[len(spec.features)]`` float32 with NaN = missing, off-panel count)."""
+               options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Read an omics file -> (``[len(spec.features)]`` float32 with NaN = missing, notes for the report)."""
     where = str(path)
     if file_suffix(path) == ".npy":
         vec = np.load(path, allow_pickle=False)
@@ -40,7 +40,9 @@ def read_omics(path: Path, spec: OmicsSpec,
     if np.isnan(out).all():
         raise DataError(f"none of the {len(spec.features)} panel features is measured in this file", where=where,
                         hint="check the feature ids (e.g. rs1000, GENE000) against OmicsSpec.features")
-    return out, off_panel
+    notes = [f"{off_panel} omics feature(s) not on the panel were ignored (add them to OmicsSpec.features to "
+             "keep them)"] if off_panel else []
+    return out, notes
 
 
 def _table(path: Path, where: str) -> tuple[list[str], list[Any]]:

@@ -26,11 +26,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..schema import MODALITIES, default_specs, specs_to_json
-from . import render_audio, render_ecg, render_video, render_volume
+from ..modalities import registry
+from ..schema import default_specs, specs_to_json
 from .render import EventRow, render_task
-from .render_tables import OFF_PANEL_FEATURES, WEARABLE_COLUMNS, iso
-from .state import GENERATOR_VERSION, STATE_NAMES, VISIT_ORDER, VISIT_RATES, Subject, simulate_subject
+from .render_tables import iso
+from .state import GENERATOR_VERSION, STATE_NAMES, Subject, simulate_subject, visit_rates
 
 TABLES = ("subjects.csv", "events.csv", "labels.csv", "ground_truth.csv", "states.csv", "cohort.json")
 EVENT_COLUMNS = ("subject_id", "time", "modality", "path", "code", "numeric_value")
@@ -58,7 +58,7 @@ class CohortInfo:
         return self.out_dir / table
 
     def summary(self) -> str:
-        counts = " ".join(f"{m}={self.counts.get(m, 0)}" for m in MODALITIES)
+        counts = " ".join(f"{m}={n}" for m, n in self.counts.items())
         plural = "" if self.n_subjects == 1 else "s"
         return (f"{self.n_subjects} subject{plural} ({self.n_cases} develop the disease, {self.n_withdrawn} withdrew "
                 f"consent), {self.n_visits} visits, {self.n_events} events, "
@@ -75,14 +75,15 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _ensure_coverage(subjects: list[Subject], modalities: Sequence[str] = VISIT_ORDER) -> None:
+def _ensure_coverage(subjects: list[Subject], modalities: Sequence[str]) -> None:
     """Every modality appears at least once (added at the last visit of a consenting subject)."""
     pool = [s for s in subjects if s.consent] or subjects
     present = {m for s in subjects for v in s.visits for m in v.modalities}
-    for k, modality in enumerate(VISIT_ORDER):
+    order = list(registry())
+    for k, modality in enumerate(order):
         if modality in modalities and modality not in present:
             visit = pool[(k * 7) % len(pool)].visits[-1]
-            visit.modalities = [m for m in VISIT_ORDER if m == modality or m in visit.modalities]
+            visit.modalities = [m for m in order if m == modality or m in visit.modalities]
 
 
 def _ensure_splits(subjects: list[Subject]) -> None:
@@ -157,24 +158,11 @@ def _states_table(subjects: list[Subject]) -> pd.DataFrame:
 
 
 def render_parameters() -> dict[str, object]:
-    """The native formats and parameters the renderers use (recorded in cohort.json)."""
-    return {
-        "visit_rates": VISIT_RATES,
-        "mri": {"shape": render_volume.MRI_SHAPE, "spacing_mm": render_volume.MRI_SPACING_MM,
-                "orientations": sorted(render_volume.ORIENTATIONS), "format": "nii.gz", "dtype": "int16"},
-        "ecg": {"rate_hz": render_ecg.ECG_RATE_HZ, "duration_s": render_ecg.ECG_SECONDS, "units": "mV",
-                "leads": render_ecg.LEADS_12, "reduced_leads": render_ecg.REDUCED_LEADS,
-                "adc_gain": render_ecg.ECG_ADC_GAIN, "format": "wfdb (path = .hea)"},
-        "voice": {"rate_hz": render_audio.VOICE_RATE_HZ, "channels": 1, "duration_s": [2.0, 4.0], "format": "flac"},
-        "breath": {"rate_hz": [render_audio.BREATH_RATE_HZ, render_audio.BREATH_STEREO_RATE_HZ],
-                   "channels": [1, 2], "duration_s": [3.0, 4.0], "format": "flac"},
-        "gait": {"fps": render_video.GAIT_FPS, "size": render_video.GAIT_SIZE,
-                 "duration_s": render_video.GAIT_SECONDS, "codec": render_video.VIDEO_CODEC},
-        "face": {"fps": render_video.FACE_FPS, "size": render_video.FACE_SIZE,
-                 "duration_s": render_video.FACE_SECONDS, "codec": render_video.VIDEO_CODEC},
-        "wearable": {"columns": WEARABLE_COLUMNS, "hours": 24, "formats": ["csv", "parquet"]},
-        "omics": {"off_panel_features": OFF_PANEL_FEATURES, "formats": ["csv", "parquet", "npy"]},
-    }
+    """The native formats and parameters the renderers use (recorded in cohort.json): each modality's
+    declaration says its own."""
+    mods = registry()
+    return {"visit_rates": visit_rates(),
+            **{m: d.render_params() for m, d in mods.items() if d.render_params is not None}}
 
 
 def synthesize_cohort(out_dir: str | Path, n_subjects: int = 128, seed: int = 0, workers: int = 2,
@@ -188,10 +176,11 @@ def synthesize_cohort(out_dir: str | Path, n_subjects: int = 128, seed: int = 0,
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
-    keep = list(VISIT_ORDER) if modalities is None else list(modalities)
-    unknown = sorted(set(keep) - set(VISIT_ORDER))
+    order = list(registry())
+    keep = order if modalities is None else list(modalities)
+    unknown = sorted(set(keep) - set(order))
     if unknown or not keep:
-        raise ValueError(f"modalities: {unknown or 'none given'}; choose from {list(VISIT_ORDER)}")
+        raise ValueError(f"modalities: {unknown or 'none given'}; choose from {order}")
     start = time.perf_counter()
     out = Path(out_dir)
     _prepare(out, overwrite)
@@ -211,7 +200,7 @@ def synthesize_cohort(out_dir: str | Path, n_subjects: int = 128, seed: int = 0,
     counts = events["modality"].value_counts()
     info = CohortInfo(
         out_dir=out, seed=seed, n_subjects=n_subjects, generator_version=GENERATOR_VERSION,
-        counts={m: int(counts.get(m, 0)) for m in MODALITIES},
+        counts={m: int(counts.get(m, 0)) for m in order},
         n_visits=sum(len(s.visits) for s in subjects), n_events=len(events),
         n_cases=sum(int(s.onset_days == s.onset_days) for s in subjects),
         n_withdrawn=sum(not s.consent for s in subjects),

@@ -14,12 +14,13 @@ so a subject (and each of its files) depends only on ``(seed, index)``, never on
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"  # 2.0: per-modality streams for visit plans and files (the modality registry)
 
 #: latent state components, each oriented so that higher = worse health
 STATE_NAMES: tuple[str, ...] = ("cardio", "neuro", "resp", "metabolic", "frailty", "mood")
@@ -31,14 +32,19 @@ N_GENES = 32
 SNP_IDS: tuple[str, ...] = tuple(f"rs{1000 + i}" for i in range(N_SNPS))
 GENE_IDS: tuple[str, ...] = tuple(f"GENE{i:03d}" for i in range(N_GENES))
 
-#: share of visits at which each modality is measured (omics: expression; genotype is at visit 0)
-VISIT_RATES: dict[str, float] = {
-    "clinical": 0.85, "wearable": 0.40, "ecg": 0.30, "voice": 0.20, "breath": 0.20,
-    "mri": 0.12, "gait": 0.15, "face": 0.15, "omics": 0.15,
-}
-#: fixed order of modalities within a visit (also the events-table order)
-VISIT_ORDER: tuple[str, ...] = (
-    "clinical", "omics", "mri", "ecg", "voice", "breath", "gait", "face", "wearable")
+#: sub-stream of a modality's draws: a stable number from its name, so that declaring a new modality never
+#: changes the draws (visits, files) of the others
+def modality_stream(modality: str) -> int:
+    return zlib.crc32(modality.encode()) & 0x7FFFFFFF
+
+
+def visit_rates() -> dict[str, float]:
+    """Share of visits at which each modality is measured (its declaration's ``visit_rate``; omics:
+    expression, the genotype is at visit 0), in the registry's order (also the order within a visit)."""
+    from ..modalities import registry  # noqa: PLC0415 - declarations only, no torch
+
+    return {m: d.visit_rate for m, d in registry().items()}
+
 
 YEAR_DAYS = 365.25
 _GRID_YEARS = 1.0 / 12.0
@@ -117,8 +123,9 @@ class Subject:
         return self.first_time + dt.timedelta(seconds=round(days * 86400.0))
 
 
-#: sub-streams of a subject's seed: the trajectory and visits, the files (+ visit, modality), the looks
-STREAM_STATE, STREAM_FILES, STREAM_TRAITS = 0, 1, 2
+#: sub-streams of a subject's seed: the trajectory and visits, the files (+ visit, modality), the looks,
+#: which modalities each visit measures (+ modality)
+STREAM_STATE, STREAM_FILES, STREAM_TRAITS, STREAM_PLAN = 0, 1, 2, 3
 
 
 def subject_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
@@ -183,16 +190,18 @@ def _split(u: float) -> str:
     return "train" if u < 0.8 else ("val" if u < 0.9 else "test")
 
 
-def _plan_modalities(rng: np.random.Generator, n_visits: int) -> list[list[str]]:
-    draws = rng.random((n_visits, len(VISIT_ORDER)))
+def _plan_modalities(seed: int, index: int, n_visits: int) -> list[list[str]]:
+    """Which modalities each visit measures: per modality, its own stream of draws against its visit rate."""
+    rates = visit_rates()
+    draws = {m: subject_rng(seed, index, STREAM_PLAN, modality_stream(m)).random(n_visits) for m in rates}
     plans = []
     for v in range(n_visits):
-        mods = [m for j, m in enumerate(VISIT_ORDER) if draws[v, j] < VISIT_RATES[m]]
-        if v == 0 and "omics" not in mods:   # genotype at the first visit
+        mods = [m for m, rate in rates.items() if draws[m][v] < rate]
+        if v == 0 and "omics" in rates and "omics" not in mods:   # genotype at the first visit
             mods.append("omics")
         if not mods:
             mods.append("clinical")
-        plans.append([m for m in VISIT_ORDER if m in mods])
+        plans.append([m for m in rates if m in mods])
     return plans
 
 
@@ -225,7 +234,7 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
     days = _visit_days(rng, hour0)
     risk0 = _HAZARD_PRS * prs + 0.25 * aging
     states, onset = _simulate(rng, baseline, drift, risk0, days)
-    plans = _plan_modalities(rng, len(days))
+    plans = _plan_modalities(seed, index, len(days))
     split = _split(rng.random())
     consent = not (rng.random() < 0.005 or index % 64 == 17)   # ~2%, and always one when n >= 18
     subj = Subject(index=index, subject_id=subject_id(index), sex=sex, birth_date=birth, snps=snps,
@@ -233,7 +242,7 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
                    split=split, consent=consent, traits=_traits(subject_rng(seed, index, STREAM_TRAITS), sex))
     if onset == onset:  # the diagnosis is recorded at the first visit at or after onset
         first_ill = int(np.searchsorted(days, onset))
-        plans[first_ill] = [m for m in VISIT_ORDER if m == "clinical" or m in plans[first_ill]]
+        plans[first_ill] = [m for m in visit_rates() if m == "clinical" or m in plans[first_ill]]
     for v, (d, x, mods) in enumerate(zip(days, states, plans)):
         time = first + dt.timedelta(minutes=round(d * 1440.0))
         subj.visits.append(Visit(index=v, days=float(d), time=time,

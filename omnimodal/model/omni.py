@@ -13,13 +13,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from datamodules.schema import MODALITIES, OmniBatch
-from encoders import DEFAULT_ENCODERS, Encoder, build_encoder
+from datamodules.schema import OmniBatch
+from encoders import Encoder, build_encoder
 
 from .backbone import Backbone, BackboneConfig
 from .packing import Packed, pack
 
 DAYS_PER_YEAR = 365.25
+#: the rows of modality_emb / mask_emb in checkpoints and releases written before the modality registry
+#: (a stored model config without ``embedding_rows``): one row per modality of the framework then, whatever
+#: encoders the model had. A historical fact about old files, not a list of modalities to extend.
+LEGACY_EMBEDDING_ROWS: tuple[str, ...] = (
+    "mri", "ecg", "voice", "breath", "gait", "face", "wearable", "omics", "clinical")
 
 
 @dataclass
@@ -36,13 +41,25 @@ class ModelConfig:
     encoders: dict[str, EncoderSpec] = field(default_factory=dict)  # modality -> encoder
     row_len: int | None = None  # packed row length (None: longest subject in the batch)
     max_tokens_per_instance: int = 16
+    #: the modality of each row of the modality and mask embeddings; None: the encoders, in order. Stored
+    #: configs always say it (:func:`with_embedding_rows` reads an old one).
+    embedding_rows: list[str] | None = None
+
+    def rows(self) -> list[str]:
+        return list(self.embedding_rows) if self.embedding_rows is not None else list(self.encoders)
+
+
+def with_embedding_rows(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored model config (plain data) with its ``embedding_rows``: a config written before the modality
+    registry has none, and its embeddings have :data:`LEGACY_EMBEDDING_ROWS`."""
+    return d if "embedding_rows" in d else {**d, "embedding_rows": list(LEGACY_EMBEDDING_ROWS)}
 
 
 @dataclass
 class Instances:
-    """Per-instance tables of a batch, instances ordered modality by modality (``MODALITIES`` order)."""
+    """Per-instance tables of a batch, instances ordered modality by modality (the model's encoder order)."""
 
-    modality: Tensor   # [I] index into MODALITIES
+    modality: Tensor   # [I] row of the modality embedding (ModelConfig.rows())
     subject: Tensor    # [I]
     event: Tensor      # [I]
     time_days: Tensor  # [I]
@@ -67,19 +84,27 @@ class OmniModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.backbone.d_model
-        specs = cfg.encoders or {m: EncoderSpec(DEFAULT_ENCODERS[m]) for m in MODALITIES}
+        if not cfg.encoders:
+            raise ValueError("model.encoders is empty: a model needs at least one modality encoder")
+        rows = cfg.rows()
+        missing = [m for m in cfg.encoders if m not in rows]
+        if missing or len(set(rows)) != len(rows):
+            raise ValueError(f"model embedding_rows {rows} must name each encoder's modality once (missing {missing})")
+        #: modality -> its row of the modality and mask embeddings
+        self.row = {m: rows.index(m) for m in cfg.encoders}
+        self._rows = rows
         self.encoders = nn.ModuleDict()
-        for m, spec in specs.items():
+        for m, spec in cfg.encoders.items():
             enc = build_encoder(spec.name, **{**spec.kwargs, "d_model": d})
             if enc.modality != m:
                 raise ValueError(f"model.encoders.{m}: encoder {spec.name!r} is for modality {enc.modality!r}")
             self.encoders[m] = enc
-        self.modality_emb = nn.Embedding(len(MODALITIES), d)
+        self.modality_emb = nn.Embedding(len(rows), d)
         self.slot_emb = nn.Embedding(cfg.max_tokens_per_instance, d)
         self.time_emb = nn.Sequential(nn.Linear(4, d), nn.GELU(), nn.Linear(d, d))
         # a module, not a bare Parameter used in forward: ZeRO-3 gathers a module's weights when the module
         # runs (forward and backward), and OmniModel's own output (a dataclass) gets no backward hook
-        self.mask_emb = nn.Embedding(len(MODALITIES), d, _weight=torch.zeros(len(MODALITIES), d))  # no RNG draw
+        self.mask_emb = nn.Embedding(len(rows), d, _weight=torch.zeros(len(rows), d))  # no RNG draw
         self.backbone = Backbone(cfg.backbone)
         self._init_embeddings()
 
@@ -103,6 +128,12 @@ class OmniModel(nn.Module):
             nn.init.normal_(weight, std=0.02)
 
     @property
+    def order(self) -> list[str]:
+        """The order encoders run and tokens are laid out in: the rows' order (a list in every stored config;
+        the encoders mapping may come back in another order, e.g. from a JSON file with sorted keys)."""
+        return [m for m in self._rows if m in self.encoders]
+
+    @property
     def d_model(self) -> int:
         return self.cfg.backbone.d_model
 
@@ -122,7 +153,8 @@ class OmniModel(nn.Module):
                                  f"add model.encoders.{m} or drop the modality from the data")
         device = next(iter(batch.modalities.values())).data.device
         out, zero = {}, torch.zeros((), device=device)
-        for m, enc in self.encoders.items():
+        for m in self.order:
+            enc = self.encoders[m]
             if m in batch.modalities:
                 mb = batch.modalities[m]
                 out[m] = enc(mb.data, mb.mask, mb.value)
@@ -134,14 +166,14 @@ class OmniModel(nn.Module):
         """``hold_out``: modality -> bool ``[N_m]`` instances whose tokens the backbone does not see
         (replaced by the modality's mask embedding), for masked-modality modelling."""
         encoded, absent = self.encode_all(batch)
-        mask_vecs = self.mask_emb(torch.arange(len(MODALITIES), device=absent.device))  # run on every process
-        order = [m for m in MODALITIES if m in encoded]
+        mask_vecs = self.mask_emb(torch.arange(self.mask_emb.num_embeddings, device=absent.device))  # every process
+        order = [m for m in self.order if m in encoded]
         tokens, subj, ev, tm, age, slot, mod, slices, i0 = [], [], [], [], [], [], [], {}, 0
         inst_mod, inst_subj, inst_ev, inst_tm = [], [], [], []
         for m in order:
             x, mb = encoded[m], batch.modalities[m]
             n, k, _ = x.shape
-            midx = MODALITIES.index(m)
+            midx = self.row[m]
             if hold_out is not None and m in hold_out:
                 x = torch.where(hold_out[m][:, None, None], mask_vecs[midx].to(x.dtype), x)
             tokens.append(x.reshape(n * k, -1))

@@ -1,0 +1,294 @@
+"""Canonical layouts: one dataclass per layout kind, with the cohort-wide defaults.
+
+The data contract's array side (numpy only, no torch: rendering workers import it). Every reader turns
+a native file into its modality's canonical array; :func:`validate_canonical` checks one against its
+spec. Which modality uses which spec (and its default values) is declared once, in
+:mod:`datamodules.modalities`. The table of layouts is in :mod:`datamodules.schema`'s docstring.
+
+Storage rule: *missing entries are NaN in the stored array*; the loader turns them into zeros plus a
+boolean mask (True = observed). Any other NaN or Inf is bad input and is rejected.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+STANDARD_12_LEADS: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+)
+
+
+class DataError(ValueError):
+    """Bad input, with where it is (file, shard, subject key, member) and what to do."""
+
+    def __init__(self, reason: str, *, where: str = "", hint: str = "") -> None:
+        self.reason, self.where, self.hint = reason, where, hint
+        msg = f"{where}: {reason}" if where else reason
+        super().__init__(f"{msg}. {hint}" if hint else msg)
+
+
+class DataWarning(UserWarning):
+    """Input that was used, but not all of it (e.g. omics features off the panel): goes in the report."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Canonical specs: one dataclass per layout kind; the values are the cohort-wide defaults and are
+# stored in the shard index so every consumer agrees on them.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec(abc.ABC):
+    kind: ClassVar[str] = ""
+    dtype: ClassVar[str] = "float32"
+    storage_dtype: ClassVar[str] = "float32"
+    #: modalities whose stored arrays may hold NaN (= missing entries, see the storage rule)
+    nan_is_missing: ClassVar[bool] = False
+    #: leading dims that may be shorter than :meth:`shape` (padded at collation, masked)
+    variable_axis: ClassVar[int | None] = None
+
+    @abc.abstractmethod
+    def shape(self) -> tuple[int, ...]:
+        """Full canonical shape of one instance (the maximum along ``variable_axis``)."""
+
+    @abc.abstractmethod
+    def encoder_layout(self, vocab_size: int = 0) -> dict[str, Any]:
+        """The layout an encoder of this kind is built for, as its constructor keywords (the contract both
+        layers share: ``encoders`` never sees a spec). ``vocab_size``: clinical codes + 1 (unknown)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON data (tuples as lists): what ``index.json`` and a release's ``preprocessing.json`` hold."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d["kind"] = self.kind
+        return d
+
+
+@dataclass(frozen=True)
+class VolumeSpec(Spec):
+    """3-D image (MRI): ``[1, D, H, W]`` at ``spacing_mm``, orientation ``RAS``."""
+
+    kind: ClassVar[str] = "volume"
+    storage_dtype: ClassVar[str] = "float16"
+    spacing_mm: tuple[float, float, float] = (4.0, 4.0, 4.0)
+    size: tuple[int, int, int] = (48, 48, 48)
+    orientation: str = "RAS"
+
+    def shape(self) -> tuple[int, ...]:
+        return (1, *self.size)
+
+    def encoder_layout(self, vocab_size: int = 0) -> dict[str, Any]:
+        return {"size": list(self.size)}
+
+
+@dataclass(frozen=True)
+class WaveformSpec(Spec):
+    """Multi-lead biosignal (ECG): ``[leads, rate_hz * duration_s]`` in ``units``."""
+
+    kind: ClassVar[str] = "waveform"
+    nan_is_missing: ClassVar[bool] = True
+    rate_hz: int = 250
+    duration_s: float = 10.0
+    leads: tuple[str, ...] = STANDARD_12_LEADS
+    units: str = "mV"
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.rate_hz * self.duration_s))
+
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.leads), self.samples)
+
+    def encoder_layout(self, vocab_size: int = 0) -> dict[str, Any]:
+        return {"leads": len(self.leads), "samples": self.samples}
+
+
+@dataclass(frozen=True)
+class AudioSpec(Spec):
+    """Mono audio: ``[1, n]`` with ``n <= rate_hz * max_duration_s``."""
+
+    kind: ClassVar[str] = "audio"
+    storage_dtype: ClassVar[str] = "float16"
+    variable_axis: ClassVar[int | None] = 1
+    rate_hz: int = 16000
+    max_duration_s: float = 4.0
+
+    @property
+    def max_samples(self) -> int:
+        return int(round(self.rate_hz * self.max_duration_s))
+
+    def shape(self) -> tuple[int, ...]:
+        return (1, self.max_samples)
+
+    def encoder_layout(self, vocab_size: int = 0) -> dict[str, Any]:
+        return {"sample_rate": self.rate_hz, "max_samples": self.max_samples}
+
+
+@dataclass(frozen=True)
+class VideoSpec(Spec):
+    """Video clip: ``[T, 3, H, W]`` uint8 RGB at ``fps`` with ``T <= max_frames``."""
+
+    kind: ClassVar[str] = "video"
+    dtype: ClassVar[str] = "uint8"
+    storage_dtype: ClassVar[str] = "uint8"
+    variable_axis: ClassVar[int | None] = 0
+    fps: float = 8.0
+    max_frames: int = 16
+    size: tuple[int, int] = (64, 64)
+
+    def shape(self) -> tuple[int, ...]:
+        return (self.max_frames, 3, *self.size)
+
+    def encoder_layout(self, vocab_size: int = 0) -> dict[str, Any]:
+        return {"frames": self.max_frames, "size": list(self.size)}
+
+
+@dataclass(frozen=True)
+class WearableSpec(Spec):
+    """Minute-level wearable streams: ``[channels, window_minutes]`` from the first timestamp.
+
+    Samples are binned per minute: ``mean`` for rates, ``sum`` for counts (``sum_channels``).
+    """
+
+    kind: ClassVar[str] = "timeseries"
+    nan_is_missing: ClassVar[bool] = True
+    channels: tuple[str, ...] = ("heart_rate", "steps", "skin_temp")
+    window_minutes: int = 1440
+    sum_channels: tuple[str, ...] = ("steps",)
+
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.channels), self.window_minutes)
+
+    def encoder_layout(self, vocab_size: int = 0) -> dict[str, Any]:
+        return {"channels": len(self.channels), "minutes": self.window_minutes}
+
+
+@dataclass(frozen=True)
+class OmicsSpec(Spec):
+    """Omics values on a fixed feature panel: ``[features]`` (SNP dosages, expression, ...)."""
+
+    kind: ClassVar[str] = "vector"
+    nan_is_missing: ClassVar[bool] = True
+    features: tuple[str, ...] = tuple(f"rs{1000 + i}" for i in range(32)) + tuple(
+        f"GENE{i:03d}" for i in range(32)
+    )
+
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.features),)
+
+    def encoder_layout(self, vocab_size: int = 0) -> dict[str, Any]:
+        return {"features": len(self.features)}
+
+
+@dataclass(frozen=True)
+class ClinicalSpec(Spec):
+    """Clinical events as MEDS rows: ``code`` (str) and ``numeric_value`` (float or NaN)."""
+
+    kind: ClassVar[str] = "event"
+
+    def shape(self) -> tuple[int, ...]:
+        return ()
+
+    def encoder_layout(self, vocab_size: int = 0) -> dict[str, Any]:
+        return {"vocab_size": vocab_size}
+
+
+SPEC_KINDS: dict[str, type[Spec]] = {
+    c.kind: c for c in (VolumeSpec, WaveformSpec, AudioSpec, VideoSpec, WearableSpec, OmicsSpec, ClinicalSpec)
+}
+
+def default_specs(**overrides: Mapping[str, Any]) -> dict[str, Spec]:
+    """Canonical specs of every registered modality; ``overrides={"ecg": {"rate_hz": 500}}`` changes fields
+    (each checked against the spec's fields and their types: :func:`replace_fields`)."""
+    from .modalities import registry  # noqa: PLC0415 - the registry imports this module
+
+    mods = registry()
+    unknown = set(overrides) - set(mods)
+    if unknown:
+        raise DataError(f"unknown modality {sorted(unknown)} in spec overrides", hint=f"use one of {list(mods)}")
+    return {m: replace_fields(d.spec, overrides.get(m, {}), where=f"spec {m}") for m, d in mods.items()}
+
+
+def replace_fields(spec: Spec, fields: Mapping[str, Any], where: str = "spec") -> Spec:
+    """``spec`` with some fields changed; an unknown field or a value of the wrong type is a :class:`DataError`
+    naming ``where.field`` (JSON lists become tuples)."""
+    known = {f.name: f for f in dataclasses.fields(spec)}
+    for k, v in fields.items():
+        if k not in known:
+            raise DataError(f"unknown field {k!r}", where=where, hint=f"{type(spec).__name__} has {sorted(known)}")
+        want = type(getattr(spec, k))
+        ok = isinstance(v, want) or (want is float and isinstance(v, int) and not isinstance(v, bool)) or \
+            (want is tuple and isinstance(v, list))
+        default = getattr(spec, k)
+        if ok and want is tuple and default and any(type(x) is not type(default[0]) and not
+                                                    (isinstance(default[0], float) and type(x) is int)
+                                                    for x in v):
+            ok = False
+        if not ok or isinstance(v, bool) != (want is bool):
+            raise DataError(f"{where}.{k} = {v!r} is a {type(v).__name__}, expected a {want.__name__}",
+                            hint=f"e.g. {k}={list(getattr(spec, k)) if want is tuple else getattr(spec, k)!r}")
+    return dataclasses.replace(spec, **_tuples(fields))
+
+
+def _tuples(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def specs_to_json(specs: Mapping[str, Spec]) -> dict[str, Any]:
+    return {m: s.to_json() for m, s in specs.items()}
+
+
+def specs_from_json(d: Mapping[str, Any]) -> dict[str, Spec]:
+    out = {}
+    for m, s in d.items():
+        s = dict(s)
+        cls = SPEC_KINDS[s.pop("kind")]
+        out[m] = cls(**_tuples(s))
+    return out
+
+
+def check_modality(modality: str, where: str = "") -> str:
+    """``modality`` if it is registered (:mod:`datamodules.modalities`), else a :class:`DataError`."""
+    from .modalities import names  # noqa: PLC0415
+
+    if modality not in names():
+        raise DataError(f"unknown modality {modality!r}", where=where, hint=f"use one of {', '.join(names())}")
+    return modality
+
+
+def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str = "") -> np.ndarray:
+    """Check one canonical array against its spec (shape, dtype, finiteness); return it.
+
+    Raises :class:`DataError` naming ``where`` and the problem.
+    """
+    if not isinstance(array, np.ndarray):
+        raise DataError(f"{modality} array is {type(array).__name__}, expected numpy.ndarray", where=where)
+    full = spec.shape()
+    shape = array.shape
+    ok = len(shape) == len(full)
+    if ok and spec.variable_axis is not None:
+        ax = spec.variable_axis
+        ok = (1 <= shape[ax] <= full[ax]) and all(
+            s == f for i, (s, f) in enumerate(zip(shape, full)) if i != ax)
+    elif ok:
+        ok = tuple(shape) == tuple(full)
+    if not ok:
+        raise DataError(f"{modality} array has shape {tuple(shape)}, expected {full}"
+                        + (f" (axis {spec.variable_axis} may be shorter)" if spec.variable_axis is not None else ""),
+                        where=where, hint="re-run the reader with this cohort's spec")
+    if array.dtype != np.dtype(spec.dtype):
+        raise DataError(f"{modality} array has dtype {array.dtype}, expected {spec.dtype}", where=where)
+    if array.dtype.kind == "f":
+        bad = np.isinf(array).any() or (not spec.nan_is_missing and np.isnan(array).any())
+        if bad:
+            raise DataError(f"{modality} array holds NaN or Inf values", where=where,
+                            hint="fix or drop the recording; only missing entries of ecg/wearable/omics may be NaN")
+        if spec.nan_is_missing and np.isnan(array).all():
+            raise DataError(f"{modality} array holds no observed value (all missing)", where=where)
+    return array
+
+
