@@ -1,5 +1,8 @@
 """The data contract: modality names, canonical layouts, and the records that carry them.
 
+Each modality is declared once in :mod:`datamodules.modalities` (its spec kind and defaults, readers,
+synthetic renderer, default encoder); the table below lists the layout kinds of those declared here.
+
 Every reader turns a native file into its modality's *canonical array* (numpy, below); the shard
 writer stores that array as one ``.npy`` member; the loader turns it back into a tensor; encoders
 consume the stacked tensors of an :class:`OmniBatch`. Tests on both sides check these layouts.
@@ -14,8 +17,8 @@ ecg           ``[leads, samples]``        float32    mV, fixed rate and lead ord
                                                      lead is all-NaN in storage, ``mask [leads]``
 voice/breath  ``[1, samples]``            float32    mono, fixed rate, ``samples <= max``;
                                                      padded at collation, ``mask [samples]``
-gait/face     ``[T, 3, H, W]``            uint8      RGB, fixed fps and size, ``T <= max_frames``;
-                                                     padded at collation, ``mask [T]``
+gait/face/    ``[T, 3, H, W]``            uint8      RGB, fixed fps and size, ``T <= max_frames``;
+medical_video                                        padded at collation, ``mask [T]``
 wearable      ``[channels, minutes]``     float32    one value per minute; a gap is NaN in
                                                      storage, ``mask [channels, minutes]``
 omics         ``[features]``              float32    values on the spec's feature panel; an
@@ -34,12 +37,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
-from .specs import (  # noqa: F401 - the data contract in one import: specs, errors, checks
+from .modalities import check_modality, default_specs, names  # noqa: F401 - the data contract in one import
+from .specs import (  # noqa: F401 - specs, errors, checks
     SPEC_KINDS, STANDARD_12_LEADS, AudioSpec, ClinicalSpec, DataError, DataWarning, OmicsSpec, Spec, VideoSpec,
-    VolumeSpec, WaveformSpec, WearableSpec, check_modality, default_specs, specs_from_json, specs_to_json,
-    validate_canonical,
+    VolumeSpec, WaveformSpec, WearableSpec, replace_fields, specs_from_json, specs_to_json, validate_canonical,
 )
 
 SCHEMA_VERSION = 1
@@ -49,8 +53,6 @@ class _Modalities(Sequence[str]):
     """The registered modality names in their declared order (:mod:`datamodules.modalities`), read live."""
 
     def _names(self) -> tuple[str, ...]:
-        from .modalities import names  # noqa: PLC0415 - the registry imports the specs, not this module
-
         return names()
 
     def __getitem__(self, i):  # type: ignore[override] # noqa: ANN001, ANN204

@@ -201,18 +201,6 @@ SPEC_KINDS: dict[str, type[Spec]] = {
     c.kind: c for c in (VolumeSpec, WaveformSpec, AudioSpec, VideoSpec, WearableSpec, OmicsSpec, ClinicalSpec)
 }
 
-def default_specs(**overrides: Mapping[str, Any]) -> dict[str, Spec]:
-    """Canonical specs of every registered modality; ``overrides={"ecg": {"rate_hz": 500}}`` changes fields
-    (each checked against the spec's fields and their types: :func:`replace_fields`)."""
-    from .modalities import registry  # noqa: PLC0415 - the registry imports this module
-
-    mods = registry()
-    unknown = set(overrides) - set(mods)
-    if unknown:
-        raise DataError(f"unknown modality {sorted(unknown)} in spec overrides", hint=f"use one of {list(mods)}")
-    return {m: replace_fields(d.spec, overrides.get(m, {}), where=f"spec {m}") for m, d in mods.items()}
-
-
 def replace_fields(spec: Spec, fields: Mapping[str, Any], where: str = "spec") -> Spec:
     """``spec`` with some fields changed; an unknown field or a value of the wrong type is a :class:`DataError`
     naming ``where.field`` (JSON lists become tuples)."""
@@ -249,15 +237,6 @@ def specs_from_json(d: Mapping[str, Any]) -> dict[str, Spec]:
         cls = SPEC_KINDS[s.pop("kind")]
         out[m] = cls(**_tuples(s))
     return out
-
-
-def check_modality(modality: str, where: str = "") -> str:
-    """``modality`` if it is registered (:mod:`datamodules.modalities`), else a :class:`DataError`."""
-    from .modalities import names  # noqa: PLC0415
-
-    if modality not in names():
-        raise DataError(f"unknown modality {modality!r}", where=where, hint=f"use one of {', '.join(names())}")
-    return modality
 
 
 def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str = "") -> np.ndarray:

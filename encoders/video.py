@@ -1,5 +1,5 @@
-"""Video encoders (gait, face): RGB clip ``[N, T, 3, H, W]`` uint8 + frame mask ``[N, T]`` -> tokens
-``[N, k, d]``. One class per variant serves both modalities and is registered under both names."""
+"""Video encoders (gait, face, medical cine loops): RGB clip ``[N, T, 3, H, W]`` uint8 + frame mask ``[N, T]`` ->
+tokens ``[N, k, d]``. One class per variant serves every video modality, registered under each name."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class VideoR3D18Encoder(_VideoEncoder):
         super().__init__(d_model=d_model, num_tokens=num_tokens)
         self._layout(frames, size)
         if not 1 <= stages <= 4:
-            raise ValueError(f"gait/face r3d18 stages must be 1..4, got {stages}")
+            raise ValueError(f"video r3d18 stages must be 1..4, got {stages}")
         self.trunk = r3d_18(weights=None)  # keeps torchvision's state-dict names for the stages kept
         self.trunk.fc = nn.Identity()
         for i in range(stages + 1, 5):

@@ -3,7 +3,7 @@ DeepSpeed ZeRO-2, each timed after warm-up. Prints tokens/s, peak memory and mod
 (MFU) against the chip's dense bf16 peak (H100/H200 SXM: ~990 TFLOP/s). Run by ``scripts/gpu_check.sh``.
 
 The run is ``omnimodal-train``'s own: the config composed from ``configs/`` (``experiment=base_gpu``,
-``strategy=deepspeed_zero2``), ``omnimodal.train.build``, a Lightning ``Trainer``; only the batches are
+``strategy=deepspeed_zero2``), ``omnimodal.pretraining.run.build``, a Lightning ``Trainer``; only the batches are
 read from the shards once and then cycled from memory, so the figures are the model's, not the loader's.
 
 Model FLOPs of a step (what MFU counts; recomputation under activation checkpointing is not model work):
@@ -161,7 +161,7 @@ def cycle(batches: list[Any]) -> Iterator[Any]:
 def run_one(name: str, cfg: Any, batches: list[Any], warmup: int, peak_tflops: float) -> dict[str, Any]:
     from torch.utils.data import DataLoader, IterableDataset  # noqa: PLC0415
 
-    from omnimodal.train import build  # noqa: PLC0415
+    from omnimodal.pretraining.run import build  # noqa: PLC0415
 
     class Batches(IterableDataset):
         def __iter__(self) -> Iterator[Any]:

@@ -52,7 +52,7 @@ if [[ ${1:-} == --prepare ]]; then
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     -d "$DIR/wheels" pydantic
   # a small synthetic cohort's shards (all modalities): 24 people, built here with the project installed
-  OMNIMODAL_CACHE="$DIR/cache" "$PYTHON" -c "from datamodules.demo import demo_shards; print(demo_shards(24, 0))" \
+  OMNIMODAL_CACHE="$DIR/cache" "$PYTHON" -c "from datamodules.builtin_cohort import demo_shards; print(demo_shards(24, 0))" \
     > "$DIR/shards_path"
   rm -rf "$DIR/shards" && cp -r "$(cat "$DIR/shards_path")" "$DIR/shards" && rm -rf "$DIR/cache" "$DIR/shards_path"
   du -sh "$DIR/wheels" "$DIR/shards"

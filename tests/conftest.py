@@ -57,7 +57,7 @@ def train_config(shards: Path, run_dir: Path, *overrides: str) -> "DictConfig": 
 @pytest.fixture(scope="session")
 def pretrained_ckpt(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A briefly pretrained model's checkpoint (4 steps on the test cohort)."""
-    from omnimodal.train import build as build_run
+    from omnimodal.pretraining.run import build as build_run
 
     run = tmp_path_factory.mktemp("pretrain")
     cfg = train_config(shards, run, "experiment=quick", "trainer.max_steps=4", "data.max_events=4",

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.datamodule import OmniDataModule, ShardLoader
 from datamodules.loader import ShardDataset
-from omnimodal.distributed import DeepSpeedStrategy
+from omnimodal.infra.strategies import DeepSpeedStrategy
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):

@@ -19,7 +19,7 @@ import torch
 
 from dist_strategies import RANK1_MODALITIES, STRATEGIES, LossRecorder, compose_config
 
-from omnimodal.train import build
+from omnimodal.pretraining.run import build
 
 #: extra config overrides for every case (debugging): OMNIMODAL_DIST_OVERRIDES="a=1 b=2"
 EXTRA = os.environ.get("OMNIMODAL_DIST_OVERRIDES", "").split()

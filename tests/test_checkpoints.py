@@ -25,8 +25,8 @@ import torch
 import torch.fx.graph_module
 
 from conftest import train_config
-from omnimodal.distributed import consolidate, load_weights
-from omnimodal.distributed import main as consolidate_main
+from omnimodal.cli.consolidate import main as consolidate_main
+from omnimodal.pretraining.consolidate import consolidate, load_weights
 from omnimodal.infra.checkpoints import CheckpointError, load, no_code_from_checkpoints, verify
 from omnimodal.release import ReleaseError, export, load_release
 
@@ -90,8 +90,8 @@ def test_each_payload_is_live_without_the_allow_list(tmp_path: Path, marker: Pat
 @pytest.mark.parametrize("kind", PAYLOADS)
 def test_library_entry_points_refuse_every_payload(pretrained_ckpt: Path, shards: Path, tmp_path: Path,
                                                    marker: Path, kind: str) -> None:
-    from omnimodal.finetune import load_finetuned
-    from omnimodal.train import run
+    from omnimodal.downstream.task import load_finetuned
+    from omnimodal.pretraining.run import run
 
     bad = _poison(pretrained_ckpt, tmp_path / "bad.ckpt", kind, marker)
     for call in (lambda: load(bad), lambda: verify(bad), lambda: consolidate(bad, tmp_path / "w.ckpt")):
@@ -118,7 +118,7 @@ def test_library_entry_points_refuse_every_payload(pretrained_ckpt: Path, shards
 
 
 def test_a_refused_init_from_never_reaches_the_weights(pretrained_ckpt: Path, tmp_path: Path, marker: Path) -> None:
-    from omnimodal.task import PretrainTask
+    from omnimodal.pretraining.task import PretrainTask
 
     bad = _poison(pretrained_ckpt, tmp_path / "bad.ckpt", "os.system", marker, key="state_dict")
     task = PretrainTask(**load(pretrained_ckpt)["hyper_parameters"])

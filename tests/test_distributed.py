@@ -23,10 +23,11 @@ import torch
 
 from dist_strategies import RANK1_MODALITIES, STRATEGIES, LossRecorder, RankInterleaved, compose_config
 
-from omnimodal.distributed import WORLD_SIZE_KEY, check_resume, consolidate, load_weights, written_by
-from omnimodal.distributed import main as consolidate_main
-from omnimodal.task import PretrainTask
-from omnimodal.train import build, run
+from omnimodal.cli.consolidate import main as consolidate_main
+from omnimodal.infra.checkpoints import WORLD_SIZE_KEY, check_resume, written_by
+from omnimodal.pretraining.consolidate import consolidate, load_weights
+from omnimodal.pretraining.run import build, run
+from omnimodal.pretraining.task import PretrainTask
 
 pytestmark = pytest.mark.distributed
 HERE = Path(__file__).resolve().parent

@@ -10,7 +10,7 @@ scratch on that cohort and against logistic regression on the last visit's summa
 - Models: the release with a frozen backbone (``mode=frozen``), the same architecture from scratch trained in
   full (``init=scratch mode=full``, backbone at the head's learning rate), both ``EPOCHS`` epochs with age at
   the landmark beside the embedding (``head.covariates=[age]``), each with fine-tuning seeds 0 and 1; and
-  the logistic regression (``omnimodal.baselines.last_visit_logistic``: age + per-lead/channel mean and
+  the logistic regression (``omnimodal.downstream.baselines.last_visit_logistic``: age + per-lead/channel mean and
   std of the last visit's ECG and wearable data, a missing indicator each, L2 strength by cross-validation).
 - Metrics on the held-out test split: C-index and AUROC of "onset within 5 years" (people with a known
   status), with bootstrap intervals; the test asserts the release's mean over the two seeds beats both.
@@ -34,13 +34,14 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from datamodules.demo import demo_shards
+from datamodules.builtin_cohort import demo_shards
 from datamodules.shards.builder import BuildConfig, build_shards
 from datamodules.synthetic import synthesize_cohort
-from omnimodal import finetune as FT
-from omnimodal import train as T
-from omnimodal.baselines import last_visit_logistic
-from omnimodal.evaluate import compute_metrics, evaluate
+from omnimodal.downstream import run as FT
+from omnimodal.downstream.task import FinetuneTask
+from omnimodal.pretraining import run as T
+from omnimodal.downstream.baselines import last_visit_logistic
+from omnimodal.evaluation.report import compute_metrics, evaluate
 from omnimodal.release import export
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~12 min on 2 idle cores
@@ -93,7 +94,7 @@ def downstream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "shards"
 
 
-def _finetune(release: Path, shards: Path, run_dir: Path, *overrides: str) -> FT.FinetuneTask:
+def _finetune(release: Path, shards: Path, run_dir: Path, *overrides: str) -> FinetuneTask:
     cfg = _compose("finetune", [f"release={release}", f"data.root={shards}", f"modalities={MODALITIES}", *LANDMARK,
                                 f"trainer.max_epochs={EPOCHS}", "head=survival",
                                 "callbacks.checkpoint.monitor=null", "callbacks.checkpoint.save_top_k=0", *QUIET, *overrides])

@@ -17,12 +17,14 @@ from omegaconf import open_dict
 from PIL import Image
 
 from datamodules.schema import Event, Label, Measurement, Timeline
-from omnimodal.evaluate import evaluate, write_report
-from omnimodal.evaluate import main as eval_main
-from omnimodal.person import main as forecast_main
-from omnimodal.finetune import FinetuneTask, LandmarkCollator, LandmarkConfig, build, landmark_sample, load_finetuned
-from omnimodal.heads import Head, HeadConfig, covariates, target
-from omnimodal.person import Forecaster, find_person
+from omnimodal.cli.eval import main as eval_main
+from omnimodal.cli.forecast import main as forecast_main
+from omnimodal.downstream.forecaster import Forecaster, find_person
+from omnimodal.downstream.heads import Head, HeadConfig, covariates, target
+from omnimodal.downstream.landmarks import LandmarkCollator, LandmarkConfig, landmark_sample
+from omnimodal.downstream.run import build
+from omnimodal.downstream.task import FinetuneTask, load_finetuned
+from omnimodal.evaluation.report import evaluate, write_report
 from omnimodal.release import ReleaseError
 
 def finetune_config(release: Path | str, shards: Path, run_dir: Path, *overrides: str):
@@ -224,7 +226,7 @@ def test_last_visit_features_and_logistic_baseline() -> None:
     import warnings
 
     from datamodules.schema import default_specs
-    from omnimodal.baselines import LastVisitFeatures, fit_logistic
+    from omnimodal.downstream.baselines import LastVisitFeatures, fit_logistic
 
     specs = {m: s for m, s in default_specs().items() if m in ("ecg", "wearable")}
     feats = LastVisitFeatures(specs, [])

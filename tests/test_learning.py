@@ -41,12 +41,12 @@ from omegaconf import open_dict
 from torchmetrics.functional.classification import binary_auroc
 
 from datamodules.collate import Collator
-from datamodules.demo import DEMO_SECRET, demo_shards
+from datamodules.builtin_cohort import DEMO_SECRET, demo_shards
 from datamodules.loader import CropConfig, ShardDataset, crop_timeline
 from datamodules.schema import Timeline
 from datamodules.shards.format import subject_key
 from omnimodal.model.omni import OmniModel
-from omnimodal.train import build
+from omnimodal.pretraining.run import build
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from datamodules.schema import Event, Timeline, specs_from_json
 from omnimodal.model.backbone import BackboneConfig, block_causal_mask
 from omnimodal.model.omni import EncoderSpec, ModelConfig, OmniModel
 from omnimodal.model.packing import pack
-from omnimodal.objectives import ObjectiveConfig, Objectives
+from omnimodal.pretraining.objectives import ObjectiveConfig, Objectives
 from datamodules.modalities import registry
 
 
@@ -63,7 +63,7 @@ def test_attention_is_block_causal_across_events(shards: Path, data) -> None:
     cut = Timeline(tl.key, tl.static, tl.events[:2], tl.labels)
     with torch.no_grad():
         full, short = model(collate([tl])), model(collate([cut]))
-    fb, sb = collate([tl]), collate([cut])
+    fb = collate([tl])
     for m in short.context:  # the first two events cannot see the later ones
         early = fb.modalities[m].event < 2
         torch.testing.assert_close(full.context[m][early], short.context[m], atol=2e-5, rtol=1e-4)

@@ -16,7 +16,7 @@ import transformers
 
 from datamodules.loader import CropConfig, ShardDataset
 from omnimodal.release import OmniForTimelines, ReleaseError, export, load_release, read_checkpoint
-from omnimodal.task import PretrainTask
+from omnimodal.pretraining.task import PretrainTask
 
 
 def batch_of(shards: Path, n: int = 6):

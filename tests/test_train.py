@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import train_config as config
-from omnimodal.train import build, resume_path
+from omnimodal.pretraining.run import build, resume_path
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "experiment").glob("*.yaml"))
 
@@ -100,7 +100,7 @@ def test_cli_from_any_directory_with_site_configs_and_a_sweep(shards: Path, tmp_
     site.mkdir(parents=True)
     (site / "site_tiny.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: 1\ndata:\n  batch_size: 2\n")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "omnimodal.train", "-m", f"--config-dir={tmp_path / 'site'}",
+    cmd = [sys.executable, "-m", "omnimodal.cli.train", "-m", f"--config-dir={tmp_path / 'site'}",
            "experiment=site_tiny", "data=shards", f"data.root={shards}", "data.num_workers=0",
            "trainer.enable_progress_bar=false", "~logger.tensorboard", "objective.masked_weight=0.5,1.0",
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..specs import DataError, Spec
+from ..specs import DataError, Spec, replace_fields
 
 #: a directory of DICOM files given as one measurement's path
 DICOM_DIR = "<directory of .dcm files>"
@@ -139,4 +139,22 @@ def resolve(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["BROKEN", "DICOM_DIR", "Modality", "get", "names", "register", "registry", "resolve", "unregister"]
+def default_specs(**overrides: Mapping[str, Any]) -> dict[str, Spec]:
+    """Canonical specs of every registered modality; ``overrides={"ecg": {"rate_hz": 500}}`` changes fields
+    (each checked against the spec's fields and their types: :func:`replace_fields`)."""
+    mods = registry()
+    unknown = set(overrides) - set(mods)
+    if unknown:
+        raise DataError(f"unknown modality {sorted(unknown)} in spec overrides", hint=f"use one of {list(mods)}")
+    return {m: replace_fields(d.spec, overrides.get(m, {}), where=f"spec {m}") for m, d in mods.items()}
+
+
+def check_modality(modality: str, where: str = "") -> str:
+    """``modality`` if it is registered (:mod:`datamodules.modalities`), else a :class:`DataError`."""
+    if modality not in names():
+        raise DataError(f"unknown modality {modality!r}", where=where, hint=f"use one of {', '.join(names())}")
+    return modality
+
+
+__all__ = ["BROKEN", "DICOM_DIR", "Modality", "check_modality", "default_specs", "get", "names", "register", "registry",
+           "resolve", "unregister"]

@@ -1,4 +1,4 @@
-"""Gait / face video: anything PyAV opens -> ``[T, 3, H, W]`` uint8 RGB at ``spec.fps``, ``T <= max_frames``.
+"""Video (gait, face, medical cine loops): anything PyAV opens -> ``[T, 3, H, W]`` uint8 RGB at ``spec.fps``, ``T <= max_frames``.
 
 Output frame ``k`` is the latest decoded frame whose presentation time (from the first frame) is
 ``<= k / spec.fps``; frames are produced while ``k / fps`` lies inside the clip. Each frame is turned

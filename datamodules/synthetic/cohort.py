@@ -80,8 +80,8 @@ def _ensure_coverage(subjects: list[Subject], modalities: Sequence[str]) -> None
     pool = [s for s in subjects if s.consent] or subjects
     present = {m for s in subjects for v in s.visits for m in v.modalities}
     order = list(registry())
-    for k, modality in enumerate(order):
-        if modality in modalities and modality not in present:
+    for k, modality in enumerate(m for m in order if m in modalities):
+        if modality not in present:
             visit = pool[(k * 7) % len(pool)].visits[-1]
             visit.modalities = [m for m in order if m == modality or m in visit.modalities]
 
@@ -172,7 +172,8 @@ def synthesize_cohort(out_dir: str | Path, n_subjects: int = 128, seed: int = 0,
     The output depends only on ``seed`` and ``n_subjects`` (not on ``workers``); subject ``i`` is the
     same in every cohort of the same seed, except for forced modality coverage and splits.
     ``modalities``: a cohort that measures only these (e.g. a cardiology clinic: clinical, ecg, wearable);
-    the people, their health and every kept file are those of the full cohort of the same seed.
+    the people, their health and every kept file are those of the full cohort of the same seed (and of any
+    cohort of the same seed and modalities, whatever other modalities are declared).
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")

@@ -191,7 +191,9 @@ def _split(u: float) -> str:
 
 
 def _plan_modalities(seed: int, index: int, n_visits: int) -> list[list[str]]:
-    """Which modalities each visit measures: per modality, its own stream of draws against its visit rate."""
+    """Which modalities each visit measures: per modality, its own stream of draws against its visit rate, so
+    a modality's draws do not depend on which others are declared (~1.5% of visits measure nothing and leave
+    no event; the diagnosis visit always has clinical rows)."""
     rates = visit_rates()
     draws = {m: subject_rng(seed, index, STREAM_PLAN, modality_stream(m)).random(n_visits) for m in rates}
     plans = []
@@ -199,9 +201,7 @@ def _plan_modalities(seed: int, index: int, n_visits: int) -> list[list[str]]:
         mods = [m for m, rate in rates.items() if draws[m][v] < rate]
         if v == 0 and "omics" in rates and "omics" not in mods:   # genotype at the first visit
             mods.append("omics")
-        if not mods:
-            mods.append("clinical")
-        plans.append([m for m in rates if m in mods])
+        plans.append([m for m in rates if m in mods])  # may be empty: a visit at which nothing is measured
     return plans
 
 

@@ -23,7 +23,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
     "MetricUndefinedError", "Estimate", "CalibrationBins", "format_ci", "bootstrap_ci",
-    "auroc", "auprc", "binary_metrics", "regression_metrics",
+    "auroc", "auprc", "binary_metrics", "regression_metrics", "status_at",
     "kaplan_meier", "cumulative_incidence", "concordance_index", "time_dependent_auroc",
     "time_to_event_metrics", "calibration_bins", "survival_calibration_bins",
 ]
@@ -513,3 +513,11 @@ def survival_calibration_bins(time, event, pred, horizon: float, cause: int = 1,
                            ece=float(np.sum(count * np.abs(observed - predicted)) / len(time)),
                            brier=float(np.mean(w * (case - pred) ** 2)),
                            slope=float("nan"), intercept=float("nan"), horizon_days=float(horizon))
+
+
+def status_at(time: np.ndarray, event: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    """(known, y): event of cause 1 by ``horizon`` (1), free of it past the horizon (0); people censored
+    (or with a competing event) before it have no known status."""
+    case = (event == 1) & (time <= horizon)
+    control = time > horizon
+    return case | control, case.astype(float)

@@ -1,1 +1,1 @@
-"""Infrastructure: reading checkpoints safely (more to come: strategies, SLURM)."""
+"""Infrastructure: safe checkpoint reading, distributed strategies, optimizer, trainer, SLURM, Hydra options."""

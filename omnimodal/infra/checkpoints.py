@@ -9,6 +9,9 @@ that holds anything else is refused with :class:`CheckpointError`, which names t
 - :func:`load`: one checkpoint file (Lightning ``.ckpt``, a DeepSpeed ``*_states.pt``, a DCP ``meta.pt``).
 - :func:`verify`: every pickle of a checkpoint file or folder (DeepSpeed ZeRO, torch distributed checkpoint),
   read this way before any other library is given the path.
+- :func:`checkpoint_kind`, :func:`checkpoint_meta`, :func:`written_by`, :func:`check_resume`: any strategy's
+  checkpoint (a Lightning file, a DeepSpeed ZeRO folder, a torch distributed checkpoint folder); a resume
+  with another number of processes is refused before anything starts, with what to do instead.
 - :func:`no_code_from_checkpoints`: a scope for the libraries that read checkpoints themselves (Lightning,
   DeepSpeed's engine and ``zero_to_fp32``, which ask for ``weights_only=False``, and torch distributed
   checkpoint, which reads its ``.metadata`` with plain ``pickle.load``): inside it every ``torch.load`` is
@@ -62,8 +65,12 @@ class CheckpointError(ValueError):
     """A checkpoint that is refused or cannot be read; the message names the file and what to do."""
 
 
-def refusal(path: str | Path, name: str) -> CheckpointError:
-    return CheckpointError(
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that holds a global outside :data:`ALLOWED`: never read, never skipped over silently."""
+
+
+def refusal(path: str | Path, name: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
         f"{path}: refused: it holds the Python global `{name}`, which no omnimodal checkpoint contains; reading it "
         "could run code stored in the file, so nothing in it was read. Use checkpoints written by omnimodal-train "
         "or omnimodal-finetune; a model trained elsewhere enters as plain tensors (torch.save(model.state_dict())).")
@@ -221,5 +228,100 @@ def verify(path: str | Path) -> None:
             load(p)
 
 
-__all__ = ["ALLOWED", "CheckpointError", "RestrictedUnpickler", "load", "no_code_from_checkpoints", "pickles_in",
-           "restricted_load", "verify"]
+#: key of the checkpoint entry where PretrainTask records the run's number of processes
+WORLD_SIZE_KEY = "omnimodal_world_size"
+_DCP_META = "meta.pt"  # Lightning's ModelParallelStrategy: the non-tensor part of a distributed checkpoint
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints across strategies: a Lightning file, a DeepSpeed ZeRO folder, a torch distributed checkpoint
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """``"deepspeed"`` (ZeRO folder), ``"dcp"`` (torch distributed-checkpoint folder) or ``"file"``."""
+    p = Path(path)
+    if p.is_file():
+        return "file"
+    if p.is_dir() and ((p / "latest").is_file() or any(p.glob("*/*mp_rank_*_model_states.pt"))):
+        return "deepspeed"
+    if p.is_dir() and (p / ".metadata").is_file():
+        return "dcp"
+    if not p.exists():
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    raise ValueError(f"{p} is a folder but neither a DeepSpeed ZeRO checkpoint (no 'latest' file) nor a torch "
+                     f"distributed checkpoint (no '.metadata'); pass the checkpoint itself, e.g. checkpoints/last.ckpt")
+
+
+def _deepspeed_states_file(path: Path) -> Path:
+    tag = (path / "latest").read_text().strip() if (path / "latest").is_file() else "checkpoint"
+    files = sorted((path / tag).glob("*mp_rank_*_model_states.pt"))  # ZeRO-3: zero_pp_rank_<r>_mp_rank_*
+    if not files:
+        raise ValueError(f"{path / tag}: no *mp_rank_*_model_states.pt; the DeepSpeed checkpoint is incomplete")
+    return files[0]
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The non-tensor part of a checkpoint (hyper-parameters, step, loops; Lightning keys)."""
+    p, kind = Path(path), checkpoint_kind(path)
+    if kind == "deepspeed":
+        return load(_deepspeed_states_file(p))
+    if kind == "dcp":
+        return load(p / _DCP_META)
+    return load(p)
+
+
+def written_by(path: str | Path) -> int | None:
+    """Number of processes of the run that wrote a checkpoint (None when it does not say)."""
+    p, kind = Path(path), checkpoint_kind(path)
+    if kind == "deepspeed":  # one optimizer partition per data-parallel process
+        tag_dir = _deepspeed_states_file(p).parent
+        return len(list(tag_dir.glob("*optim_states.pt"))) or None
+    meta = checkpoint_meta(p)
+    return meta.get(WORLD_SIZE_KEY)
+
+
+def check_resume(path: str | Path, world_size: int) -> None:
+    """Refuse, with what to do, a resume whose number of processes differs from the checkpoint's: the data
+    loaders' positions (and ZeRO's optimizer partitions) belong to the old number of processes."""
+    n = written_by(path)
+    if n is None or n == world_size:
+        return
+    raise RuntimeError(
+        f"cannot resume from {path}: it was written by a run with {n} processes and this run has {world_size}. "
+        f"Each process's place in the data (and a DeepSpeed ZeRO optimizer partition) belongs to that number. "
+        f"Either resume with {n} processes (trainer.devices x trainer.num_nodes = {n}), or continue training "
+        f"from its weights with a fresh optimizer: `omnimodal-consolidate {path} weights.ckpt`, then "
+        f"`omnimodal-train ... resume=null init_from=weights.ckpt`.")
+
+
+
+def newest_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of a run folder that loads, by training step: ``checkpoints/*.ckpt`` (``last.ckpt``
+    and the step checkpoints; files or sharded folders) and SLURM's ``hpc_ckpt_*.ckpt``. Damaged or cut-short
+    ones are passed over, each with a note saying why; one that holds code is an error, never passed over."""
+    run_dir = Path(run_dir)
+    notes: list[str] = []
+    found: list[tuple[int, int, Path]] = []
+    for p in sorted([*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]):
+        try:
+            step = int(checkpoint_meta(p).get("global_step", -1))
+        except UnsafeCheckpointError:
+            raise
+        except (CheckpointError, OSError, ValueError, KeyError) as err:
+            notes.append(f"passed over {p}: {err}")
+            continue
+        found.append((step, p.stat().st_mtime_ns, p))
+    for step, _, p in sorted(found, reverse=True):
+        try:
+            verify(p)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as err:
+            notes.append(f"passed over {p} (step {step}): {err}")
+            continue
+        return p, notes
+    return None, notes
+
+
+__all__ = ["ALLOWED", "WORLD_SIZE_KEY", "CheckpointError", "UnsafeCheckpointError", "newest_checkpoint", "RestrictedUnpickler", "check_resume", "checkpoint_kind",
+           "checkpoint_meta", "load", "no_code_from_checkpoints", "pickles_in", "restricted_load", "verify", "written_by"]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.schema import OmniBatch
-from encoders import Encoder, build_encoder
+from encoders import build_encoder
 
 from .backbone import Backbone, BackboneConfig
 from .packing import Packed, pack

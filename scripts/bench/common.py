@@ -19,13 +19,14 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from datamodules.datamodule import ShardLoader
-from datamodules.demo import demo_shards
+from datamodules.builtin_cohort import demo_shards
 from datamodules.loader import CropConfig, ShardDataset
 from datamodules.schema import MODALITIES, DataWarning, OmniBatch
 from datamodules.shards.format import load_index
-from omnimodal.objectives import ObjectiveConfig
-from omnimodal.task import OptimConfig, PretrainTask
-from omnimodal.train import model_dict
+from omnimodal.infra.optim import OptimConfig
+from omnimodal.pretraining.objectives import ObjectiveConfig
+from omnimodal.pretraining.run import model_dict
+from omnimodal.pretraining.task import PretrainTask
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -21,7 +21,7 @@ import torch
 
 from datamodules.collate import Collator
 from datamodules.datamodule import ShardLoader
-from datamodules.demo import DEMO_SECRET, demo_shards
+from datamodules.builtin_cohort import DEMO_SECRET, demo_shards
 from datamodules.loader import ShardDataset
 from datamodules.readers import read_measurement
 from datamodules.schema import DataWarning, Event, Measurement, Timeline

@@ -33,7 +33,7 @@ from common import RESULTS, build_task, cohort, model_config, token_metadata, to
 from datamodules.collate import Collator
 from datamodules.loader import ShardDataset
 from datamodules.schema import Event, OmniBatch, Timeline
-from omnimodal.task import PretrainTask
+from omnimodal.pretraining.task import PretrainTask
 
 
 def tiled(tl: Timeline, n_events: int, gap_days: float = 30.0) -> Timeline:

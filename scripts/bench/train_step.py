@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from common import RESULTS, build_task, cohort, load_batches, model_config, write_results
 from datamodules.schema import OmniBatch
-from omnimodal.task import PretrainTask
+from omnimodal.pretraining.task import PretrainTask
 
 TARGET = 1.03
 TRAINER_KW: dict[str, Any] = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -1,7 +1,4 @@
-"""``omnimodal-eval``: evaluate fine-tuned checkpoints on a split and write a report.
-
-    omnimodal-eval outputs/finetune/.../checkpoints/best.ckpt --data /data/shards --split test --out report/
-    omnimodal-eval finetuned.ckpt scratch.ckpt --names pretrained,scratch --data ... --out report/
+"""Evaluation of fine-tuned models on a split, and the report (what ``omnimodal-eval`` writes).
 
 Each person is seen at the checkpoint's evaluation landmark (``landmark.eval_days`` after the first
 event); people not at risk there are left out and counted. Metrics by head kind:
@@ -19,89 +16,22 @@ removed from every history). The report folder gets ``report.md`` (tables), ``ro
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 
-from datamodules.loader import CropConfig, ShardDataset
-from datamodules.schema import Event, Timeline
-
-from .evaluation import metrics as M
-from .evaluation import plots as P
-from .finetune import FinetuneTask, LandmarkConfig, LandmarkDataset, load_finetuned
-from .release import ReleaseError
+from ..downstream.predict import Predictions, landmark_items, predict
+from ..downstream.task import FinetuneTask
+from ..release import ReleaseError
+from . import metrics as M
+from . import plots as P
+from .metrics import status_at
 
 MAIN_METRIC = {"classification": "auroc", "survival": "c_index", "regression": "r2"}
-
-
-@dataclass
-class Predictions:
-    """Per person at the landmark: targets and the model's risk (and, for survival, the cumulative
-    incidence of cause 1 at each bin end)."""
-
-    target: dict[str, np.ndarray]
-    risk: np.ndarray
-    cif: np.ndarray | None = None
-    excluded: dict[str, int] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.risk)
-
-
-def without(tl: Timeline, modality: str) -> Timeline:
-    """The history with one modality's measurements removed (events left empty are dropped)."""
-    events = []
-    for ev in tl.events:
-        ms = [m for m in ev.measurements if m.modality != modality]
-        if ms:
-            events.append(Event(ev.time_days, ev.age_days, ms))
-    return Timeline(tl.key, tl.static, events, tl.labels)
-
-
-def landmark_items(task: FinetuneTask, root: str | Path, split: str, lm: LandmarkConfig
-                   ) -> tuple[list[tuple[Timeline, dict[str, float]]], dict[str, int]]:
-    shards = ShardDataset(root, split, shuffle=False, crop=CropConfig(random=False),
-                          modalities=task.hparams.get("modalities"))
-    ds = LandmarkDataset(shards, task.head_cfg, lm, random_landmark=False)
-    items = list(ds)
-    return items, dict(ds.excluded)
-
-
-@torch.no_grad()
-def predict(task: FinetuneTask, items: Sequence[tuple[Timeline, dict[str, float]]], withhold: str | None = None,
-            batch_size: int = 16) -> Predictions:
-    task.eval()
-    collate = task.prep.collator()
-    kept, risks, cifs, skipped = [], [], [], 0
-    for i in range(0, len(items), batch_size):
-        chunk = [(without(h, withhold) if withhold else h, t) for h, t in items[i:i + batch_size]]
-        chunk2 = [(h, t) for h, t in chunk if h.events]
-        skipped += len(chunk) - len(chunk2)
-        if not chunk2:
-            continue
-        out = task(collate([h for h, _ in chunk2]))
-        risks.append(task.head.risk(out).float().numpy())
-        if task.head_cfg.kind == "survival":
-            cifs.append(task.head.predict(out)[..., 0].float().numpy())
-        kept += [t for _, t in chunk2]
-    target = {k: np.array([t[k] for t in kept]) for k in (kept[0] if kept else {})}
-    excluded = {f"no measurement left without {withhold}": skipped} if skipped else {}
-    return Predictions(target, np.concatenate(risks) if risks else np.zeros(0),
-                       np.concatenate(cifs) if cifs else None, excluded)
-
-
-def status_at(time: np.ndarray, event: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
-    """(known, y): event of cause 1 by ``horizon`` (1), free of it past the horizon (0); people censored
-    (or with a competing event) before it have no known status."""
-    case = (event == 1) & (time <= horizon)
-    control = time > horizon
-    return case | control, case.astype(float)
 
 
 def compute_metrics(kind: str, p: Predictions, horizon: float, n_boot: int, seed: int = 0) -> dict[str, Any]:
@@ -249,32 +179,4 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="omnimodal-eval", description="Evaluate fine-tuned checkpoints; write a report "
-                                "(markdown table, ROC / calibration / modality-ablation PNGs, metrics.json).")
-    p.add_argument("checkpoints", nargs="+", help="omnimodal-finetune checkpoint(s)")
-    p.add_argument("--data", required=True, help="shard folder of the cohort to evaluate on")
-    p.add_argument("--split", default="test")
-    p.add_argument("--names", help="comma-separated model names for the report (default: file names)")
-    p.add_argument("--out", default="eval_report", help="report folder")
-    p.add_argument("--landmark-days", type=float, help="override the checkpoints' evaluation landmark")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
-    p.add_argument("--no-ablation", action="store_true", help="skip the modality ablation")
-    a = p.parse_args(argv)
-    names = a.names.split(",") if a.names else [Path(c).stem for c in a.checkpoints]
-    if len(names) != len(a.checkpoints):
-        raise SystemExit(f"omnimodal-eval: --names has {len(names)} names for {len(a.checkpoints)} checkpoints")
-    try:
-        reports = []
-        for i, (ckpt, name) in enumerate(zip(a.checkpoints, names)):
-            task = load_finetuned(ckpt)
-            reports.append(evaluate(task, name, a.data, a.split, n_boot=a.n_boot, ablation=not a.no_ablation and i == 0,
-                                    landmark_days=a.landmark_days))
-    except ReleaseError as err:
-        raise SystemExit(f"omnimodal-eval: {err}") from None
-    path = write_report(reports, a.out, a.split)
-    print(path.read_text())
-    print(f"report: {path}")
-
-
-__all__ = ["Predictions", "compute_metrics", "evaluate", "predict", "without", "write_report"]
+__all__ = ["MAIN_METRIC", "compute_metrics", "evaluate", "write_report"]

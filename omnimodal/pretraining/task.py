@@ -6,8 +6,6 @@ kwargs, sizes, weights): a checkpoint never holds code or ``_target_`` paths.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any
 
 import lightning as L
@@ -15,20 +13,12 @@ import torch
 
 from datamodules.schema import OmniBatch
 
-from .distributed import WORLD_SIZE_KEY, adamw, shard_model
-from .model.backbone import BackboneConfig
-from .model.omni import EncoderSpec, ModelConfig, OmniModel, count_parameters, with_embedding_rows
+from ..infra.checkpoints import WORLD_SIZE_KEY
+from ..infra.optim import OptimConfig, adamw_cosine, schedule_length
+from ..infra.strategies import shard_model
+from ..model.backbone import BackboneConfig
+from ..model.omni import EncoderSpec, ModelConfig, OmniModel, count_parameters, with_embedding_rows
 from .objectives import ObjectiveConfig, Objectives
-
-
-@dataclasses.dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
@@ -37,36 +27,6 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     d["backbone"] = BackboneConfig(**d["backbone"])
     d["encoders"] = {m: EncoderSpec(**e) for m, e in d["encoders"].items()}
     return ModelConfig(**d)
-
-
-def adamw_cosine(groups: list[dict[str, Any]], cfg: OptimConfig, total: int, strategy: Any = None) -> dict[str, Any]:
-    """AdamW over parameter ``groups`` with linear warm-up then cosine decay to ``min_lr_ratio``, per step.
-    A group may carry ``lr_ratio`` (its learning rate relative to ``cfg.lr``)."""
-    for g in groups:
-        g["lr"] = cfg.lr * g.pop("lr_ratio", 1.0)
-    opt = adamw([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, strategy=strategy)
-
-    def schedule(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def schedule_length(t: L.Trainer) -> int:
-    """Length of the LR schedule. Not ``trainer.estimated_stepping_batches``: asking for it in
-    ``configure_optimizers`` sets up the train loader before a checkpoint's loader state is restored, and
-    Lightning then never applies that state, so a mid-epoch resume would restart the epoch (Lightning 2.6)."""
-    if t.max_steps and t.max_steps > 0:
-        return t.max_steps
-    dm = getattr(t, "datamodule", None)
-    if dm is None or t.max_epochs is None or t.max_epochs < 0:
-        return max(int(t.estimated_stepping_batches), 1)
-    per_epoch = math.ceil(len(dm.train_dataloader()) / max(t.accumulate_grad_batches, 1))
-    return max(per_epoch * t.max_epochs, 1)
 
 
 class PretrainTask(L.LightningModule):

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from datamodules.schema import Label, OmniBatch
 
-from .model.omni import DAYS_PER_YEAR
+from ..model.omni import DAYS_PER_YEAR
 
 KINDS = ("classification", "regression", "survival")
 

@@ -10,7 +10,7 @@ the signal only sets a flag; at the end of the training step the ranks agree (an
 ``hpc_ckpt_<n>.ckpt`` together at that step boundary (where ``ModelCheckpoint`` saves too), rank 0 runs
 ``scontrol requeue``, and the processes exit. The requeued job (same job id, same arguments, same run
 folder) resumes from the newest of ``checkpoints/last.ckpt`` and ``hpc_ckpt_<n>.ckpt``
-(``resume=auto``, :func:`omnimodal.train.resume_path`). Outside SLURM it does nothing.
+(``resume=auto``, :func:`omnimodal.pretraining.run.resume_path`). Outside SLURM it does nothing.
 """
 
 from __future__ import annotations

@@ -1,34 +1,31 @@
-"""``omnimodal-train``: pretrain an omnimodal model from Hydra configs.
-
-    omnimodal-train                                  # default experiment on the built-in synthetic cohort
-    omnimodal-train experiment=quick trainer.max_steps=50
-    omnimodal-train data=shards data.root=/data/shards model/backbone=small
-    omnimodal-train -m objective.masked_weight=0.5,1.0
-    omnimodal-train --config-dir /site/configs experiment=my_site_experiment
-"""
+"""A pretraining run from a composed ``train`` config (what ``omnimodal-train`` calls): the data (the built-in
+synthetic cohort or shards), the model config from the shards' specs, the task, the trainer, the resume."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.datamodule import OmniDataModule
-from datamodules.demo import demo_shards
+from datamodules.builtin_cohort import demo_shards
 from datamodules.modalities import registry
 from datamodules.schema import DataError, specs_from_json
 from datamodules.shards.format import load_index
 
-from .distributed import check_resume, load_weights
-from .infra import checkpoints
-from .model.backbone import SIZES
+from ..infra import checkpoints
+from ..infra.checkpoints import check_resume
+from ..infra.saving import clean_partial
+from ..infra.trainer import make_trainer
+from ..model.backbone import SIZES
+from .consolidate import load_weights
 from .task import PretrainTask
 
 log = logging.getLogger("omnimodal.train")
@@ -71,15 +68,6 @@ def model_dict(cfg: DictConfig, index: dict[str, Any]) -> dict[str, Any]:
             "embedding_rows": list(encoders)}
 
 
-def make_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Lightning Trainer of a composed config: its ``trainer`` (with the strategy), ``logger`` and
-    ``callbacks`` groups, writing under ``run_dir`` (shared by omnimodal-train and omnimodal-finetune)."""
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                   default_root_dir=cfg.run_dir)
-
-
 def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
     """Everything a run needs, from a composed config (used by the CLI and the tests)."""
     L.seed_everything(int(cfg.seed), workers=True)
@@ -99,22 +87,32 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
 
 
 def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: ``resume=auto`` the newest one of the run folder that loads (saying which,
+    and why any newer one was passed over), a path that one, null none."""
     if cfg.resume in (None, "none", "null", False):
         return None
     if cfg.resume == "auto":
-        # the newer of checkpoints/last.ckpt and a SLURM requeue checkpoint (hpc_ckpt_<n>.ckpt, omnimodal/slurm.py)
-        run_dir = Path(cfg.run_dir)
-        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
-        return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
+        found, notes = checkpoints.newest_checkpoint(cfg.run_dir)
+        for note in notes:
+            log.warning("resume=auto: %s", note)
+            print(f"resume=auto: {note}")
+        return str(found) if found else None
     if not Path(cfg.resume).exists():  # a file, or a folder (DeepSpeed, FSDP)
         raise FileNotFoundError(f"config key resume: no checkpoint at {cfg.resume}")
     return str(cfg.resume)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     t0 = time.perf_counter()
     task, dm, trainer = build(cfg)
     print(task.parameter_summary())
+    if _rank() == 0:  # what interrupted saves left behind
+        for p in clean_partial(Path(cfg.run_dir) / "checkpoints"):
+            print(f"removed {p} (left by an interrupted save)")
     ckpt = resume_path(cfg)
     if ckpt:
         checkpoints.verify(ckpt)  # every pickle in it, before Lightning or DeepSpeed reads it
@@ -130,16 +128,3 @@ def run(cfg: DictConfig) -> dict[str, float]:
           + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss")))
     print(f"run folder: {cfg.run_dir} (checkpoints/, logs/version_*/metrics.csv, tb/)")
     return metrics
-
-
-@hydra.main(version_base="1.3", config_path="pkg://omnimodal.configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = run(cfg)
-    except checkpoints.CheckpointError as err:
-        raise SystemExit(f"omnimodal-train: {err}") from None
-    return metrics.get("val/loss")  # the value a sweeper optimises
-
-
-if __name__ == "__main__":
-    main()

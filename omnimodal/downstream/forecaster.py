@@ -1,13 +1,13 @@
 """Per-person inference: embed one person's timeline, forecast risk over the head's horizon, and show
 how the forecast moves as events are added (predict -> intervene -> feedback, as in N-of-1 care).
 
-    from omnimodal.person import Forecaster
+    from omnimodal.downstream.forecaster import Forecaster
     f = Forecaster.from_checkpoint("finetuned.ckpt")
     f.forecast(timeline)            # risk within the horizon, seen after the last event
     f.trajectory(timeline)          # [(time_days, risk)] after each event in turn
     f.plot(timeline, "person.png")  # modalities over time, the forecast beneath
 
-    omnimodal-forecast finetuned.ckpt --data /data/shards --split test --person 3 --out person.png
+    omnimodal-forecast finetuned.ckpt --data /data/shards --split test --person 3 --out person.png   # the command
 
 People are addressed by position in a split or by their pseudonymous shard key; no raw identifier
 is ever read or printed.
@@ -15,7 +15,6 @@ is ever read or printed.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +24,9 @@ import torch
 from datamodules.loader import CropConfig, ShardDataset, crop_timeline
 from datamodules.schema import MODALITIES, Timeline
 
-from .evaluation.plots import plot_person
-from .finetune import FinetuneTask, load_finetuned
-from .release import ReleaseError
+from ..evaluation.plots import plot_person
+from ..release import ReleaseError
+from .task import FinetuneTask, load_finetuned
 
 
 @dataclass
@@ -90,35 +89,6 @@ def find_person(root: str | Path, split: str, person: int | None = None, key: st
             return tl
     which = f"key {key}" if key is not None else f"position {person}"
     raise ReleaseError(f"{root} split {split!r}: no person at {which} ({len(ds)} people in the split)")
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="omnimodal-forecast", description="One person's forecast as events are added, "
-                                "and a PNG of their timeline with the forecast beneath.")
-    p.add_argument("checkpoint", help="omnimodal-finetune checkpoint")
-    p.add_argument("--data", required=True, help="shard folder")
-    p.add_argument("--split", default="test")
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--person", type=int, default=0, help="position in the split (default 0)")
-    who.add_argument("--key", help="the person's pseudonymous shard key")
-    p.add_argument("--upto-days", type=float, help="use only events up to this many days after the first")
-    p.add_argument("--out", default="person.png", help="PNG to write")
-    a = p.parse_args(argv)
-    try:
-        f = Forecaster.from_checkpoint(a.checkpoint)
-        tl = find_person(a.data, a.split, a.person, a.key, f.task.hparams.get("modalities"))
-    except ReleaseError as err:
-        raise SystemExit(f"omnimodal-forecast: {err}") from None
-    if a.upto_days is not None:
-        tl = Timeline(tl.key, tl.static, [ev for ev in tl.events if ev.time_days <= a.upto_days], tl.labels)
-    label = tl.labels.get(f.task.head_cfg.label)
-    onset = label.time_days if label is not None and label.value >= 1 and label.time_days <= tl.events[-1].time_days + f.horizon_days else None
-    print(f"person {tl.key[:12]}...: {len(tl.events)} events over {tl.events[-1].time_days / 365.25:.1f} years; "
-          f"forecast within {f.horizon_days / 365.25:.1f} years after each event:")
-    print(f"{'years':>7}  {'risk':>6}  measurements")
-    for ev, (t, r) in zip(tl.events, f.trajectory(tl)):
-        print(f"{t / 365.25:7.2f}  {r:6.3f}  {', '.join(m.modality for m in ev.measurements)}")
-    print(f"plot: {f.plot(tl, a.out, onset_days=onset)}")
 
 
 __all__ = ["Forecaster", "find_person"]

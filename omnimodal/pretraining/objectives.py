@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from datamodules.schema import OmniBatch
 
-from .model.omni import ModelOutput, OmniModel
+from ..model.omni import ModelOutput, OmniModel
 
 
 def info_nce(pred: Tensor, target: Tensor, positives: Tensor | None = None, temperature: float = 0.1,

@@ -94,10 +94,11 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, seed: int = 0):
 
 
 def last_visit_logistic(task, root, train_split: str = "train", test_split: str = "test", seed: int = 0):
-    """The baseline for a fine-tuning task (a :class:`~omnimodal.finetune.FinetuneTask`): the same people,
+    """The baseline for a fine-tuning task (a :class:`~omnimodal.downstream.task.FinetuneTask`): the same people,
     landmarks and modalities, logistic regression on :class:`LastVisitFeatures` for "outcome by the horizon"
     (people with a known status then). Returns ``(predictions on test_split, fitted model)``."""
-    from .evaluate import Predictions, landmark_items, status_at  # noqa: PLC0415 - evaluate imports the model stack
+    from ..evaluation.metrics import status_at  # noqa: PLC0415 - the model stack only when used
+    from .predict import Predictions, landmark_items  # noqa: PLC0415
 
     mods = task.hparams.get("modalities") or list(task.prep.specs)
     feats = LastVisitFeatures({m: s for m, s in task.prep.specs.items() if m in mods}, task.prep.clinical_codes)

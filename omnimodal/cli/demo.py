@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from datamodules.datamodule import OmniDataModule
-from datamodules.demo import demo_shards
+from datamodules.builtin_cohort import demo_shards
 
 
 def main(argv: list[str] | None = None) -> int:

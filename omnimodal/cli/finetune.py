@@ -1,0 +1,29 @@
+"""``omnimodal-finetune``: adapt a released model to a cohort's own outcome (:mod:`omnimodal.downstream.run`).
+
+    omnimodal-finetune release=releases/omni-tiny data.root=/data/cardio_shards head=survival
+    omnimodal-finetune release=... data.root=... mode=lora modalities=[ecg,wearable] head=classification
+    omnimodal-finetune release=... data.root=... init=scratch        # same architecture, no pretrained weights
+
+Landmarks: :mod:`omnimodal.downstream.landmarks`; modes and heads: :mod:`omnimodal.downstream.task`.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ..downstream.run import run
+from ..release import ReleaseError
+
+
+@hydra.main(version_base="1.3", config_path="pkg://omnimodal.configs", config_name="finetune")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = run(cfg)
+    except ReleaseError as err:
+        raise SystemExit(f"omnimodal-finetune: {err}") from None
+    return metrics.get("val/loss")
+
+
+if __name__ == "__main__":
+    main()

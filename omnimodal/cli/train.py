@@ -1,0 +1,29 @@
+"""``omnimodal-train``: pretrain an omnimodal model from Hydra configs (:mod:`omnimodal.pretraining.run`).
+
+    omnimodal-train                                  # default experiment on the built-in synthetic cohort
+    omnimodal-train experiment=quick trainer.max_steps=50
+    omnimodal-train data=shards data.root=/data/shards model/backbone=small
+    omnimodal-train -m objective.masked_weight=0.5,1.0
+    omnimodal-train --config-dir /site/configs experiment=my_site_experiment
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ..infra import checkpoints
+from ..pretraining.run import run
+
+
+@hydra.main(version_base="1.3", config_path="pkg://omnimodal.configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = run(cfg)
+    except checkpoints.CheckpointError as err:
+        raise SystemExit(f"omnimodal-train: {err}") from None
+    return metrics.get("val/loss")  # the value a sweeper optimises
+
+
+if __name__ == "__main__":
+    main()

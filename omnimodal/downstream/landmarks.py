@@ -1,0 +1,151 @@
+"""Landmark data for fine-tuning and evaluation: each person seen at a landmark, with the outcome after it.
+
+The history up to the landmark (the most recent ``landmark.max_events`` events) is embedded, and the head
+predicts the outcome after it (:mod:`omnimodal.downstream.heads`). Training draws a random landmark among
+each person's eligible events every epoch; validation, testing and ``omnimodal-eval`` use a fixed one,
+``landmark.eval_days`` after the person's first event. People not at risk at their landmark are left out
+and counted, with the reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lightning as L
+import torch
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset
+
+from datamodules.loader import CropConfig, ShardDataset, _seed, crop_timeline
+from datamodules.schema import OmniBatch, Timeline
+
+from ..release import Preprocessing
+from .heads import HeadConfig, target
+
+log = logging.getLogger("omnimodal.finetune")
+
+
+@dataclass
+class LandmarkConfig:
+    eval_days: float = 365.25      # fixed landmark (val/test/eval): days after the first event
+    train: str = "random"          # "random": a random eligible event per person and epoch; "fixed": eval_days
+    max_events: int = 16           # history window: the most recent events up to the landmark
+
+
+def at_landmark(tl: Timeline, landmark_days: float, max_events: int | None) -> Timeline | None:
+    """The history up to ``landmark_days`` (events at or before it), most recent ``max_events``."""
+    before = [ev for ev in tl.events if ev.time_days <= landmark_days]
+    if not before:
+        return None
+    return crop_timeline(Timeline(tl.key, tl.static, before, {}), CropConfig(max_events=max_events, random=False),
+                         np.random.default_rng(0))
+
+
+def landmark_sample(tl: Timeline, head: HeadConfig, lm: LandmarkConfig, rng: np.random.Generator | None,
+                    ) -> tuple[tuple[Timeline, dict[str, float]] | None, str]:
+    """(history, target) for one person; ``rng`` given: a random eligible landmark (training)."""
+    label = tl.labels.get(head.label)
+    if rng is None:
+        tgt, why = target(head, label, lm.eval_days)
+        if tgt is None:
+            return None, why
+        hist = at_landmark(tl, lm.eval_days, lm.max_events)
+        return ((hist, tgt), "") if hist is not None else (None, "no event before the landmark")
+    options, why = [], "no event before the outcome"
+    for i, ev in enumerate(tl.events):
+        tgt, w = target(head, label, ev.time_days)
+        if tgt is None:
+            why = w if not options else why
+            continue
+        options.append((i, tgt))
+    if not options:
+        return None, why
+    i, tgt = options[int(rng.integers(len(options)))]
+    return (at_landmark(tl, tl.events[i].time_days, lm.max_events), tgt), ""
+
+
+class LandmarkDataset(IterableDataset):
+    """Wraps a :class:`ShardDataset` (uncropped): yields ``(history, target)`` and counts who is left out."""
+
+    def __init__(self, shards: ShardDataset, head: HeadConfig, lm: LandmarkConfig, random_landmark: bool) -> None:
+        self.shards, self.head, self.lm, self.random_landmark = shards, head, lm, random_landmark
+        self.excluded: collections.Counter[str] = collections.Counter()
+        self.included = 0
+
+    def __len__(self) -> int:  # an upper bound: people not at risk are left out
+        return len(self.shards)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shards.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[Timeline, dict[str, float]]]:
+        self.excluded.clear()
+        self.included = 0
+        for tl in self.shards:
+            rng = np.random.default_rng(_seed(self.shards.seed, self.shards.epoch, tl.key, "landmark")) \
+                if self.random_landmark else None
+            sample, why = landmark_sample(tl, self.head, self.lm, rng)
+            if sample is None:
+                self.excluded[why] += 1
+                continue
+            self.included += 1
+            yield sample
+
+
+class LandmarkCollator:
+    def __init__(self, prep: Preprocessing) -> None:
+        self.collate = prep.collator()
+
+    def __call__(self, items: Sequence[tuple[Timeline, dict[str, float]]]) -> tuple[OmniBatch, dict[str, torch.Tensor]]:
+        batch = self.collate([h for h, _ in items])
+        keys = items[0][1].keys()
+        return batch, {k: torch.tensor([t[k] for _, t in items], dtype=torch.float32) for k in keys}
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that moves its dataset to the next epoch (new shuffle, new landmarks) on every pass."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch = 0
+
+    def __iter__(self):  # type: ignore[override]
+        self.dataset.set_epoch(self._epoch)
+        self._epoch += 1
+        return super().__iter__()
+
+
+class LandmarkData(L.LightningDataModule):
+    def __init__(self, root: str | Path, prep: Preprocessing, head: HeadConfig, landmark: LandmarkConfig,
+                 batch_size: int = 16, num_workers: int = 0, seed: int = 0, modalities: list[str] | None = None,
+                 shuffle_buffer: int = 64) -> None:
+        super().__init__()
+        self.root, self.prep, self.head, self.lm = Path(root), prep, head, landmark
+        self.batch_size, self.num_workers, self.seed, self.modalities = batch_size, num_workers, seed, modalities
+        self.shuffle_buffer = shuffle_buffer
+        probe = ShardDataset(self.root, "train", shuffle=False)
+        used = modalities or [m for m in prep.specs if m in probe.specs]
+        prep.check_data(probe.specs, used, where=f"data.root={self.root}")
+
+    def dataset(self, split: str, train: bool | None = None) -> LandmarkDataset:
+        train = split == "train" if train is None else train
+        shards = ShardDataset(self.root, split, shuffle=train, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
+                              crop=CropConfig(random=False), modalities=self.modalities)
+        return LandmarkDataset(shards, self.head, self.lm, random_landmark=train and self.lm.train == "random")
+
+    def loader(self, split: str, train: bool | None = None) -> DataLoader:
+        return _EpochLoader(self.dataset(split, train), batch_size=self.batch_size, num_workers=self.num_workers,
+                            collate_fn=LandmarkCollator(self.prep))
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
