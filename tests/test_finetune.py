@@ -250,3 +250,29 @@ def test_last_visit_features_and_logistic_baseline() -> None:
         model = fit_logistic(xs, y)
     p = model.predict_proba(xs)[:, 1]
     assert ((p > 0.5) == y).mean() > 0.8
+
+
+def test_reports_say_when_a_figure_cannot_be_trusted(tmp_path: Path) -> None:
+    """8 people with 1 event gave C-index "1.000 (1.000-1.000)"; now it is shown as not estimable, and why."""
+    from omnimodal.downstream.predict import Predictions
+    from omnimodal.evaluation.report import MIN_EVENTS, ModelReport, compute_metrics
+
+    rng = np.random.default_rng(0)
+
+    def report(n: int, events: int) -> ModelReport:
+        time = rng.uniform(100, 2000, n)
+        event = np.zeros(n)
+        event[:events] = 1
+        risk = np.clip(rng.uniform(0, 0.3, n) + 0.5 * event, 0, 1)
+        cif = np.clip(np.linspace(0.1, 1, 10)[None] * risk[:, None], 0, 1)
+        p = Predictions({"time": time, "event": event}, risk, cif)
+        return ModelReport("m", "survival", p, compute_metrics("survival", p, 1826.25, 50), {}, {}, 365.25)
+
+    small = report(8, 1)
+    text = write_report([small], tmp_path / "small", "test").read_text()
+    assert "not estimable" in text and f"n/e (1 events < {MIN_EVENTS})" in text and "1.000 (1.000-1.000)" not in text
+    js = json.loads((tmp_path / "small" / "metrics.json").read_text())[0]
+    assert "c_index" in js["not_estimable"] and js["c_index"]["value"] == pytest.approx(1.0)  # kept, flagged
+    large = report(200, 40)
+    text = write_report([large], tmp_path / "large", "test").read_text()
+    assert "n/e" not in text and "not estimable" not in text

@@ -109,3 +109,46 @@ def test_cli_from_any_directory_with_site_configs_and_a_sweep(shards: Path, tmp_
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "checkpoints" / "last.ckpt").is_file()
     assert res.stdout.count("done in") == 2 and "parameters:" in res.stdout
+
+
+def test_last_checkpoint_is_the_final_state_when_the_interval_does_not_divide_the_run(shards: Path,
+                                                                                         tmp_path: Path) -> None:
+    from omnimodal.infra.checkpoints import load
+
+    cfg = config(shards, tmp_path, "trainer.max_steps=5", "callbacks.checkpoint.every_n_train_steps=3",
+                 "data.max_events=4", "model.row_len=null", "trainer.limit_val_batches=0")
+    task, dm, trainer = build(cfg)
+    trainer.fit(task, datamodule=dm)
+    assert load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 5  # not 3, the last interval
+    assert (tmp_path / "checkpoints" / "epoch=0-step=3.ckpt").is_file()
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("tmp*last.ckpt*"))
+
+
+def test_resume_auto_takes_the_newest_checkpoint_that_loads(shards: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A kill between writing a step checkpoint and last.ckpt, or during a write: the newest complete one is
+    taken (by training step, not by name), the damaged one is passed over with a note, leftovers removed."""
+    from omnimodal.infra.checkpoints import load, newest_checkpoint
+    from omnimodal.pretraining.run import run
+
+    cfg = config(shards, tmp_path, "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2",
+                 "data.max_events=4", "model.row_len=null", "trainer.limit_val_batches=0")
+    task, dm, trainer = build(cfg)
+    trainer.fit(task, datamodule=dm)
+    ck = tmp_path / "checkpoints"
+    # as if killed after epoch=0-step=4 but before last.ckpt: last.ckpt still holds step 2
+    (ck / "last.ckpt").write_bytes((ck / "epoch=0-step=2.ckpt").read_bytes())
+    assert resume_path(cfg) == str(ck / "epoch=0-step=4.ckpt")
+    # the step-4 file cut short by a kill mid-write: passed over, step 2 taken
+    data = (ck / "epoch=0-step=4.ckpt").read_bytes()
+    (ck / "epoch=0-step=4.ckpt").write_bytes(data[: len(data) // 2])
+    found, notes = newest_checkpoint(tmp_path)
+    assert found is not None and load(found)["global_step"] == 2
+    assert any("epoch=0-step=4.ckpt" in n for n in notes)
+    # an interrupted atomic save leaves a hidden partial file beside its target: removed at the next start
+    (ck / ".last.ckpt.partial-12345").write_bytes(b"half a checkpoint")
+    assert run(cfg)["train/loss"] > 0
+    out = capsys.readouterr().out
+    assert "removed" in out and ".last.ckpt.partial-12345" in out and "passed over" in out
+    assert not (ck / ".last.ckpt.partial-12345").exists()
+    assert load(ck / "last.ckpt")["global_step"] == 4

@@ -12,7 +12,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from datamodules.schema import DataError
+
 from ..downstream.run import run
+from ..infra.config_check import ConfigError
 from ..release import ReleaseError
 
 
@@ -20,7 +23,7 @@ from ..release import ReleaseError
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg)
-    except ReleaseError as err:
+    except (ReleaseError, ConfigError, DataError) as err:  # bad input: one line, no traceback
         raise SystemExit(f"omnimodal-finetune: {err}") from None
     return metrics.get("val/loss")
 

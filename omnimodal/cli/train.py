@@ -12,7 +12,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from datamodules.schema import DataError
+
 from ..infra import checkpoints
+from ..infra.config_check import ConfigError
 from ..pretraining.run import run
 
 
@@ -20,7 +23,7 @@ from ..pretraining.run import run
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg)
-    except checkpoints.CheckpointError as err:
+    except (checkpoints.CheckpointError, ConfigError, DataError) as err:  # bad input: one line, no traceback
         raise SystemExit(f"omnimodal-train: {err}") from None
     return metrics.get("val/loss")  # the value a sweeper optimises
 

@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from ..infra.config_check import ConfigError, check_section
+from ..infra.optim import OptimConfig
 from ..infra.trainer import make_trainer
 from ..release import ReleaseError
-from .landmarks import LandmarkData
-from .task import FinetuneTask
+from .heads import HeadConfig
+from .landmarks import LandmarkConfig, LandmarkData
+from .task import FinetuneTask, LoraSettings
+
+
+@dataclass
+class FinetuneData:
+    """``data`` of a ``finetune`` config."""
+
+    root: str | None = None
+    batch_size: int = 16
+    num_workers: int = 0
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every section of a ``finetune`` config against what consumes it (:mod:`omnimodal.infra.config_check`)."""
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"config key seed = {cfg.seed!r}: expected an int")
+    check_section(cfg.trainer, L.Trainer, "trainer")
+    check_section(cfg.data, FinetuneData, "data")
+    check_section(cfg.optim, OptimConfig, "optim", extra=("backbone_lr_ratio",))
+    check_section(cfg.head, HeadConfig, "head")
+    check_section(cfg.landmark, LandmarkConfig, "landmark")
+    check_section(cfg.lora, LoraSettings, "lora")
 
 
 def build(cfg: DictConfig) -> tuple[FinetuneTask, LandmarkData, L.Trainer]:
+    check_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     if not cfg.get("release"):
         raise ReleaseError("config key release: set release=/path/to/release (written by omnimodal-export)")

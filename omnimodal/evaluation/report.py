@@ -98,32 +98,60 @@ def evaluate(task: FinetuneTask, name: str, root: str | Path, split: str = "test
 # --------------------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------------------
-def _row(r: ModelReport) -> dict[str, Any]:
+#: below this many events (survival), or positives or negatives (binary), or people (regression), a metric
+#: is shown as not estimable: with so few, its value and its bootstrap interval describe a handful of people
+MIN_EVENTS = 10
+
+
+def _not_estimable(count: int, what: str) -> str:
+    return f"n/e ({count} {what} < {MIN_EVENTS})"
+
+
+def _row(r: ModelReport, display: bool = False) -> dict[str, Any]:
+    """A model's metrics for the report; ``display``: those below :data:`MIN_EVENTS` as "n/e (...)" text (the
+    JSON keeps every number and lists them under ``not_estimable``)."""
     m = r.metrics
     row: dict[str, Any] = {"model": r.name, "n": len(r.predictions)}
+    weak: dict[str, str] = {}
     if "binary" in m:
-        row.update(auroc=m["binary"]["auroc"], auprc=m["binary"]["auprc"], positives=m["binary"]["n_positive"])
+        pos, n = int(m["binary"]["n_positive"]), int(m["binary"]["n"])
+        row.update(auroc=m["binary"]["auroc"], auprc=m["binary"]["auprc"], positives=pos)
+        if min(pos, n - pos) < MIN_EVENTS:
+            why = _not_estimable(pos, "positives") if pos < MIN_EVENTS else _not_estimable(n - pos, "negatives")
+            weak.update(auroc=why, auprc=why)
     if "survival" in m:
-        row.update(c_index=m["survival"]["c_index"], events=m["survival"]["n_events"])
+        events = int(m["survival"]["n_events"])
+        row.update(c_index=m["survival"]["c_index"], events=events)
         for h, est in m["survival"]["td_auroc"].items():
             row[f"td_auroc@{h:g}d"] = est
+        if events < MIN_EVENTS:
+            weak.update({k: _not_estimable(events, "events") for k in row if k == "c_index" or k.startswith("td_")})
     if "calibration" in m:
         row.update(ece=m["calibration"].ece, brier=m["calibration"].brier)
     if "regression" in m:
         row.update({k: v for k, v in m["regression"].items() if k in ("mae", "rmse", "r2", "pearson_r")})
-    return row
+        if len(r.predictions) < MIN_EVENTS:
+            weak.update({k: _not_estimable(len(r.predictions), "people") for k in ("r2", "pearson_r")})
+    if display:
+        return {**row, **weak}
+    return {**row, "not_estimable": sorted(weak)} if weak else row
 
 
 def write_report(reports: list[ModelReport], out: str | Path, split: str) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kind = reports[0].kind
-    rows = [_row(r) for r in reports]
+    rows = [_row(r, display=True) for r in reports]
     columns = [c for c in rows[0] if any(c in r for r in rows)]
     lines = [f"# Evaluation ({split} split)", "",
              f"Landmark: {reports[0].landmark_days:g} days after each person's first event; head: {kind}. "
-             "Intervals: 95% percentile bootstrap over people.", "",
-             P.markdown_table(rows, columns), ""]
+             "Intervals: 95% percentile bootstrap over people.", ""]
+    if any(isinstance(v, str) and v.startswith("n/e") for row in rows for v in row.values()):
+        lines += [f"**Some figures are not estimable (n/e)**: a metric needs at least {MIN_EVENTS} events (survival), "
+                  f"or {MIN_EVENTS} positives and {MIN_EVENTS} negatives (AUROC, AUPRC), or {MIN_EVENTS} people "
+                  "(R², r); with fewer, its value and interval describe a handful of people. The numbers are "
+                  "in metrics.json (`not_estimable` lists them). Evaluate on a larger split or cohort.", ""]
+    lines += [P.markdown_table(rows, columns), ""]
     for r in reports:
         if r.excluded:
             lines.append(f"- {r.name}: left out " + ", ".join(f"{n} ({why})" for why, n in sorted(r.excluded.items())))
@@ -145,11 +173,13 @@ def write_report(reports: list[ModelReport], out: str | Path, split: str) -> Pat
     name = MAIN_METRIC[kind]
     if main.ablation:
         full = main_metric(kind, main.metrics)
+        full_shown = _row(main, display=True).get(name, full)
         images.append(P.plot_ablation(full, {m: tuple(e) for m, e in main.ablation.items()}, name,
                                       out / "ablation.png", f"{main.name}: {name} with each modality withheld ({split})"))
         lines += ["", f"## Modality ablation ({main.name})", "",
-                  P.markdown_table([{"withheld": "none", name: full}] +
-                                   [{"withheld": m, name: e} for m, e in main.ablation.items()], ["withheld", name]), ""]
+                  P.markdown_table([{"withheld": "none", name: full_shown}] +
+                                   [{"withheld": m, name: e if full_shown is full else full_shown}
+                                    for m, e in main.ablation.items()], ["withheld", name]), ""]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "metrics.json").write_text(json.dumps(_jsonable([_row(r) for r in reports]), indent=1))
@@ -179,4 +209,4 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-__all__ = ["MAIN_METRIC", "compute_metrics", "evaluate", "write_report"]
+__all__ = ["MAIN_METRIC", "MIN_EVENTS", "compute_metrics", "evaluate", "write_report"]

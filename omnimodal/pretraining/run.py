@@ -8,6 +8,7 @@ import logging
 import os
 import warnings
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,13 @@ from datamodules.shards.format import load_index
 
 from ..infra import checkpoints
 from ..infra.checkpoints import check_resume
+from ..infra.config_check import ConfigError, check_section
+from ..infra.optim import OptimConfig
 from ..infra.saving import clean_partial
 from ..infra.trainer import make_trainer
 from ..model.backbone import SIZES
 from .consolidate import load_weights
+from .objectives import ObjectiveConfig
 from .task import PretrainTask
 
 log = logging.getLogger("omnimodal.train")
@@ -68,8 +72,31 @@ def model_dict(cfg: DictConfig, index: dict[str, Any]) -> dict[str, Any]:
             "embedding_rows": list(encoders)}
 
 
+@dataclass
+class BackboneChoice:
+    """``model.backbone``: a size from :data:`~omnimodal.model.backbone.SIZES` and its run settings."""
+
+    size: str = "tiny"
+    dropout: float = 0.0
+    activation_checkpointing: bool = False
+    compile: bool = False
+    attention: str = "auto"
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every section of a ``train`` config against what consumes it (:mod:`omnimodal.infra.config_check`)."""
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"config key seed = {cfg.seed!r}: expected an int")
+    check_section(cfg.trainer, L.Trainer, "trainer")
+    check_section(cfg.data, OmniDataModule, "data", extra=("synthetic", "root"))
+    check_section(cfg.optim, OptimConfig, "optim")
+    check_section(cfg.objective, ObjectiveConfig, "objective")
+    check_section(cfg.model.backbone, BackboneChoice, "model.backbone")
+
+
 def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
     """Everything a run needs, from a composed config (used by the CLI and the tests)."""
+    check_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     root = data_root(cfg)
     index = load_index(root)
@@ -82,8 +109,16 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
                         OmegaConf.to_container(cfg.optim, resolve=True), seed=int(cfg.seed),
                         compile=bool(cfg.model.backbone.get("compile", False)),
                         preprocessing={"specs": index["specs"], "clinical_codes": index["clinical_codes"]})
+    if dm.dataset("train").num_samples == 0:
+        raise DataError(f"the train split holds no sample (index.json: {_split_counts(index)})",
+                        where=f"data.root={root}", hint="rebuild the shards with people in the train split "
+                        "(the subjects table's split column, or none for the default 80/10/10)")
     trainer = make_trainer(cfg)
     return task, dm, trainer
+
+
+def _split_counts(index: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v.get('samples', 0)}" for k, v in index.get("splits", {}).items()) or "no splits"
 
 
 def resume_path(cfg: DictConfig) -> str | None:
@@ -121,8 +156,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     elif cfg.get("init_from"):
         load_weights(task, cfg.init_from)
         print(f"weights from {cfg.init_from}")
+    start = int(checkpoints.checkpoint_meta(ckpt).get("global_step", 0)) if ckpt else 0
     with checkpoints.no_code_from_checkpoints() if ckpt else contextlib.nullcontext():
         trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
+    if trainer.global_step == start and not ckpt:
+        raise ConfigError(f"training ran 0 steps (trainer.max_steps={cfg.trainer.max_steps}, trainer.max_epochs="
+                          f"{cfg.trainer.max_epochs}, trainer.limit_train_batches={cfg.trainer.limit_train_batches}); "
+                          "give the run at least one step")
+    if trainer.global_step == start:
+        print(f"nothing to train: {ckpt} is at step {start}, where this run ends (raise trainer.max_steps or "
+              "trainer.max_epochs to go on)")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     print(f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "
           + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss")))
