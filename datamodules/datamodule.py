@@ -13,7 +13,7 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .collate import Collator
-from .loader import CropConfig, ShardDataset, rank_and_world
+from .loader import CropConfig, ShardDataset, in_worker, rank_and_world
 from .schema import DataError
 
 log = logging.getLogger(__name__)
@@ -22,13 +22,32 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
+class WorkerSafe:
+    """A collate function whose :class:`DataError` leaves a DataLoader worker as one line
+    (:class:`~datamodules.loader.WorkerDataError`), like the dataset's own."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, batch: Any) -> Any:
+        try:
+            return self.fn(batch)
+        except DataError as err:
+            clean = in_worker(err)
+            if clean is err:
+                raise
+            raise clean from None
+
+
 class ShardLoader(StatefulDataLoader):
     """A ``StatefulDataLoader`` over a :class:`ShardDataset` that advances the dataset's epoch on every
     pass (new shuffle each epoch) and keeps that epoch in its state, so a resumed run continues the
-    same epoch at the same sample."""
+    same epoch at the same sample. A :class:`DataError` in a worker reaches the caller as a ``DataError``
+    with the worker's message alone (no wall of worker traceback)."""
 
     def __init__(self, dataset: ShardDataset, batch_size: int, num_workers: int = 0, **kwargs: Any) -> None:
-        kwargs.setdefault("collate_fn", Collator(dataset.specs, dataset.index["clinical_codes"]))
+        collate = kwargs.get("collate_fn") or Collator(dataset.specs, dataset.index["clinical_codes"])
+        kwargs["collate_fn"] = WorkerSafe(collate)
         super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
         self._next_epoch = self._epoch = 0
 
@@ -76,7 +95,8 @@ class OmniDataModule(L.LightningDataModule):
     """Loaders for the ``train``/``val``/``test`` splits of a shard folder written by ``omnimodal-shard``.
 
     Timelines are cropped to ``max_events`` / ``max_tokens`` (random window for training, most recent
-    for evaluation); ``on_error='skip'`` skips and counts bad samples instead of stopping. Every split
+    for evaluation); ``on_error='skip'`` skips and counts bad samples instead of stopping; ``verify`` checks each
+    shard's sha256 before reading it (sizes, sample counts and member checksums are always checked). Every split
     is read with ``ShardDataset(even=True)``: each rank gets the same number of batches per epoch (no
     hang at the epoch end under DDP / FSDP / DeepSpeed) at the cost of fewer than ``world x num_workers``
     repeated timelines per epoch (plus one per skipped sample), flagged in ``OmniBatch.padding``; the
@@ -86,18 +106,19 @@ class OmniDataModule(L.LightningDataModule):
     def __init__(self, root: str | os.PathLike, batch_size: int = 8, num_workers: int = 0, *,
                  shuffle_buffer: int = 64, seed: int = 0, max_events: int | None = None,
                  max_tokens: int | None = None, tokens_per_instance: dict[str, int] | None = None,
-                 on_error: str = "raise", pin_memory: bool = False, modalities: list[str] | None = None) -> None:
+                 on_error: str = "raise", pin_memory: bool = False, modalities: list[str] | None = None,
+                 verify: bool = False) -> None:
         super().__init__()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.on_error, self.pin_memory = shuffle_buffer, seed, on_error, pin_memory
-        self.modalities = modalities
+        self.modalities, self.verify = modalities, verify
         self.crop = dict(max_events=max_events, max_tokens=max_tokens, tokens_per_instance=tokens_per_instance or {})
 
     def dataset(self, split: str) -> ShardDataset:
         train = split == "train"
         return ShardDataset(self.root, split, shuffle=train, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
                             crop=CropConfig(**self.crop, random=train), on_error=self.on_error,
-                            modalities=self.modalities, even=True)
+                            modalities=self.modalities, even=True, verify=self.verify)
 
     def loader(self, split: str) -> ShardLoader:
         ds = self.dataset(split)

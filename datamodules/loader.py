@@ -13,6 +13,14 @@ the split (its own first ones, wrapping round), marked ``Timeline.padding`` / ``
 Padding is deterministic per (seed, epoch), fewer than ``world x workers`` timelines per epoch, plus
 one for each sample skipped (``on_error='skip'``) or left without events by ``modalities``.
 
+Trust nothing from disk: each shard's size (and with ``verify`` its sha256) is checked against ``index.json``
+before any of its samples is used, its sample count and tar structure as it streams
+(:func:`datamodules.shards.format.tar_samples`), each member against the checksum ``meta.json`` lists, its
+dtype as stored, then its shape and values; a promised sample that does not come is an error naming shard
+and key, or with ``on_error='skip'`` one more in ``skipped``. A :class:`DataError` in a DataLoader worker reaches the main process as one line
+(:class:`WorkerDataError`). ``omnimodal-shard verify DIR`` runs every check on every shard
+(:func:`verify_folder`).
+
 Determinism and resume: the shard order and the shuffle buffer are seeded by (seed, epoch, slot),
 cropping by (seed, epoch, key). The iterator is ``Stateful`` (torchdata's ``StatefulDataLoader`` saves
 and restores it): on restore it skips the samples already yielded *before* decoding them.
@@ -21,7 +29,6 @@ and restores it): on restore it skips the samples already yielded *before* decod
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import random
@@ -35,9 +42,26 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .schema import MODALITIES, SCHEMA_VERSION, DataError, Event, Label, Measurement, Spec, Timeline, check_modality, \
-    specs_from_json, validate_canonical
-from .shards.format import decode_array, load_index
+from .schema import (
+    MODALITIES,
+    SCHEMA_VERSION,
+    DataError,
+    Event,
+    Spec,
+    Timeline,
+    check_modality,
+    specs_from_json,
+)
+from .samples import decode_timeline
+from .shards.format import (
+    INDEX_NAME,
+    REBUILD,
+    index_problems,
+    load_index,
+    shard_file_problem,
+    tar_samples,
+    unlisted_shards,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +100,13 @@ def _seed(*parts: int | str) -> int:
 class ShardDataset(IterableDataset):
     """Timelines of one split of a shard folder, as an ``IterableDataset``.
 
-    ``on_error``: ``"raise"`` stops with a :class:`DataError` naming shard, key and member; ``"skip"``
-    logs it, counts it in ``skipped`` and goes on. ``even``: every (rank, worker) slot yields the same
+    Everything read is checked against ``index.json`` as it streams: each shard's size (and with ``verify``
+    its sha256, before any of its samples is used), its sample count, its tar structure, and each member
+    (checksum, dtype as stored, shape, finiteness). ``on_error``: ``"raise"`` stops with a :class:`DataError`
+    naming shard, key and member; ``"skip"`` logs it, records it in ``errors``, counts the samples the index
+    promises that are lost in ``skipped`` (exactly: a missing 16-sample shard counts 16) and goes on, so a
+    pass yields ``len(self) - skipped`` timelines (with all modalities, and without ``even``).
+    ``even``: every (rank, worker) slot yields the same
     number of timelines per epoch, :meth:`slot_length`, padding with flagged repeats (module docstring);
     ``padded`` counts the repeats this process yielded (per worker process when there are workers).
     """
@@ -85,7 +114,7 @@ class ShardDataset(IterableDataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", *, shuffle: bool = True,
                  shuffle_buffer: int = 64, seed: int = 0, crop: CropConfig | None = None,
                  on_error: str = "raise", validate: bool = True, modalities: Sequence[str] | None = None,
-                 even: bool = False) -> None:
+                 even: bool = False, verify: bool = False) -> None:
         if on_error not in ("raise", "skip"):
             raise DataError(f"on_error={on_error!r}", hint="use 'raise' or 'skip'")
         self.root = Path(root)
@@ -97,24 +126,29 @@ class ShardDataset(IterableDataset):
             raise DataError(f"no split {split!r}", where=str(self.root),
                             hint=f"splits here: {sorted(self.index['splits'])}")
         self.split = split
+        for problem in index_problems(self.index, split):
+            raise DataError(problem, where=str(self.root / INDEX_NAME),
+                            hint="the index is inconsistent: rebuild the shards with omnimodal-shard")
         self.specs: dict[str, Spec] = specs_from_json(self.index["specs"])
         info = self.index["splits"][split]
-        self.shards = [(str(self.root / s["name"]), int(s["samples"])) for s in info["shards"]]
+        self.entries = {str(self.root / s["name"]): s for s in info["shards"]}
+        self.shards = [(url, int(s["samples"])) for url, s in self.entries.items()]
         self.urls = [u for u, _ in self.shards]
         self.num_samples = int(info["samples"])
-        if self.num_samples != sum(n for _, n in self.shards):
-            raise DataError(f"split {split!r} has {self.num_samples} samples but its shards list "
-                            f"{sum(n for _, n in self.shards)}", where=str(self.root / "index.json"),
-                            hint="the index is inconsistent: rebuild the shards with omnimodal-shard")
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
         self.crop = crop or CropConfig(random=shuffle)
-        self.on_error, self.validate, self.even = on_error, validate, even
+        self.on_error, self.validate, self.even, self.verify = on_error, validate, even, verify
         self.modalities = tuple(modalities) if modalities else None
         for m in self.modalities or ():
             check_modality(m, where="modalities")
         self.epoch = 0
         self.skipped = 0
         self.padded = 0
+        self.errors: list[str] = []
+        unlisted = [n for n in unlisted_shards(self.root, self.index) if n.startswith(f"{split}-")]
+        if unlisted:
+            self._fail(DataError(f"shard(s) {unlisted} of split {split!r} are not listed in {INDEX_NAME}", where=str(
+                self.root), hint="their samples would never be read: rebuild the shards with omnimodal-shard"), 0)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -181,23 +215,62 @@ class ShardDataset(IterableDataset):
             samples = itertools.chain(samples, self._repeats(shards, start))
         return samples
 
-    def _read(self, shards: list[tuple[str, int]], start: int, stop: int) -> Iterator[dict[str, Any]]:
+    def _read(self, shards: list[tuple[str, int]], start: int, stop: int,
+              padding: bool = False) -> Iterator[dict[str, Any]]:
         """Raw samples at positions ``[start, stop)`` of ``shards``' order, opening only the shards that
         hold them (one at a time, so a short or corrupt shard never shifts another's positions)."""
         offset = 0
         for url, n in shards:
             lo, hi = max(start - offset, 0), min(stop - offset, n)
             if lo < hi:
-                yield from itertools.islice(wds.tarfile_samples([{"url": url}], handler=self._tar_error), lo, hi)
+                yield from self._shard(url, n, lo, hi, padding)
             offset += n
             if offset >= stop:
                 return
+
+    def _shard(self, url: str, n: int, lo: int, hi: int, padding: bool) -> Iterator[dict[str, Any]]:
+        """Samples ``[lo, hi)`` of the shard at ``url`` (``n`` in the index), checked as they stream: the file's
+        size (and sha256 with ``verify``) first, then that it holds exactly ``n`` samples (a slot that reads
+        up to the end checks there is no more) and is sound tar data throughout."""
+        name, got, last = Path(url).name, 0, None
+        try:
+            problem = shard_file_problem(Path(url), self.entries[url], sha256=self.verify)
+            if problem:
+                raise DataError(problem, where=name, hint=REBUILD)
+            count = 0
+            for count, sample in enumerate(tar_samples(url), 1):
+                if count > n:
+                    raise DataError(f"holds more samples than the {n} {INDEX_NAME} lists (key {sample['__key__']} "
+                                    f"is sample {count})", where=name, hint=REBUILD)
+                last = sample["__key__"]
+                if count > lo:
+                    got += 1
+                    yield sample
+                if count == hi < n:
+                    return
+            if count < hi:
+                after = f" (the last is key {last})" if last else ""
+                raise DataError(f"holds {count} samples{after}, {INDEX_NAME} lists {n}: {hi - max(count, lo)} "
+                                f"promised sample(s) are missing", where=name, hint=REBUILD)
+        except DataError as err:
+            self._fail(err, hi - lo - got, padding)
+
+    def _fail(self, err: DataError, lost: int, padding: bool = False) -> None:
+        """``on_error='raise'``: raise ``err``; ``'skip'``: count the ``lost`` samples (not again for a padding
+        repeat, counted when first read) and go on."""
+        if self.on_error == "raise":
+            raise err
+        if padding:
+            return
+        self.skipped += lost
+        self.errors.append(str(err))
+        log.warning("skipping %d sample(s): %s", lost, err)
 
     def _repeats(self, shards: list[tuple[str, int]], start: int) -> Iterator[dict[str, Any]]:
         """Padding: the samples again from position ``start`` on, wrapping round, for ever."""
         while True:
             read = 0
-            for read, sample in enumerate(self._read(shards, start, self.num_samples), 1):
+            for read, sample in enumerate(self._read(shards, start, self.num_samples, padding=True), 1):
                 yield {**sample, "__padding__": True}
             if not read and not start:  # every shard unreadable (on_error='skip'): nothing to repeat
                 raise self.no_timelines()
@@ -208,28 +281,14 @@ class ShardDataset(IterableDataset):
                          f"none has events of modalities {list(self.modalities or MODALITIES)}", where=str(self.root),
                          hint="check the shards (on_error='raise' names the first bad one) and the modalities")
 
-    def _tar_error(self, exn: Exception) -> bool:
-        where = next((str(a) for a in exn.args[1:] if isinstance(a, str) and a.endswith(".tar")), "a shard")
-        err = DataError(f"unreadable tar data ({type(exn).__name__}: {exn.args[0] if exn.args else exn})",
-                        where=where, hint="the shard is corrupt or truncated: check it against index.json "
-                                          "(datamodules.shards.format.verify_shards) and rebuild it")
-        if self.on_error == "skip":
-            self.skipped += 1
-            log.warning("skipping: %s", err)
-            return True
-        raise err from exn
-
     def decode(self, sample: dict[str, Any], epoch: int) -> Timeline | None:
         """Raw tar sample -> cropped Timeline; None if skipped (``on_error='skip'``)."""
         where = f"{Path(sample.get('__url__', '?')).name}, key {sample.get('__key__')}"
         try:
             tl = decode_timeline(sample, self.specs, where, validate=self.validate, modalities=self.modalities)
         except DataError as err:
-            if self.on_error == "skip":
-                self.skipped += 1
-                log.warning("skipping: %s", err)
-                return None
-            raise
+            self._fail(err, 1, bool(sample.get("__padding__")))
+            return None
         if not tl.events:  # nothing of the selected modalities: not an error, nothing to train on
             return None
         tl = crop_timeline(tl, self.crop, np.random.default_rng(_seed(self.seed, epoch, tl.key)))
@@ -249,6 +308,15 @@ class _TimelineIterator:
         return self
 
     def __next__(self) -> Timeline:
+        try:
+            return self._next()
+        except DataError as err:
+            clean = in_worker(err)
+            if clean is err:
+                raise
+            raise clean from None
+
+    def _next(self) -> Timeline:
         if self._raw is None:
             self._raw = self.ds.raw_samples(self.epoch)
         if self._length is None:
@@ -278,53 +346,53 @@ class _TimelineIterator:
             next(self._raw, None)
 
 
-def decode_timeline(sample: dict[str, Any], specs: dict[str, Spec], where: str = "",
-                    validate: bool = True, modalities: Sequence[str] | None = None) -> Timeline:
-    """Raw WebDataset sample (``{"meta.json": bytes, "e0000.ecg.npy": bytes, ...}``) -> Timeline.
+class WorkerDataError(DataError):
+    """A :class:`DataError` raised in a DataLoader worker. torch re-raises it in the main process as
+    ``WorkerDataError("Caught WorkerDataError in DataLoader worker process N. Original Traceback ...")``;
+    this keeps the worker's message alone, so the user reads one clear line, not the worker's traceback."""
 
-    ``modalities``: keep (and decode) only these; events left empty are dropped."""
-    if "meta.json" not in sample:
-        raise DataError("sample has no meta.json member", where=where, hint="rebuild the shard")
-    try:
-        meta = json.loads(sample["meta.json"])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"meta.json is not valid JSON ({exc})", where=f"{where}, member meta.json") from exc
-    events = []
-    for ev in meta["events"]:
-        ms = []
-        for m in ev["measurements"]:
-            modality = m["modality"]
-            if modality not in MODALITIES or (modality != "clinical" and modality not in specs):
-                raise DataError(f"unknown modality {modality!r}", where=f"{where}, meta.json",
-                                hint="the shards were written by a newer omnimodal; upgrade")
-            if modalities is not None and modality not in modalities:
-                continue
-            if modality == "clinical":
-                ms.append(Measurement("clinical", code=m["code"],
-                                      value=float("nan") if m["value"] is None else float(m["value"])))
-                continue
-            ms.append(Measurement(modality, _member(sample, m["member"], modality, specs[modality],
-                                                    f"{where}, member {m['member']}", validate)))
-        if ms:
-            events.append(Event(float(ev["time_days"]), float(ev["age_days"]), ms))
-    static = {k: float("nan") if v is None else float(v) for k, v in meta.get("static", {}).items()}
-    labels = {k: Label(float(v["value"]), float("nan") if v["time_days"] is None else float(v["time_days"]))
-              for k, v in meta.get("labels", {}).items()}
-    return Timeline(meta["key"], static, events, labels)
+    def __init__(self, reason: str, *, where: str = "", hint: str = "") -> None:
+        tag = f"{type(self).__name__}: "
+        if reason.startswith("Caught ") and tag in reason:  # torch.utils._utils.ExceptionWrapper.reraise
+            reason = reason.rsplit(tag, 1)[1].strip()
+        super().__init__(reason, where=where, hint=hint)
 
 
-def _member(sample: dict[str, Any], name: str, modality: str, spec: Spec, where: str, validate: bool) -> np.ndarray:
-    if name not in sample:
-        raise DataError("member listed in meta.json is missing from the shard", where=where, hint="rebuild the shard")
-    try:
-        arr = decode_array(sample[name])
-    except Exception as exc:  # noqa: BLE001 - numpy raises several types for bad bytes
-        raise DataError(f"cannot decode member ({type(exc).__name__}: {exc})", where=where,
-                        hint="the shard is corrupt: rebuild it") from exc
-    arr = arr.astype(spec.dtype, copy=False)
-    if validate:
-        validate_canonical(modality, spec, arr, where=where)
-    return arr
+def in_worker(err: DataError) -> DataError:
+    """``err`` as it should leave this process: a :class:`WorkerDataError` inside a DataLoader worker."""
+    info = get_worker_info()
+    if info is None or isinstance(err, WorkerDataError):
+        return err
+    return WorkerDataError(f"{err} [DataLoader worker {info.id}]")
+
+
+def verify_folder(root: str | os.PathLike) -> tuple[int, list[str]]:
+    """What ``omnimodal-shard verify`` checks: ``index.json``, then every shard of every split (size, sha256,
+    sample count, tar structure) and every member (checksum, decoded, validated), and that no key is in two
+    places. Returns (samples that passed, problems), each problem naming shard, key and member."""
+    root = Path(root)
+    index = load_index(root)
+    splits = list(index.get("splits", {})) if isinstance(index.get("splits"), dict) else []
+    problems = [] if splits else [f"{root / INDEX_NAME}: lists no split"]
+    problems += [f"{root}: shard {n} is not listed in {INDEX_NAME}" for n in unlisted_shards(root, index)
+                 if not any(n.startswith(f"{s}-") for s in splits)]
+    seen: dict[str, str] = {}
+    passed = 0
+    for split in splits:
+        try:
+            ds = ShardDataset(root, split, shuffle=False, on_error="skip", verify=True)
+        except DataError as err:
+            problems.append(str(err))
+            continue
+        for url, n in ds.shards:
+            for sample in ds._shard(url, n, 0, n, padding=False):
+                where = f"{Path(url).name}, key {sample['__key__']}"
+                if sample["__key__"] in seen:
+                    problems.append(f"{where}: the key is also in {seen[sample['__key__']]}")
+                seen[sample["__key__"]] = Path(url).name
+                passed += ds.decode(sample, 0) is not None
+        problems += ds.errors
+    return passed, problems
 
 
 def crop_timeline(tl: Timeline, crop: CropConfig, rng: np.random.Generator) -> Timeline:

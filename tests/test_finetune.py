@@ -203,8 +203,15 @@ def test_eval_report_and_person_forecast(release_dir: Path, shards: Path, tmp_pa
 
 
 def test_eval_and_forecast_commands(release_dir: Path, shards: Path, tmp_path: Path, capsys) -> None:
-    _fit(release_dir, shards, tmp_path / "run", "mode=frozen", "head=survival", "landmark.eval_days=30")
+    _fit(release_dir, shards, tmp_path / "run", "mode=frozen", "head=survival", "landmark.eval_days=30",
+         "trainer.max_epochs=2", "trainer.limit_train_batches=1")
     ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    # last.ckpt is where training ended, best.ckpt the epoch with the lowest validation loss
+    from omnimodal.infra.checkpoints import load
+
+    assert load(ckpt)["global_step"] == 2
+    assert load(tmp_path / "run" / "checkpoints" / "best.ckpt")["global_step"] in (1, 2)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     # the checkpoint carries its landmark design (evaluation and forecasts default to it)
     assert load_finetuned(ckpt).landmark == LandmarkConfig(eval_days=30, train="random", max_events=4)
     eval_main([ckpt, ckpt, "--names", "a,b", "--data", str(shards), "--split", "train", "--out", str(tmp_path / "rep"),

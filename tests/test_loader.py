@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
+from shard_edit import copy_shards, npy_bytes, reindex, rewrite_member
 
+import datamodules.loader as loader_module
 from datamodules.collate import Collator
 from datamodules.datamodule import OmniDataModule, ShardLoader
 from datamodules.loader import CropConfig, ShardDataset, crop_timeline
@@ -143,14 +144,13 @@ def test_ranks_read_only_the_shards_that_hold_their_part(uneven: tuple[Path, dic
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     root, where = uneven
     opened: list[str] = []
-    real_open = wds.tarfile_samples
+    real_open = loader_module.tar_samples
 
-    def spy(src, *args, **kwargs):
-        src = list(src)
-        opened.extend(Path(s["url"]).name for s in src)
-        return real_open(src, *args, **kwargs)
+    def spy(path):
+        opened.append(Path(path).name)
+        return real_open(path)
 
-    monkeypatch.setattr(wds, "tarfile_samples", spy)
+    monkeypatch.setattr(loader_module, "tar_samples", spy)
     nshards = len(set(where.values()))
     reads = []
     for rank in range(3):
@@ -236,36 +236,113 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_stream(shards: Path, monk
 
 
 def _rewrite_member(shards: Path, tmp_path: Path, pick, change) -> tuple[Path, str, str]:
-    """Copy the shards, then rewrite the first member ``pick(name)`` accepts with ``change(bytes)``."""
-    root = tmp_path / "c"
-    shutil.copytree(shards, root)
-    for shard in sorted(root.glob("train-*.tar")):
-        with tarfile.open(shard) as tar:
-            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-        target = next((m.name for m, _ in members if pick(m.name)), None)
-        if target is None:
-            continue
-        with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for m, data in members:
-                if m.name == target:
-                    data = change(data)
-                    m.size = len(data)
-                tar.addfile(m, io.BytesIO(data))
-        return root, shard.name, target
-    raise AssertionError("no member to corrupt")
+    """Copy the shards, then rewrite the first member ``pick(name)`` accepts with ``change(bytes)``, with
+    matching checksums (a writer's bug, not damage on disk: only the member checks can catch it)."""
+    root = copy_shards(shards, tmp_path / "c")
+    return (root, *rewrite_member(root, pick, change))
 
 
-def test_truncated_shard_raises_naming_it_or_is_skipped(shards: Path, tmp_path: Path) -> None:
-    root = tmp_path / "c"
-    shutil.copytree(shards, root)
-    name = load_index(root)["splits"]["train"]["shards"][0]["name"]
-    data = (root / name).read_bytes()
-    (root / name).write_bytes(data[: len(data) // 2 + 100])
+def _sample_starts(path: Path) -> list[int]:
+    with tarfile.open(path) as tar:
+        return [m.offset for m in tar.getmembers() if m.name.endswith(".meta.json")]
+
+
+@pytest.mark.parametrize("where", ["mid-shard", "sample boundary", "sample boundary, index rewritten"])
+def test_truncated_shard_raises_naming_it_or_is_skipped_exactly(shards: Path, tmp_path: Path, where: str) -> None:
+    root = copy_shards(shards, tmp_path / "c")
+    entry = load_index(root)["splits"]["train"]["shards"][0]
+    name, path = entry["name"], root / entry["name"]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 + 100] if where == "mid-shard" else data[:_sample_starts(path)[2]])
+    if "index" in where:  # a writer killed after two samples, its index written anyway: only the reader can tell
+        reindex(root, name)
     with pytest.raises(DataError, match=name):
         list(ShardDataset(root, "train", shuffle=False))
     ds = ShardDataset(root, "train", shuffle=False, on_error="skip")
     n = len(list(ds))
-    assert ds.skipped >= 1 and 0 < n < ds.num_samples
+    assert n == ds.num_samples - ds.skipped
+    assert ds.skipped == (entry["samples"] if "index" not in where else entry["samples"] - 2 + 1)  # + the cut one
+
+
+def test_a_missing_shard_is_named_and_skips_all_its_samples(shards: Path, tmp_path: Path) -> None:
+    root = copy_shards(shards, tmp_path / "c")
+    entry = load_index(root)["splits"]["train"]["shards"][1]
+    (root / entry["name"]).unlink()
+    with pytest.raises(DataError, match=rf"{entry['name']}: shard listed in index.json is missing"):
+        list(ShardDataset(root, "train", shuffle=False))
+    ds = ShardDataset(root, "train", on_error="skip")
+    assert len(list(ds)) == ds.num_samples - entry["samples"] and ds.skipped == entry["samples"] > 1
+
+
+@pytest.mark.parametrize("delta", [1, -1])
+def test_a_sample_count_edited_in_the_index_is_caught(shards: Path, tmp_path: Path, delta: int) -> None:
+    root = copy_shards(shards, tmp_path / "c")
+    index = load_index(root)
+    entry = index["splits"]["train"]["shards"][1]
+    entry["samples"] += delta
+    index["splits"]["train"]["samples"] += delta
+    (root / "index.json").write_text(json.dumps(index))
+    want = "promised sample" if delta > 0 else "holds more samples than"
+    with pytest.raises(DataError, match=rf"{entry['name']}: .*{want}"):
+        list(ShardDataset(root, "train", shuffle=False))
+    entry["samples"] -= delta  # the shard's entry alone: the split's total no longer adds up
+    (root / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match=r"index.json: split 'train' lists \d+ samples but its shards hold"):
+        ShardDataset(root, "train")
+
+
+def test_a_flipped_bit_in_a_member_is_caught_by_its_checksum(shards: Path, tmp_path: Path) -> None:
+    root = copy_shards(shards, tmp_path / "c")
+
+    def flip(d: bytes) -> bytes:
+        return d[:-10] + bytes([d[-10] ^ 0x04]) + d[-9:]  # one bit of one ECG sample: still a finite float
+
+    name, target = rewrite_member(root, lambda n: n.endswith(".ecg.npy"), flip, consistent=False)
+    reindex(root, name)  # the index's size and sha256 match: only the member checksum can tell
+    key, member = target.split(".", 1)
+    with pytest.raises(DataError, match=rf"{name}, key {key}, member {member}: member does not match its checksum"):
+        list(ShardDataset(root, "train", shuffle=False))
+
+
+def test_verify_checks_each_shards_sha256_before_using_it(shards: Path, tmp_path: Path) -> None:
+    root = copy_shards(shards, tmp_path / "c")
+    name = load_index(root)["splits"]["val"]["shards"][0]["name"]
+    reindex(root, name, sha256="0" * 64)
+    assert len(list(ShardDataset(root, "val"))) == ShardDataset(root, "val").num_samples  # the data is intact
+    with pytest.raises(DataError, match=rf"{name}: shard's sha256 differs from index.json"):
+        list(ShardDataset(root, "val", verify=True))
+
+
+def _object_array(_: bytes) -> bytes:
+    arr = np.empty(1, dtype=object)
+    arr[0] = {"payload": "runs code when unpickled"}
+    return npy_bytes(arr, allow_pickle=True)
+
+
+@pytest.mark.parametrize(("suffix", "change", "message"), [
+    (".mri.npy", lambda d: npy_bytes(np.load(io.BytesIO(d)).astype(np.float64) * 1e6),
+     "stored as float64, its spec stores float16"),
+    (".ecg.npy", _object_array, r"not a numeric array \(it holds Python objects"),
+    (".voice.npy", lambda d: b"\x80\x04garbage" * 50, r"not a numeric array \(not .npy data\)"),
+])
+def test_members_are_checked_as_stored_never_unpickled(shards: Path, tmp_path: Path, suffix: str, change,
+                                                        message: str) -> None:
+    root, name, target = _rewrite_member(shards, tmp_path, lambda n: n.endswith(suffix), change)
+    key, member = target.split(".", 1)
+    with pytest.raises(DataError, match=rf"{name}, key {key}, member {member}: .*{message}") as err:
+        list(ShardDataset(root, "train", shuffle=False))
+    assert "allow_pickle" not in str(err.value) and str(err.value).count(name) == 1  # said once
+
+
+def test_a_worker_error_reaches_the_user_as_one_line(shards: Path, tmp_path: Path) -> None:
+    root = copy_shards(shards, tmp_path / "c")
+    entry = load_index(root)["splits"]["val"]["shards"][0]
+    (root / entry["name"]).unlink()
+    with pytest.raises(DataError) as err:
+        list(ShardLoader(ShardDataset(root, "val", shuffle=False), batch_size=2, num_workers=2))
+    text = str(err.value)
+    assert text.startswith(f"{entry['name']}: shard listed in index.json is missing") and "\n" not in text
+    assert "Traceback" not in text and "DataLoader worker" in text
 
 
 def test_corrupt_member_raises_naming_shard_key_member(shards: Path, tmp_path: Path) -> None:

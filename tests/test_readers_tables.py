@@ -149,3 +149,24 @@ def test_omics_wide_table_with_several_rows(tmp_path):
     pd.DataFrame({"rs1": [1, 2], "rs2": [3, 4]}).to_csv(tmp_path / "w.csv", index=False)
     with pytest.raises(DataError, match="2 rows, expected 1"):
         read_measurement("omics", tmp_path / "w.csv", OMICS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Times in the subjects / events / labels tables (datamodules.tables): ISO 8601 or a stated format, never guessed.
+
+
+def test_table_times_are_iso_8601_or_the_stated_format() -> None:
+    from datamodules.tables import parse_times, time_problem
+
+    cells = pd.Series(["2011-03-04", "2011-03-04T12:30", "2011-03-04 12:30:00.25", "2011-03-04T12:30Z",
+                       "2011-03-04T12:30+01:00", "03/04/05", "12:30", "", None, "yesterday", "2011-13-45"])
+    got = parse_times(cells)
+    want = ["2011-03-04 00:00", "2011-03-04 12:30", "2011-03-04 12:30:00.25", "2011-03-04 12:30", "2011-03-04 11:30"]
+    assert got[:5].tolist() == [pd.Timestamp(w) for w in want]  # an offset is converted to UTC
+    assert got[5:].isna().all()  # ambiguous day/month, no date, empty, words, impossible dates: refused
+    stated = parse_times(cells, "%d/%m/%y")
+    assert stated[5] == pd.Timestamp("2005-04-03") and stated[6:].isna().all()
+    assert time_problem("") == "time is missing"
+    assert "accepted: ISO 8601" in time_problem("03/04/05") and "--time-format" in time_problem("03/04/05")
+    with pytest.raises(DataError, match="'%Q' is not a strftime format"):
+        parse_times(cells, "%Q")

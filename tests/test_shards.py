@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -11,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-
 from conftest import SECRET, build
+
 from datamodules.schema import MODALITIES, DataError
 from datamodules.shards.format import load_index, subject_key, verify_shards
 
@@ -149,7 +151,7 @@ EXPECTED = {
     ("events", 6): "unknown modality 'smell'",
     ("events", 7): "file not found",
     ("events", 8): "event before birth",
-    ("events", 9): "not an ISO date",
+    ("events", 9): "not an ISO 8601 date",
     ("subjects", 2): "duplicate subject_id",
     ("subjects", 3): "duplicate subject_id",
     ("events", 11): "not in the subjects table",
@@ -200,3 +202,113 @@ def test_cli_builds_and_reports(bad_cohort: Path, tmp_path: Path, monkeypatch: p
     monkeypatch.delenv("OMNIMODAL_SHARD_SECRET")
     assert main([*args, "--out", str(tmp_path / "q")]) == 2
     assert "OMNIMODAL_SHARD_SECRET" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input on the command line: a non-zero exit naming the table, row or key; nothing is guessed.
+
+
+def _tiny(d: Path, subjects: list[tuple[str, str]] | None = None,
+          events: list[tuple[str, str]] | None = None) -> list[str]:
+    """Tables of clinical rows only (``(subject_id, birth_date)``, ``(subject_id, time)``) and the CLI's arguments."""
+    d.mkdir(parents=True, exist_ok=True)
+    subjects = [("A", "1960-01-01"), ("B", "1970-05-05")] if subjects is None else subjects
+    if events is None:
+        events = [("A", "2020-01-01"), ("A", "2020-02-01T12:30"), ("B", "2021-03-04 08:00:00")]
+    pd.DataFrame(subjects, columns=["subject_id", "birth_date"]).assign(sex="F", consent="true") \
+        .to_csv(d / "subjects.csv", index=False)
+    pd.DataFrame(events, columns=["subject_id", "time"]).assign(modality="clinical", code="ICD10:I10") \
+        .to_csv(d / "events.csv", index=False)
+    return ["--subjects", str(d / "subjects.csv"), "--events", str(d / "events.csv"), "--out", str(d / "out")]
+
+
+def _header_only(d: Path, name: str) -> None:
+    (d / name).write_text((d / name).read_text().splitlines()[0] + "\n")
+
+
+BAD_INPUT = {  # case: (edit of the tiny tables, extra arguments, what stderr must name)
+    "subjects header only": (lambda d: _header_only(d, "subjects.csv"), [], r"subjects.csv: the table has no rows"),
+    "events file empty": (lambda d: (d / "events.csv").write_text(""), [], r"events.csv: the table is empty"),
+    "subjects file missing": (lambda d: (d / "subjects.csv").unlink(), [], r"subjects.csv: table not found"),
+    "every row rejected": (lambda d: _tiny(d, events=[("A", "yesterday"), ("B", "")]), [],
+                           r"0 samples written: of 2 subjects, .* 2 have no valid event; 2 rows were rejected"
+                           r".*report.md lists"),
+    "ambiguous day/month": (lambda d: _tiny(d, events=[("A", "2020-01-01"), ("A", "03/04/05")]), ["--strict"],
+                            r"events row 2, subject key [0-9a-f]{24}, clinical: time is not an ISO 8601 date"
+                            r".*accepted:"),
+    "a time without a date": (lambda d: _tiny(d, events=[("A", "12:30")]), ["--strict"],
+                              r"events row 1, .*not an ISO 8601"),
+    "month 13": (lambda d: _tiny(d, events=[("A", "2011-13-45")]), ["--strict"], r"events row 1, .*not an ISO 8601"),
+    "birth in the future": (lambda d: _tiny(d, subjects=[("A", "2999-01-01"), ("B", "1970-05-05")]), ["--strict"],
+                            r"subjects row 1, subject key .*: birth date is in the future"),
+    "birth before 1900": (lambda d: _tiny(d, subjects=[("A", "1960-01-01"), ("B", "1850-05-05")]), ["--strict"],
+                          r"subjects row 2, .*birth date is before 1900"),
+    "event before birth": (lambda d: _tiny(d, subjects=[("A", "2020-01-15"), ("B", "1970-05-05")]), ["--strict"],
+                           r"events row 1, .*event before birth \[14 days before the birth date of subjects row 1"),
+    "spec value of the wrong type": (None, ["--spec", "ecg.rate_hz=abc"], r"spec ecg.rate_hz = 'abc' is a str"),
+    "spec field unknown": (None, ["--spec", "ecg.rate=500"], r"spec ecg: unknown field 'rate'"),
+    "spec modality unknown": (None, ["--spec", "smell.rate_hz=5"], r"unknown modality \['smell'\]"),
+    "config spec of the wrong type": (lambda d: (d / "b.yaml").write_text("specs:\n  voice: {max_duration_s: long}\n"),
+                                      ["--config", "b.yaml"], r"b.yaml: spec voice.max_duration_s = 'long' is a str"),
+    "config value of the wrong type": (lambda d: (d / "b.yaml").write_text("workers: two\n"), ["--config", "b.yaml"],
+                                       r"b.yaml: workers = 'two' is a str, expected int"),
+    "bad time format": (lambda d: _tiny(d, events=[("A", "03/04/05")]), ["--time-format", "%Q"],
+                        r"time format '%Q' is not a strftime format"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_exits_non_zero_naming_it(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from datamodules.shards.cli import main
+
+    monkeypatch.setenv("OMNIMODAL_SHARD_SECRET", SECRET)
+    monkeypatch.chdir(tmp_path)
+    edit, extra, message = BAD_INPUT[case]
+    args = _tiny(tmp_path)
+    if edit:
+        edit(tmp_path)
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not (tmp_path / "out" / "index.json").exists()  # nothing a loader could train on
+
+
+def test_times_are_iso_or_in_the_stated_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from datamodules.shards.cli import main
+
+    monkeypatch.setenv("OMNIMODAL_SHARD_SECRET", SECRET)
+    rows = [("A", "2011-03-04"), ("A", "2011-03-04T12:30Z"), ("A", "2011-03-05 12:30:00.5+01:00"), ("A", "03/04/11"),
+            ("A", "12:30"), ("B", "2012-01-01")]
+    args = _tiny(tmp_path, events=rows)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "rejected rows: 2" in out and "time is not an ISO 8601 date or datetime: 2 (first: events row 4)" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [(r["row"], r["reason"].split(" [")[0]) for r in report["rejected"]] == [
+        (4, "time is not an ISO 8601 date or datetime"), (5, "time is not an ISO 8601 date or datetime")]
+    assert main([*args, "--time-format", "%d/%m/%y"]) == 0  # now row 4 is 3 April 2011; "12:30" still has no date
+    assert "rejected rows: 1" in capsys.readouterr().out
+    index = load_index(tmp_path / "out")
+    assert sum(info["samples"] for info in index["splits"].values()) == 2
+
+
+def test_verify_passes_good_shards_and_names_a_bad_one(shards: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from datamodules.shards.cli import main
+
+    assert main(["verify", str(shards)]) == 0
+    n = sum(info["samples"] for info in load_index(shards)["splits"].values())
+    assert f"OK; {n} samples passed every check" in capsys.readouterr().out
+    root = tmp_path / "s"
+    shutil.copytree(shards, root)
+    index = load_index(root)
+    index["splits"]["val"]["shards"][0]["sha256"] = "0" * 64  # an edited index: the loader alone would not see it
+    (root / "index.json").write_text(json.dumps(index))
+    (root / index["splits"]["train"]["shards"][1]["name"]).unlink()
+    assert main(["verify", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert f"{index['splits']['val']['shards'][0]['name']}: shard's sha256 differs" in err
+    assert f"{index['splits']['train']['shards'][1]['name']}: shard listed in index.json is missing" in err
+    assert main(["verify", str(tmp_path / "nothing")]) == 2 and "shard index not found" in capsys.readouterr().err

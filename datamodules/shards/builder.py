@@ -20,8 +20,18 @@ import pandas as pd
 
 from .. import tables
 from ..readers import preload_readers, read_measurement
-from ..schema import MODALITIES, SCHEMA_VERSION, DataError, DataWarning, Spec, default_specs, dumps, specs_from_json, specs_to_json
-from .format import INDEX_NAME, TarShardWriter, encode_array, member_name, resolve_secret, subject_key
+from ..schema import (
+    MODALITIES,
+    SCHEMA_VERSION,
+    DataError,
+    DataWarning,
+    Spec,
+    default_specs,
+    dumps,
+    specs_from_json,
+    specs_to_json,
+)
+from .format import INDEX_NAME, TarShardWriter, checksum, encode_array, member_name, resolve_secret, subject_key
 from .report import BuildReport, Rejection
 
 DAY_S = 86400.0
@@ -42,6 +52,8 @@ class BuildConfig:
     max_samples_per_shard: int = 256
     max_shard_bytes: int = 1 << 30
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    #: a strftime format (pandas ``format=``) that times may have besides ISO 8601, e.g. ``%d/%m/%Y %H:%M``
+    time_format: str | None = None
 
 
 @dataclass
@@ -53,6 +65,7 @@ class _SubjectJob:
     events: list[dict[str, Any]]
     labels: list[dict[str, Any]]
     raw_id: str  # only to scrub it from library messages; never written
+    row: int = 0  # the subject's row in the subjects table
 
     def scrub(self, text: str, path: str | None = None) -> str:
         """Remove the raw id and the file path from a message (paths often embed the raw id)."""
@@ -84,7 +97,7 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
         stale.unlink()
     writers = {s: TarShardWriter(out, s, cfg.max_samples_per_shard, cfg.max_shard_bytes) for s in tables.SPLITS}
     train_codes: Counter = Counter()
-    args = [(job, specs_to_json(specs), cfg.strict) for job in jobs]
+    args = [(job, specs_to_json(specs), cfg.strict, cfg.time_format) for job in jobs]
     pool = None
     if cfg.workers > 1:
         # fork after importing the readers this build needs: workers start at once instead of each
@@ -108,6 +121,13 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
     finally:
         if pool:
             pool.terminate()
+    if not report.samples:
+        (out / INDEX_NAME).unlink(missing_ok=True)  # nothing to train on: no index a loader could open
+        report.write(out)
+        raise DataError(f"0 samples written: of {report.subjects_in_table} subjects, {len(report.withdrawn)} withdrew "
+                        f"consent and {len(report.no_events)} have no valid event; {len(report.rejected)} rows were "
+                        "rejected", where=str(out),
+                        hint=f"{out / 'report.md'} lists every rejected row with its reason")
     index = {
         "schema_version": SCHEMA_VERSION,
         "specs": specs_to_json(specs),
@@ -127,9 +147,9 @@ def _worker_init() -> None:
 
 def _plan(cfg: BuildConfig, secret: bytes, report: BuildReport) -> list[_SubjectJob]:
     """Read and check the tables in the main process; one job per included subject, sorted by key."""
-    subj = tables.load_subjects(cfg.subjects)
-    events = tables.load_events(cfg.events)
-    labels = tables.load_labels(cfg.labels) if cfg.labels else None
+    subj = tables.load_subjects(cfg.subjects, cfg.time_format)
+    events = tables.load_events(cfg.events, cfg.time_format)
+    labels = tables.load_labels(cfg.labels, cfg.time_format) if cfg.labels else None
     subj["key"] = [subject_key(s, secret) for s in subj["subject_id"]]
     key_of = dict(zip(subj["subject_id"], subj["key"]))
 
@@ -156,8 +176,9 @@ def _plan(cfg: BuildConfig, secret: bytes, report: BuildReport) -> list[_Subject
         if not r.consent:
             report.withdrawn.append(r.key)
             continue
-        if pd.isna(r.birth):
-            reject("subjects", r.row, r.key, "birth_date/birth_year missing or not a date")
+        birth_problem = _birth_problem(r.birth, r.birth_year_only, cfg.time_format)
+        if birth_problem:
+            reject("subjects", r.row, r.key, birth_problem)
             continue
         split = r.split if isinstance(r.split, str) else _hash_split(r.key, cfg.split_fractions)
         if split not in tables.SPLITS:
@@ -168,10 +189,24 @@ def _plan(cfg: BuildConfig, secret: bytes, report: BuildReport) -> list[_Subject
         labs = lab_by.get(r.subject_id)
         lab_rows = [] if labs is None else labs.drop(columns=["subject_id"]).to_dict("records")
         jobs.append(_SubjectJob(r.key, split, r.birth, {"sex_male": float(r.sex_male)}, rows, lab_rows,
-                                r.subject_id))
+                                r.subject_id, int(r.row)))
     report.subjects_in_table = len(subj)
     jobs.sort(key=lambda j: j.key)
     return jobs
+
+
+def _birth_problem(birth: pd.Timestamp, year_only: bool, time_format: str | None) -> str | None:
+    """Why a birth date cannot be used: missing, not a date, in the future or before 1900 (the report names the
+    subjects row, never the date itself: no date leaves the builder)."""
+    if pd.isna(birth):
+        return "birth_year missing or not a year" if year_only else \
+            f"birth_date missing or not a date [{tables.accepted_times(time_format)}]"
+    now = pd.Timestamp.now("UTC").tz_localize(None)
+    if (birth.year > now.year) if year_only else birth > now:
+        return "birth date is in the future: check the birth_date/birth_year column"
+    if birth < pd.Timestamp("1900-01-01"):
+        return "birth date is before 1900 (implausible): check the birth_date/birth_year column"
+    return None
 
 
 def _hash_split(key: str, fractions: tuple[float, float, float]) -> str:
@@ -180,9 +215,9 @@ def _hash_split(key: str, fractions: tuple[float, float, float]) -> str:
     return tables.SPLITS[int(np.searchsorted(cum, u, side="right"))]
 
 
-def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool]) -> _SubjectResult:
+def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) -> _SubjectResult:
     """Read, check and encode one subject (runs in a worker process)."""
-    job, specs_json, strict = arg
+    job, specs_json, strict, time_format = arg
     specs: dict[str, Spec] = specs_from_json(specs_json)
     res = _SubjectResult(job.key, job.split, None, Counter(), Counter(), [], [])
 
@@ -201,9 +236,11 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool]) -> _SubjectRes
         if m not in MODALITIES:
             reject("events", row, f"unknown modality {m!r} (use one of {', '.join(MODALITIES)})")
         elif pd.isna(row["time"]):
-            reject("events", row, "time is missing or not an ISO date/datetime")
+            reject("events", row, tables.time_problem(row.get("raw_time"), time_format))
         elif row["time"] < job.birth:
-            reject("events", row, "event before birth")
+            days = (job.birth - row["time"]).total_seconds() / DAY_S
+            reject("events", row, f"event before birth [{days:.0f} days before the birth date of subjects row "
+                                  f"{job.row}: fix the event's time or the birth date]")
         elif ident in seen:
             reject("events", row, "duplicate event row (same time, modality and file/code)")
         elif m == "clinical":
@@ -246,18 +283,20 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool]) -> _SubjectRes
             continue
         name = member_name(i, m)
         members[name] = encode_array(arr, specs[m].storage_dtype)
-        inventory[name] = {"modality": m, "shape": list(arr.shape), "dtype": specs[m].storage_dtype}
+        inventory[name] = {"modality": m, "shape": list(arr.shape), "dtype": specs[m].storage_dtype,
+                           "crc32": checksum(members[name])}
         events[-1]["measurements"].append({"modality": m, "member": name})
     for ev in events:
         del ev["_t"]
     meta = {"schema_version": SCHEMA_VERSION, "key": job.key, "static": _nan_to_none(job.static),
-            "events": events, "inventory": inventory, "labels": _labels(job, first, reject)}
+            "events": events, "inventory": inventory, "labels": _labels(job, first, reject, time_format)}
+    meta["crc32"] = checksum(dumps(meta))  # the loader checks it against the rest of meta.json
     members["meta.json"] = dumps(meta)
     res.members = members
     return res
 
 
-def _labels(job: _SubjectJob, first: pd.Timestamp, reject: Any) -> dict[str, Any]:
+def _labels(job: _SubjectJob, first: pd.Timestamp, reject: Any, time_format: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for row in sorted(job.labels, key=lambda r: r["row"]):
         name = row["name"]
@@ -267,7 +306,7 @@ def _labels(job: _SubjectJob, first: pd.Timestamp, reject: Any) -> dict[str, Any
         elif pd.isna(row["value"]):
             reject("labels", row, f"label {name!r} value is missing or not a number")
         elif has_time and pd.isna(row["time"]):
-            reject("labels", row, f"label {name!r} time is not an ISO date/datetime")
+            reject("labels", row, f"label {name!r}: {tables.time_problem(row['raw_time'], time_format)}")
         elif name in out:
             reject("labels", row, f"duplicate label {name!r} for this subject")
         else:
@@ -281,7 +320,7 @@ def _missing(v: Any) -> bool:
 
 
 def _options(row: dict[str, Any]) -> dict[str, Any]:
-    skip = {"row", "time", "modality", "path", "code", "numeric_value"}
+    skip = {"row", "time", "raw_time", "modality", "path", "code", "numeric_value"}
     return {k: v for k, v in row.items() if k not in skip and not _missing(v)}
 
 

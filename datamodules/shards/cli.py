@@ -1,24 +1,47 @@
-"""``omnimodal-shard``: build validated, pseudonymised shards from a cohort's tables.
+"""``omnimodal-shard``: build validated, pseudonymised shards from a cohort's tables, or verify a shard folder.
 
     omnimodal-shard --subjects subjects.csv --events events.csv --labels labels.csv --out shards/
-    omnimodal-shard --config build.yaml --spec ecg.rate_hz=500 --strict
+    omnimodal-shard --config build.yaml --spec ecg.rate_hz=500 --time-format '%d/%m/%Y %H:%M' --strict
+    omnimodal-shard verify shards/
 
 The secret for keyed subject hashes comes from ``$OMNIMODAL_SHARD_SECRET`` or ``secret:`` in the config
-file, never from the command line (it would show in the process list and shell history).
+file, never from the command line (it would show in the process list and shell history). Exit codes: 0 done,
+1 ``verify`` found problems, 2 bad input (named on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from typing import Any
 
 import yaml
 
-from ..schema import DataError
+from ..schema import DataError, default_specs
 from .builder import BuildConfig, build_shards
+
+#: the type each BuildConfig field must have in a config file
+_TYPES: dict[str, tuple[type, ...]] = {
+    "subjects": (str,), "events": (str,), "out": (str,), "labels": (str, type(None)), "secret": (str, type(None)),
+    "specs": (dict,), "strict": (bool,), "workers": (int,), "max_samples_per_shard": (int,),
+    "max_shard_bytes": (int,), "split_fractions": (list, tuple), "time_format": (str, type(None)),
+}
+
+
+def parse_value(text: str) -> Any:
+    """A ``--spec`` value: JSON (``500``, ``1e3``, ``[32,32,32]``, ``"RAS"``), else YAML (``[I, II]``), else
+    the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def parse_spec_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -27,14 +50,38 @@ def parse_spec_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     for item in items:
         name, sep, value = item.partition("=")
         modality, dot, fld = name.partition(".")
-        if not sep or not dot:
+        if not sep or not dot or not modality or not fld:
             raise DataError(f"--spec {item!r} is not MODALITY.FIELD=VALUE", hint="e.g. --spec ecg.rate_hz=500")
-        out.setdefault(modality, {})[fld] = yaml.safe_load(value)
+        out.setdefault(modality, {})[fld] = parse_value(value)
     return out
 
 
+def check_config(values: dict[str, Any], where: str) -> None:
+    """Refuse unknown keys, values of the wrong type and spec overrides that do not fit their spec's fields
+    (:func:`datamodules.specs.replace_fields`), naming the key."""
+    known = {f.name for f in dataclasses.fields(BuildConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise DataError(f"unknown key(s) {unknown}", where=where, hint=f"known keys: {sorted(known)}")
+    for k, v in values.items():
+        types = _TYPES.get(k, (object,))
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise DataError(f"{k} = {v!r} is a {type(v).__name__}, expected "
+                            f"{' or '.join(t.__name__ for t in types)}", where=where)
+    specs = values.get("specs", {})
+    bad = [m for m, f in specs.items() if not isinstance(f, dict)]
+    if bad:
+        raise DataError(f"specs.{bad[0]} must map field names to values", where=where,
+                        hint="e.g. specs: {ecg: {rate_hz: 500}}")
+    try:
+        default_specs(**specs)  # type-checks each field (datamodules.specs.replace_fields)
+    except DataError as err:
+        raise DataError(f"{err.where}: {err.reason}" if err.where else err.reason, where=where, hint=err.hint) from None
+
+
 def config_from_args(argv: list[str] | None = None) -> BuildConfig:
-    p = argparse.ArgumentParser(prog="omnimodal-shard", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="omnimodal-shard", description=__doc__.split("\n\n")[0],
+                                epilog="omnimodal-shard verify DIR checks a shard folder (see verify --help)")
     p.add_argument("--config", help="YAML/JSON file with any BuildConfig field (subjects, events, specs, secret, ...)")
     p.add_argument("--subjects")
     p.add_argument("--events")
@@ -43,33 +90,58 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
     p.add_argument("--workers", type=int)
     p.add_argument("--max-samples-per-shard", type=int)
     p.add_argument("--strict", action="store_true", default=None, help="stop at the first bad row")
+    p.add_argument("--time-format", help="a strftime format times may have besides ISO 8601, e.g. "
+                                         "'%%d/%%m/%%Y %%H:%%M' (nothing else is guessed)")
     p.add_argument("--spec", action="append", default=[], metavar="MODALITY.FIELD=VALUE",
-                   help="override a canonical spec field, e.g. ecg.rate_hz=500 (repeatable)")
+                   help="override a canonical spec field, e.g. ecg.rate_hz=500 (repeatable; values as JSON)")
     a = p.parse_args(argv)
     values: dict[str, Any] = {}
     if a.config:
-        with open(a.config) as f:
-            values = yaml.safe_load(f) or {}
-        known = {f.name for f in dataclasses.fields(BuildConfig)}
-        if set(values) - known:
-            raise DataError(f"unknown key(s) {sorted(set(values) - known)}", where=a.config,
-                            hint=f"known keys: {sorted(known)}")
-    for k in ("subjects", "events", "labels", "out", "workers", "max_samples_per_shard", "strict"):
+        try:
+            with open(a.config) as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise DataError(f"cannot read the config ({exc})", where=a.config) from None
+        if not isinstance(values, dict):
+            raise DataError("the config must map BuildConfig fields to values", where=a.config)
+        check_config(values, a.config)
+    for k in ("subjects", "events", "labels", "out", "workers", "max_samples_per_shard", "strict", "time_format"):
         if getattr(a, k) is not None:
             values[k] = getattr(a, k)
     if a.spec:
         specs = values.setdefault("specs", {})
         for m, fields in parse_spec_overrides(a.spec).items():
             specs.setdefault(m, {}).update(fields)
+    check_config(values, "--spec" if a.spec else (a.config or "the command line"))
     missing = [k for k in ("subjects", "events", "out") if not values.get(k)]
     if missing:
         p.error(f"missing {', '.join('--' + k for k in missing)} (or give them in --config)")
     return BuildConfig(**values)
 
 
+def verify(argv: list[str]) -> int:
+    """``omnimodal-shard verify DIR``: every shard's bytes, sha256 and sample count, every member decoded and
+    validated; prints each problem (shard, key, member) and exits 1 if there is any."""
+    p = argparse.ArgumentParser(prog="omnimodal-shard verify", description=verify.__doc__.split(";")[0])
+    p.add_argument("dir", help="a shard folder written by omnimodal-shard")
+    a = p.parse_args(argv)
+    from ..loader import verify_folder  # noqa: PLC0415 - torch and the decoders only for this command
+
+    t0 = time.perf_counter()
+    passed, problems = verify_folder(a.dir)
+    for problem in problems:
+        print(f"omnimodal-shard verify: {problem}", file=sys.stderr)
+    verdict = f"{len(problems)} problem(s)" if problems else "OK"
+    print(f"{a.dir}: {verdict}; {passed} samples passed every check in {time.perf_counter() - t0:.1f}s")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        cfg = config_from_args(argv)
+        if argv[:1] == ["verify"]:
+            return verify(argv[1:])
+        cfg = config_from_args(argv[1:] if argv[:1] == ["build"] else argv)
         t0 = time.perf_counter()
         report = build_shards(cfg)
     except DataError as exc:

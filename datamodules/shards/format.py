@@ -13,8 +13,9 @@ import io
 import json
 import os
 import tarfile
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from ..schema import DataError
 SECRET_ENV = "OMNIMODAL_SHARD_SECRET"
 INDEX_NAME = "index.json"
 KEY_HEX_CHARS = 24  # 96 bits: collisions are negligible for any cohort
+REBUILD = ("rebuild the shards with omnimodal-shard (or restore this shard from the build); "
+           "`omnimodal-shard verify DIR` lists every problem")
 
 
 def resolve_secret(secret: str | None = None) -> bytes:
@@ -53,8 +56,25 @@ def encode_array(array: np.ndarray, storage_dtype: str) -> bytes:
     return buf.getvalue()
 
 
-def decode_array(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+def decode_array(data: bytes, where: str = "") -> np.ndarray:
+    """A ``.npy`` member's array, never unpickled: a :class:`DataError` naming ``where`` if it is not one."""
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy raises several types for bad bytes
+        if "allow_pickle" in str(exc):  # numpy's advice to unpickle it: never followed for data from disk
+            what = "it holds Python objects (pickled)" if data.startswith(b"\x93NUMPY") else "not .npy data"
+            raise DataError(f"not a numeric array ({what})", where=where, hint=REBUILD) from None
+        raise DataError(f"cannot decode member: not a valid .npy array ({type(exc).__name__}: {exc})",
+                        where=where, hint=REBUILD) from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise DataError(f"not a numeric array (dtype {getattr(arr, 'dtype', type(arr).__name__)})", where=where,
+                        hint=REBUILD)
+    return arr
+
+
+def checksum(data: bytes) -> str:
+    """CRC-32 of a member's bytes as 8 hex digits: what ``meta.json`` records for each member (and itself)."""
+    return f"{zlib.crc32(data):08x}"
 
 
 class TarShardWriter:
@@ -130,16 +150,133 @@ def load_index(root: str | os.PathLike) -> dict[str, Any]:
                         hint="rebuild the shards with `omnimodal-shard`") from exc
 
 
+def index_problems(index: dict[str, Any], split: str) -> list[str]:
+    """What is wrong with one split's entries in ``index.json`` (fields, types, the sample total)."""
+    info = index.get("splits", {}).get(split)
+    if not isinstance(info, dict) or not isinstance(info.get("shards"), list) or not _count(info.get("samples")):
+        return [f"split {split!r}: needs 'samples' (a count) and 'shards' (a list)"]
+    problems, names = [], set()
+    for i, e in enumerate(info["shards"]):
+        name = e.get("name") if isinstance(e, dict) else None
+        what = f"split {split!r}, shard entry {i + 1} ({name or 'no name'})"
+        if not isinstance(name, str) or not name.endswith(".tar") or "/" in name or name in names:
+            problems.append(f"{what}: 'name' must be a distinct FILE.tar in the folder")
+        names.add(name)
+        fields = e if isinstance(e, dict) else {}
+        bad = [k for k, ok in (("samples", _count), ("bytes", _count), ("sha256", _sha256)) if not ok(fields.get(k))]
+        if bad:
+            problems.append(f"{what}: missing or invalid {', '.join(repr(k) for k in bad)}")
+    if not problems and sum(e["samples"] for e in info["shards"]) != info["samples"]:
+        problems.append(f"split {split!r} lists {info['samples']} samples but its shards hold "
+                        f"{sum(e['samples'] for e in info['shards'])}")
+    return problems
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def unlisted_shards(root: str | os.PathLike, index: dict[str, Any]) -> list[str]:
+    """``.tar`` files in the folder that no split of ``index.json`` lists (their samples would go unread)."""
+    listed = {e.get("name") for info in index.get("splits", {}).values() if isinstance(info, dict)
+              for e in info.get("shards", []) if isinstance(e, dict)}
+    return sorted(p.name for p in Path(root).glob("*.tar") if p.name not in listed)
+
+
+def shard_file_problem(path: Path, entry: dict[str, Any], sha256: bool = False) -> str | None:
+    """Does the shard file match its ``index.json`` entry? Its size (and with ``sha256`` its checksum)."""
+    if not path.is_file():
+        return "shard listed in index.json is missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"shard is {size} bytes, index.json lists {entry['bytes']}: it is truncated or was changed"
+    if sha256 and sha256_file(path) != entry["sha256"]:
+        return "shard's sha256 differs from index.json: its bytes were changed"
+    return None
+
+
 def verify_shards(root: str | os.PathLike, index: dict[str, Any] | None = None) -> list[str]:
-    """Check every shard's size and sha256 against the index; return the problems found."""
+    """Check ``index.json``'s entries and every shard's size and sha256 against them; return the problems
+    found, each naming the shard (members and sample counts: :func:`datamodules.loader.verify_folder`)."""
     root = Path(root)
     index = index or load_index(root)
-    problems = []
-    for split, info in index["splits"].items():
-        for shard in info["shards"]:
-            p = root / shard["name"]
-            if not p.is_file():
-                problems.append(f"{p}: missing")
-            elif p.stat().st_size != shard["bytes"] or sha256_file(p) != shard["sha256"]:
-                problems.append(f"{p}: size or checksum differs from {INDEX_NAME}")
+    problems = [f"{root / INDEX_NAME}: {p}" for s in index.get("splits", {}) for p in index_problems(index, s)]
+    problems += [f"{root / name}: not listed in {INDEX_NAME} (its samples would never be read)"
+                 for name in unlisted_shards(root, index)]
+    if problems:
+        return problems
+    for info in index["splits"].values():
+        for entry in info["shards"]:
+            problem = shard_file_problem(root / entry["name"], entry, sha256=True)
+            if problem:
+                problems.append(f"{root / entry['name']}: {problem}")
     return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a shard: tarfile ends an archive silently at a corrupt header, so the reader checks that
+# nothing but the end-of-archive zeros follows the last member.
+
+
+def tar_samples(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The samples of one shard in file order, ``{"__key__": KEY, "__url__": path, SUFFIX: bytes, ...}``.
+
+    A :class:`DataError` naming the shard (and member) for unreadable tar data, a member that is not a
+    ``KEY.SUFFIX`` file, a key seen twice, or anything but zeros after the last member; the sample cut
+    short by such damage is not yielded."""
+    name = Path(path).name
+    with open(path, "rb") as f:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r:")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"unreadable tar data ({exc})", where=name, hint=REBUILD) from None
+        sample: dict[str, Any] | None = None
+        seen: set[str] = set()
+        while (info := _next_member(tar, name)) is not None:
+            key, dot, suffix = info.name.partition(".")
+            if not info.isreg() or not key or not dot or "/" in info.name:
+                raise DataError(f"member {info.name!r} is not a KEY.SUFFIX file", where=name, hint=REBUILD)
+            data = _read_member(tar, info, name)
+            if sample is not None and key != sample["__key__"]:
+                yield sample
+                sample = None
+            if sample is None:
+                if key in seen:
+                    raise DataError(f"key {key} appears twice", where=name, hint=REBUILD)
+                seen.add(key)
+                sample = {"__key__": key, "__url__": str(path)}
+            elif suffix in sample:
+                raise DataError(f"member {info.name!r} appears twice", where=name, hint=REBUILD)
+            sample[suffix] = data
+        f.seek(tar.offset)
+        rest = f.read()
+        if len(rest) < 2 * tarfile.BLOCKSIZE or rest.count(0) != len(rest):
+            what = ("ends without the end-of-archive marker (truncated)" if not rest.strip(b"\0") else
+                    f"has unreadable data at byte {tar.offset} (a corrupt tar header)")
+            after = f" after key {sample['__key__']}" if sample else ""
+            raise DataError(f"{what}{after}", where=name, hint=REBUILD)
+        if sample is not None:
+            yield sample
+
+
+def _next_member(tar: tarfile.TarFile, name: str) -> tarfile.TarInfo | None:
+    try:
+        info = tar.next()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"unreadable tar data at byte {tar.offset} ({exc})", where=name, hint=REBUILD) from None
+    tar.members = []  # a shard is read once, in order: keep no member list
+    return info
+
+
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> bytes:
+    try:
+        data = tar.extractfile(info).read()  # type: ignore[union-attr] - a regular file
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"member {info.name!r} cannot be read ({exc})", where=name, hint=REBUILD) from None
+    if len(data) != info.size:
+        raise DataError(f"member {info.name!r} is cut short", where=name, hint=REBUILD)
+    return data

@@ -10,7 +10,8 @@ from pathlib import Path
 
 @dataclass
 class Rejection:
-    """One table row left out of the shards: ``row`` is the table's 1-based data row."""
+    """One table row left out of the shards: ``row`` is the table's 1-based data row (the header not
+    counted: row 1 is line 2 of a CSV); ``reason`` is its kind, then details in brackets."""
 
     table: str
     row: int
@@ -51,13 +52,18 @@ class BuildReport:
         }
 
     def summary(self) -> str:
+        kinds = Counter(r.reason.split(" [")[0] for r in self.rejected)
+        first: dict[str, Rejection] = {}
+        for r in self.rejected:
+            first.setdefault(r.reason.split(" [")[0], r)
         lines = [
             f"subjects in table: {self.subjects_in_table}; samples written: {self.samples} "
             + " ".join(f"{k}={v}" for k, v in sorted(self.splits.items())),
             "measurements: " + ", ".join(f"{m}={n}" for m, n in sorted(self.modalities.items())),
             f"excluded for withdrawn consent: {len(self.withdrawn)}; without a valid event: {len(self.no_events)}",
-            f"rejected rows: {len(self.rejected)}"
-            + "".join(f"\n  {k}: {n}" for k, n in Counter(r.reason.split(' [')[0] for r in self.rejected).most_common()),
+            f"rejected rows: {len(self.rejected)}" + "".join(
+                f"\n  {kind}: {n} (first: {first[kind].table} row {first[kind].row})"
+                for kind, n in kinds.most_common()),
         ]
         return "\n".join(lines)
 
@@ -67,7 +73,8 @@ class BuildReport:
         if self.withdrawn:
             md += ["## Excluded: withdrawn consent", "", *[f"- `{k}`" for k in sorted(self.withdrawn)], ""]
         if self.rejected:
-            md += ["## Rejected rows", "", "| table | row | subject key | modality | reason |", "|---|---|---|---|---|"]
+            md += ["## Rejected rows", "", "Rows are data rows, the header not counted (row 1 is line 2 of a CSV).", "",
+                   "| table | row | subject key | modality | reason |", "|---|---|---|---|---|"]
             md += [f"| {r.table} | {r.row} | `{r.key or '-'}` | {r.modality or '-'} | {r.reason} |" for r in self.rejected]
             md.append("")
         if self.notes:

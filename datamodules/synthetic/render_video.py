@@ -7,6 +7,7 @@ the bitexact flags, so the same frames give the same bytes.
 from __future__ import annotations
 
 import colorsys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -19,18 +20,28 @@ FACE_SIZE, FACE_FPS, FACE_SECONDS = (96, 96), 30, 2.0
 VIDEO_CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
+#: x264 pinned to one thread and no lookahead or slice threads, whatever the FFmpeg/PyAV defaults (PyAV asks
+#: for slice threads and FFmpeg for as many threads as cores unless told otherwise)
+X264_PARAMS = "threads=1:lookahead-threads=1:sliced-threads=0:sync-lookahead=0"
+
+
 def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """Encode ``frames [T, H, W, 3]`` uint8 RGB as H.264 (or MPEG-4 part 2) yuv420p MP4."""
+    """Encode ``frames [T, H, W, 3]`` uint8 RGB as H.264 (or MPEG-4 part 2) yuv420p MP4: one thread, bitexact,
+    every setting that could follow the machine or library defaults given explicitly, and frame times set
+    (``pts = index``) rather than left to the wrapper, so the same frames give the same bytes."""
     with av.open(str(path), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(VIDEO_CODEC, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.flags |= av.codec.context.Flags.bitexact
-        stream.codec_context.thread_count = 1
+        ctx = stream.codec_context
+        ctx.flags |= av.codec.context.Flags.bitexact
+        ctx.thread_count, ctx.thread_type = 1, "NONE"
         if VIDEO_CODEC == "libx264":
-            stream.codec_context.options = {"preset": "veryfast", "crf": "26"}
-        for planes in rgb_to_yuv420p(frames):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(planes, format="yuv420p")))
+            ctx.options = {"preset": "veryfast", "crf": "26", "x264-params": X264_PARAMS}
+        for i, planes in enumerate(rgb_to_yuv420p(frames)):
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
 
 
