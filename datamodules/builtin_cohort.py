@@ -30,8 +30,13 @@ def cohort_fingerprint() -> str:
     return hashlib.sha256(dumps(key)).hexdigest()[:10]
 
 
-def demo_shards(n_subjects: int = 128, seed: int = 0, workers: int = 2, root: str | os.PathLike | None = None,
-                max_samples_per_shard: int = 16) -> Path:
+def demo_shards(
+    n_subjects: int = 128,
+    seed: int = 0,
+    workers: int = 2,
+    root: str | os.PathLike | None = None,
+    max_samples_per_shard: int = 16,
+) -> Path:
     """Shard folder of the synthetic cohort ``(n_subjects, seed)``; built once, then reused."""
     from .synthetic import synthesize_cohort  # noqa: PLC0415 - only needed on first use
 
@@ -45,9 +50,17 @@ def demo_shards(n_subjects: int = 128, seed: int = 0, workers: int = 2, root: st
         synthesize_cohort(cohort, n_subjects=n_subjects, seed=seed, workers=workers)
     tmp = base / "shards.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    build_shards(BuildConfig(subjects=str(cohort / "subjects.csv"), events=str(cohort / "events.csv"),
-                             labels=str(cohort / "labels.csv"), out=str(tmp), secret=DEMO_SECRET,
-                             workers=workers, max_samples_per_shard=max_samples_per_shard))
+    build_shards(
+        BuildConfig(
+            subjects=str(cohort / "subjects.csv"),
+            events=str(cohort / "events.csv"),
+            labels=str(cohort / "labels.csv"),
+            out=str(tmp),
+            secret=DEMO_SECRET,
+            workers=workers,
+            max_samples_per_shard=max_samples_per_shard,
+        )
+    )
     shutil.rmtree(shards, ignore_errors=True)
     tmp.rename(shards)  # complete folders only: an interrupted build is redone, never half-used
     return shards

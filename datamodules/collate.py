@@ -6,7 +6,7 @@ audio and video are zero-padded to the spec's maximum with a length mask.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -48,8 +48,12 @@ class Collator:
             if modality == "clinical":
                 value = torch.tensor([m.value for m in d["items"]], dtype=torch.float32)
                 modalities[modality] = ModalityBatch(
-                    modality, torch.tensor([self.code_ids.get(m.code, 0) for m in d["items"]], dtype=torch.long),
-                    mask=~torch.isnan(value), value=torch.nan_to_num(value), **common)
+                    modality,
+                    torch.tensor([self.code_ids.get(m.code, 0) for m in d["items"]], dtype=torch.long),
+                    mask=~torch.isnan(value),
+                    value=torch.nan_to_num(value),
+                    **common,
+                )
             else:
                 data, mask = stack_instances([m.data for m in d["items"]], self.specs[modality])
                 modalities[modality] = ModalityBatch(modality, data, mask=mask, **common)
@@ -90,6 +94,10 @@ def _table(rows: Sequence[dict[str, float]]) -> dict[str, torch.Tensor]:
 def _labels(timelines: Sequence[Timeline]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     names = sorted({k for tl in timelines for k in tl.labels})
     nan = float("nan")
-    return {n: (torch.tensor([tl.labels[n].value if n in tl.labels else nan for tl in timelines]),
-                torch.tensor([tl.labels[n].time_days if n in tl.labels else nan for tl in timelines]))
-            for n in names}
+    return {
+        n: (
+            torch.tensor([tl.labels[n].value if n in tl.labels else nan for tl in timelines]),
+            torch.tensor([tl.labels[n].time_days if n in tl.labels else nan for tl in timelines]),
+        )
+        for n in names
+    }

@@ -79,10 +79,12 @@ class ShardLoader(StatefulDataLoader):
             rank, world = rank_and_world()
             ranks = state_dict["omnimodal_ranks"]
             if len(ranks) != world:
-                raise DataError(f"the checkpoint holds the train loader's position for {len(ranks)} processes, "
-                                f"this run has {world}", where="checkpoint loops.fit_loop",
-                                hint=f"resume with {len(ranks)} processes (devices x nodes), or start a new run "
-                                     "from its weights")
+                raise DataError(
+                    f"the checkpoint holds the train loader's position for {len(ranks)} processes, "
+                    f"this run has {world}",
+                    where="checkpoint loops.fit_loop",
+                    hint=f"resume with {len(ranks)} processes (devices x nodes), or start a new run from its weights",
+                )
             state_dict = ranks[rank]
         state = dict(state_dict)
         epoch = int(state.pop("omnimodal_epoch", 0))
@@ -103,11 +105,22 @@ class OmniDataModule(L.LightningDataModule):
     pretraining losses count them like any sample.
     """
 
-    def __init__(self, root: str | os.PathLike, batch_size: int = 8, num_workers: int = 0, *,
-                 shuffle_buffer: int = 64, seed: int = 0, max_events: int | None = None,
-                 max_tokens: int | None = None, tokens_per_instance: dict[str, int] | None = None,
-                 on_error: str = "raise", pin_memory: bool = False, modalities: list[str] | None = None,
-                 verify: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        *,
+        shuffle_buffer: int = 64,
+        seed: int = 0,
+        max_events: int | None = None,
+        max_tokens: int | None = None,
+        tokens_per_instance: dict[str, int] | None = None,
+        on_error: str = "raise",
+        pin_memory: bool = False,
+        modalities: list[str] | None = None,
+        verify: bool = False,
+    ) -> None:
         super().__init__()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.on_error, self.pin_memory = shuffle_buffer, seed, on_error, pin_memory
@@ -116,9 +129,18 @@ class OmniDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> ShardDataset:
         train = split == "train"
-        return ShardDataset(self.root, split, shuffle=train, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
-                            crop=CropConfig(**self.crop, random=train), on_error=self.on_error,
-                            modalities=self.modalities, even=True, verify=self.verify)
+        return ShardDataset(
+            self.root,
+            split,
+            shuffle=train,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            crop=CropConfig(**self.crop, random=train),
+            on_error=self.on_error,
+            modalities=self.modalities,
+            even=True,
+            verify=self.verify,
+        )
 
     def loader(self, split: str) -> ShardLoader:
         ds = self.dataset(split)
@@ -126,8 +148,14 @@ class OmniDataModule(L.LightningDataModule):
         nslots = world * max(self.num_workers, 1)
         repeats = ds.padding_per_epoch(nslots)
         if rank == 0 and repeats:
-            log.info("%s: %d samples over %d ranks x workers: %d repeated per epoch so that every rank gets "
-                     "the same number of batches (flagged in OmniBatch.padding)", split, ds.num_samples, nslots, repeats)
+            log.info(
+                "%s: %d samples over %d ranks x workers: %d repeated per epoch so that every rank gets "
+                "the same number of batches (flagged in OmniBatch.padding)",
+                split,
+                ds.num_samples,
+                nslots,
+                repeats,
+            )
         return ShardLoader(ds, self.batch_size, self.num_workers, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> ShardLoader:

@@ -17,7 +17,8 @@ Trust nothing from disk: each shard's size (and with ``verify`` its sha256) is c
 before any of its samples is used, its sample count and tar structure as it streams
 (:func:`datamodules.shards.format.tar_samples`), each member against the checksum ``meta.json`` lists, its
 dtype as stored, then its shape and values; a promised sample that does not come is an error naming shard
-and key, or with ``on_error='skip'`` one more in ``skipped``. A :class:`DataError` in a DataLoader worker reaches the main process as one line
+and key, or with ``on_error='skip'`` one more in ``skipped``. A :class:`DataError` in a DataLoader worker
+reaches the main process as one line
 (:class:`WorkerDataError`). ``omnimodal-shard verify DIR`` runs every check on every shard
 (:func:`verify_folder`).
 
@@ -33,15 +34,17 @@ import logging
 import os
 import random
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .samples import decode_timeline
 from .schema import (
     MODALITIES,
     SCHEMA_VERSION,
@@ -52,7 +55,6 @@ from .schema import (
     check_modality,
     specs_from_json,
 )
-from .samples import decode_timeline
 from .shards.format import (
     INDEX_NAME,
     REBUILD,
@@ -111,24 +113,42 @@ class ShardDataset(IterableDataset):
     ``padded`` counts the repeats this process yielded (per worker process when there are workers).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", *, shuffle: bool = True,
-                 shuffle_buffer: int = 64, seed: int = 0, crop: CropConfig | None = None,
-                 on_error: str = "raise", validate: bool = True, modalities: Sequence[str] | None = None,
-                 even: bool = False, verify: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        *,
+        shuffle: bool = True,
+        shuffle_buffer: int = 64,
+        seed: int = 0,
+        crop: CropConfig | None = None,
+        on_error: str = "raise",
+        validate: bool = True,
+        modalities: Sequence[str] | None = None,
+        even: bool = False,
+        verify: bool = False,
+    ) -> None:
         if on_error not in ("raise", "skip"):
             raise DataError(f"on_error={on_error!r}", hint="use 'raise' or 'skip'")
         self.root = Path(root)
         self.index = load_index(self.root)
         if self.index.get("schema_version") != SCHEMA_VERSION:
-            raise DataError(f"shards have schema version {self.index.get('schema_version')}, this code reads "
-                            f"{SCHEMA_VERSION}", where=str(self.root), hint="rebuild them with omnimodal-shard")
+            raise DataError(
+                f"shards have schema version {self.index.get('schema_version')}, this code reads {SCHEMA_VERSION}",
+                where=str(self.root),
+                hint="rebuild them with omnimodal-shard",
+            )
         if split not in self.index["splits"]:
-            raise DataError(f"no split {split!r}", where=str(self.root),
-                            hint=f"splits here: {sorted(self.index['splits'])}")
+            raise DataError(
+                f"no split {split!r}", where=str(self.root), hint=f"splits here: {sorted(self.index['splits'])}"
+            )
         self.split = split
         for problem in index_problems(self.index, split):
-            raise DataError(problem, where=str(self.root / INDEX_NAME),
-                            hint="the index is inconsistent: rebuild the shards with omnimodal-shard")
+            raise DataError(
+                problem,
+                where=str(self.root / INDEX_NAME),
+                hint="the index is inconsistent: rebuild the shards with omnimodal-shard",
+            )
         self.specs: dict[str, Spec] = specs_from_json(self.index["specs"])
         info = self.index["splits"][split]
         self.entries = {str(self.root / s["name"]): s for s in info["shards"]}
@@ -147,8 +167,14 @@ class ShardDataset(IterableDataset):
         self.errors: list[str] = []
         unlisted = [n for n in unlisted_shards(self.root, self.index) if n.startswith(f"{split}-")]
         if unlisted:
-            self._fail(DataError(f"shard(s) {unlisted} of split {split!r} are not listed in {INDEX_NAME}", where=str(
-                self.root), hint="their samples would never be read: rebuild the shards with omnimodal-shard"), 0)
+            self._fail(
+                DataError(
+                    f"shard(s) {unlisted} of split {split!r} are not listed in {INDEX_NAME}",
+                    where=str(self.root),
+                    hint="their samples would never be read: rebuild the shards with omnimodal-shard",
+                ),
+                0,
+            )
 
     def __len__(self) -> int:
         return self.num_samples
@@ -209,14 +235,19 @@ class ShardDataset(IterableDataset):
         start, stop = self.slot_range(slot, nslots)
         samples = self._read(shards, start, stop)
         if self.shuffle:
-            samples = wds.filters._shuffle(samples, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
-                                           rng=random.Random(_seed(self.seed, epoch, slot)))
+            samples = wds.filters._shuffle(
+                samples,
+                bufsize=self.shuffle_buffer,
+                initial=self.shuffle_buffer,
+                rng=random.Random(_seed(self.seed, epoch, slot)),
+            )
         if self.even and self.num_samples:
             samples = itertools.chain(samples, self._repeats(shards, start))
         return samples
 
-    def _read(self, shards: list[tuple[str, int]], start: int, stop: int,
-              padding: bool = False) -> Iterator[dict[str, Any]]:
+    def _read(
+        self, shards: list[tuple[str, int]], start: int, stop: int, padding: bool = False
+    ) -> Iterator[dict[str, Any]]:
         """Raw samples at positions ``[start, stop)`` of ``shards``' order, opening only the shards that
         hold them (one at a time, so a short or corrupt shard never shifts another's positions)."""
         offset = 0
@@ -240,8 +271,12 @@ class ShardDataset(IterableDataset):
             count = 0
             for count, sample in enumerate(tar_samples(url), 1):
                 if count > n:
-                    raise DataError(f"holds more samples than the {n} {INDEX_NAME} lists (key {sample['__key__']} "
-                                    f"is sample {count})", where=name, hint=REBUILD)
+                    raise DataError(
+                        f"holds more samples than the {n} {INDEX_NAME} lists (key {sample['__key__']} "
+                        f"is sample {count})",
+                        where=name,
+                        hint=REBUILD,
+                    )
                 last = sample["__key__"]
                 if count > lo:
                     got += 1
@@ -250,8 +285,12 @@ class ShardDataset(IterableDataset):
                     return
             if count < hi:
                 after = f" (the last is key {last})" if last else ""
-                raise DataError(f"holds {count} samples{after}, {INDEX_NAME} lists {n}: {hi - max(count, lo)} "
-                                f"promised sample(s) are missing", where=name, hint=REBUILD)
+                raise DataError(
+                    f"holds {count} samples{after}, {INDEX_NAME} lists {n}: {hi - max(count, lo)} "
+                    f"promised sample(s) are missing",
+                    where=name,
+                    hint=REBUILD,
+                )
         except DataError as err:
             self._fail(err, hi - lo - got, padding)
 
@@ -270,16 +309,20 @@ class ShardDataset(IterableDataset):
         """Padding: the samples again from position ``start`` on, wrapping round, for ever."""
         while True:
             read = 0
-            for read, sample in enumerate(self._read(shards, start, self.num_samples, padding=True), 1):
+            for sample in self._read(shards, start, self.num_samples, padding=True):
+                read += 1
                 yield {**sample, "__padding__": True}
             if not read and not start:  # every shard unreadable (on_error='skip'): nothing to repeat
                 raise self.no_timelines()
             start = 0
 
     def no_timelines(self) -> DataError:
-        return DataError(f"no sample of split {self.split!r} gives a timeline: all are unreadable or skipped, or "
-                         f"none has events of modalities {list(self.modalities or MODALITIES)}", where=str(self.root),
-                         hint="check the shards (on_error='raise' names the first bad one) and the modalities")
+        return DataError(
+            f"no sample of split {self.split!r} gives a timeline: all are unreadable or skipped, or "
+            f"none has events of modalities {list(self.modalities or MODALITIES)}",
+            where=str(self.root),
+            hint="check the shards (on_error='raise' names the first bad one) and the modalities",
+        )
 
     def decode(self, sample: dict[str, Any], epoch: int) -> Timeline | None:
         """Raw tar sample -> cropped Timeline; None if skipped (``on_error='skip'``)."""
@@ -374,8 +417,11 @@ def verify_folder(root: str | os.PathLike) -> tuple[int, list[str]]:
     index = load_index(root)
     splits = list(index.get("splits", {})) if isinstance(index.get("splits"), dict) else []
     problems = [] if splits else [f"{root / INDEX_NAME}: lists no split"]
-    problems += [f"{root}: shard {n} is not listed in {INDEX_NAME}" for n in unlisted_shards(root, index)
-                 if not any(n.startswith(f"{s}-") for s in splits)]
+    problems += [
+        f"{root}: shard {n} is not listed in {INDEX_NAME}"
+        for n in unlisted_shards(root, index)
+        if not any(n.startswith(f"{s}-") for s in splits)
+    ]
     seen: dict[str, str] = {}
     passed = 0
     for split in splits:
@@ -415,7 +461,7 @@ def crop_timeline(tl: Timeline, crop: CropConfig, rng: np.random.Generator) -> T
         return tl
     starts = [s for s in range(n) if ends[s] - s == max(ends[t] - t for t in range(n))] if crop.random else None
     s = int(rng.choice(starts)) if crop.random else next(s for s in range(n) if ends[s] >= n)
-    events = tl.events[s:ends[s]]
+    events = tl.events[s : ends[s]]
     if len(events) == 1 and cost[s] > max_tok:  # a single event larger than the budget: keep its first instances
         kept, tok = [], 0
         for m in events[0].measurements:

@@ -5,7 +5,8 @@ sample is unpickled."""
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -13,8 +14,13 @@ from .schema import MODALITIES, DataError, Event, Label, Measurement, Spec, Time
 from .shards.format import REBUILD, checksum, decode_array
 
 
-def decode_timeline(sample: dict[str, Any], specs: dict[str, Spec], where: str = "",
-                    validate: bool = True, modalities: Sequence[str] | None = None) -> Timeline:
+def decode_timeline(
+    sample: dict[str, Any],
+    specs: dict[str, Spec],
+    where: str = "",
+    validate: bool = True,
+    modalities: Sequence[str] | None = None,
+) -> Timeline:
     """Raw shard sample (``{"meta.json": bytes, "e0000.ecg.npy": bytes, ...}``) -> Timeline.
 
     ``meta.json`` must match its checksum and the sample's key and list every member; each member must
@@ -26,8 +32,9 @@ def decode_timeline(sample: dict[str, Any], specs: dict[str, Spec], where: str =
     except DataError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise DataError(f"meta.json is malformed ({type(exc).__name__}: {exc})", where=f"{where}, member meta.json",
-                        hint=REBUILD) from None
+        raise DataError(
+            f"meta.json is malformed ({type(exc).__name__}: {exc})", where=f"{where}, member meta.json", hint=REBUILD
+        ) from None
 
 
 def _meta(sample: dict[str, Any], where: str) -> dict[str, Any]:
@@ -44,8 +51,9 @@ def _meta(sample: dict[str, Any], where: str) -> dict[str, Any]:
     if crc is not None and checksum(dumps(meta)) != crc:
         raise DataError("does not match its checksum: its bytes were changed", where=at, hint=REBUILD)
     if meta.get("key") != sample.get("__key__"):
-        raise DataError(f"names key {meta.get('key')!r}, its tar members key {sample.get('__key__')!r}", where=at,
-                        hint=REBUILD)
+        raise DataError(
+            f"names key {meta.get('key')!r}, its tar members key {sample.get('__key__')!r}", where=at, hint=REBUILD
+        )
     if isinstance(meta.get("inventory"), dict):
         extra = sorted(set(sample) - {"__key__", "__url__", "__padding__", "meta.json"} - set(meta["inventory"]))
         if extra:
@@ -53,8 +61,14 @@ def _meta(sample: dict[str, Any], where: str) -> dict[str, Any]:
     return meta
 
 
-def _timeline(meta: dict[str, Any], sample: dict[str, Any], specs: dict[str, Spec], where: str, validate: bool,
-              modalities: Sequence[str] | None) -> Timeline:
+def _timeline(
+    meta: dict[str, Any],
+    sample: dict[str, Any],
+    specs: dict[str, Spec],
+    where: str,
+    validate: bool,
+    modalities: Sequence[str] | None,
+) -> Timeline:
     inventory = meta.get("inventory") or {}
     events = []
     for ev in meta["events"]:
@@ -62,39 +76,64 @@ def _timeline(meta: dict[str, Any], sample: dict[str, Any], specs: dict[str, Spe
         for m in ev["measurements"]:
             modality = m["modality"]
             if modality not in MODALITIES or (modality != "clinical" and modality not in specs):
-                raise DataError(f"unknown modality {modality!r}", where=f"{where}, member meta.json",
-                                hint="the shards were written by a newer omnimodal; upgrade")
+                raise DataError(
+                    f"unknown modality {modality!r}",
+                    where=f"{where}, member meta.json",
+                    hint="the shards were written by a newer omnimodal; upgrade",
+                )
             if modalities is not None and modality not in modalities:
                 continue
             if modality == "clinical":
-                ms.append(Measurement("clinical", code=str(m["code"]),
-                                      value=float("nan") if m["value"] is None else float(m["value"])))
+                ms.append(
+                    Measurement(
+                        "clinical", code=str(m["code"]), value=float("nan") if m["value"] is None else float(m["value"])
+                    )
+                )
                 continue
             name = m["member"]
-            ms.append(Measurement(modality, _member(sample, name, modality, specs[modality], inventory.get(name) or {},
-                                                    f"{where}, member {name}", validate)))
+            ms.append(
+                Measurement(
+                    modality,
+                    _member(
+                        sample,
+                        name,
+                        modality,
+                        specs[modality],
+                        inventory.get(name) or {},
+                        f"{where}, member {name}",
+                        validate,
+                    ),
+                )
+            )
         if ms:
             events.append(Event(float(ev["time_days"]), float(ev["age_days"]), ms))
     static = {k: float("nan") if v is None else float(v) for k, v in meta.get("static", {}).items()}
-    labels = {k: Label(float(v["value"]), float("nan") if v["time_days"] is None else float(v["time_days"]))
-              for k, v in meta.get("labels", {}).items()}
+    labels = {
+        k: Label(float(v["value"]), float("nan") if v["time_days"] is None else float(v["time_days"]))
+        for k, v in meta.get("labels", {}).items()
+    }
     return Timeline(str(meta["key"]), static, events, labels)
 
 
-def _member(sample: dict[str, Any], name: str, modality: str, spec: Spec, inventory: dict[str, Any], where: str,
-            validate: bool) -> np.ndarray:
+def _member(
+    sample: dict[str, Any], name: str, modality: str, spec: Spec, inventory: dict[str, Any], where: str, validate: bool
+) -> np.ndarray:
     """One member's canonical array: its bytes match the checksum ``meta.json`` lists, it is a plain ``.npy``
     (never unpickled) stored as the spec's ``storage_dtype``, checked (shape, finiteness) only after that,
     when the cast to ``spec.dtype`` is exact (float16 -> float32, or none)."""
     if name not in sample:
         raise DataError("member listed in meta.json is missing from the shard", where=where, hint=REBUILD)
     if "crc32" in inventory and checksum(sample[name]) != inventory["crc32"]:
-        raise DataError("member does not match its checksum in meta.json: its bytes were changed", where=where,
-                        hint=REBUILD)
+        raise DataError(
+            "member does not match its checksum in meta.json: its bytes were changed", where=where, hint=REBUILD
+        )
     arr = decode_array(sample[name], where)
     if arr.dtype != np.dtype(spec.storage_dtype):
-        raise DataError(f"{modality} member is stored as {arr.dtype}, its spec stores {spec.storage_dtype}",
-                        where=where, hint=REBUILD)
+        raise DataError(
+            f"{modality} member is stored as {arr.dtype}, its spec stores {spec.storage_dtype}",
+            where=where,
+            hint=REBUILD,
+        )
     arr = arr.astype(spec.dtype, copy=False)
     if validate:
         validate_canonical(modality, spec, arr, where=where)

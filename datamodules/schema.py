@@ -34,16 +34,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .modalities import check_modality, default_specs, names  # noqa: F401 - the data contract in one import
 from .specs import (  # noqa: F401 - specs, errors, checks
-    SPEC_KINDS, STANDARD_12_LEADS, AudioSpec, ClinicalSpec, DataError, DataWarning, OmicsSpec, Spec, VideoSpec,
-    VolumeSpec, WaveformSpec, WearableSpec, replace_fields, specs_from_json, specs_to_json, validate_canonical,
+    SPEC_KINDS,
+    STANDARD_12_LEADS,
+    AudioSpec,
+    ClinicalSpec,
+    DataError,
+    DataWarning,
+    OmicsSpec,
+    Spec,
+    VideoSpec,
+    VolumeSpec,
+    WaveformSpec,
+    WearableSpec,
+    replace_fields,
+    specs_from_json,
+    specs_to_json,
+    validate_canonical,
 )
 
 SCHEMA_VERSION = 1
@@ -158,9 +173,14 @@ class ModalityBatch:
         return int(self.subject.shape[0])
 
     def to(self, device: torch.device | str) -> ModalityBatch:
-        return dataclasses.replace(self, **{
-            f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), torch.Tensor)})
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
 
 
 @dataclass

@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
 STANDARD_12_LEADS: tuple[str, ...] = (
-    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+    "I",
+    "II",
+    "III",
+    "aVR",
+    "aVL",
+    "aVF",
+    "V1",
+    "V2",
+    "V3",
+    "V4",
+    "V5",
+    "V6",
 )
 
 
@@ -173,9 +185,7 @@ class OmicsSpec(Spec):
 
     kind: ClassVar[str] = "vector"
     nan_is_missing: ClassVar[bool] = True
-    features: tuple[str, ...] = tuple(f"rs{1000 + i}" for i in range(32)) + tuple(
-        f"GENE{i:03d}" for i in range(32)
-    )
+    features: tuple[str, ...] = tuple(f"rs{1000 + i}" for i in range(32)) + tuple(f"GENE{i:03d}" for i in range(32))
 
     def shape(self) -> tuple[int, ...]:
         return (len(self.features),)
@@ -201,6 +211,7 @@ SPEC_KINDS: dict[str, type[Spec]] = {
     c.kind: c for c in (VolumeSpec, WaveformSpec, AudioSpec, VideoSpec, WearableSpec, OmicsSpec, ClinicalSpec)
 }
 
+
 def replace_fields(spec: Spec, fields: Mapping[str, Any], where: str = "spec") -> Spec:
     """``spec`` with some fields changed; an unknown field or a value of the wrong type is a :class:`DataError`
     naming ``where.field`` (JSON lists become tuples)."""
@@ -209,16 +220,26 @@ def replace_fields(spec: Spec, fields: Mapping[str, Any], where: str = "spec") -
         if k not in known:
             raise DataError(f"unknown field {k!r}", where=where, hint=f"{type(spec).__name__} has {sorted(known)}")
         want = type(getattr(spec, k))
-        ok = isinstance(v, want) or (want is float and isinstance(v, int) and not isinstance(v, bool)) or \
-            (want is tuple and isinstance(v, list))
+        ok = (
+            isinstance(v, want)
+            or (want is float and isinstance(v, int) and not isinstance(v, bool))
+            or (want is tuple and isinstance(v, list))
+        )
         default = getattr(spec, k)
-        if ok and want is tuple and default and any(type(x) is not type(default[0]) and not
-                                                    (isinstance(default[0], float) and type(x) is int)
-                                                    for x in v):
+        if (
+            ok
+            and want is tuple
+            and default
+            and any(
+                type(x) is not type(default[0]) and not (isinstance(default[0], float) and type(x) is int) for x in v
+            )
+        ):
             ok = False
         if not ok or isinstance(v, bool) != (want is bool):
-            raise DataError(f"{where}.{k} = {v!r} is a {type(v).__name__}, expected a {want.__name__}",
-                            hint=f"e.g. {k}={list(getattr(spec, k)) if want is tuple else getattr(spec, k)!r}")
+            raise DataError(
+                f"{where}.{k} = {v!r} is a {type(v).__name__}, expected a {want.__name__}",
+                hint=f"e.g. {k}={list(getattr(spec, k)) if want is tuple else getattr(spec, k)!r}",
+            )
     return dataclasses.replace(spec, **_tuples(fields))
 
 
@@ -251,23 +272,26 @@ def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str 
     ok = len(shape) == len(full)
     if ok and spec.variable_axis is not None:
         ax = spec.variable_axis
-        ok = (1 <= shape[ax] <= full[ax]) and all(
-            s == f for i, (s, f) in enumerate(zip(shape, full)) if i != ax)
+        ok = (1 <= shape[ax] <= full[ax]) and all(s == f for i, (s, f) in enumerate(zip(shape, full)) if i != ax)
     elif ok:
         ok = tuple(shape) == tuple(full)
     if not ok:
-        raise DataError(f"{modality} array has shape {tuple(shape)}, expected {full}"
-                        + (f" (axis {spec.variable_axis} may be shorter)" if spec.variable_axis is not None else ""),
-                        where=where, hint="re-run the reader with this cohort's spec")
+        raise DataError(
+            f"{modality} array has shape {tuple(shape)}, expected {full}"
+            + (f" (axis {spec.variable_axis} may be shorter)" if spec.variable_axis is not None else ""),
+            where=where,
+            hint="re-run the reader with this cohort's spec",
+        )
     if array.dtype != np.dtype(spec.dtype):
         raise DataError(f"{modality} array has dtype {array.dtype}, expected {spec.dtype}", where=where)
     if array.dtype.kind == "f":
         bad = np.isinf(array).any() or (not spec.nan_is_missing and np.isnan(array).any())
         if bad:
-            raise DataError(f"{modality} array holds NaN or Inf values", where=where,
-                            hint="fix or drop the recording; only missing entries of ecg/wearable/omics may be NaN")
+            raise DataError(
+                f"{modality} array holds NaN or Inf values",
+                where=where,
+                hint="fix or drop the recording; only missing entries of ecg/wearable/omics may be NaN",
+            )
         if spec.nan_is_missing and np.isnan(array).all():
             raise DataError(f"{modality} array holds no observed value (all missing)", where=where)
     return array
-
-

@@ -24,8 +24,10 @@ SPLITS = ("train", "val", "test")
 _TRUE = {"true", "1", "yes", "y", "t", "given", "consented"}
 _FALSE = {"false", "0", "no", "n", "f", "withdrawn", "revoked"}
 #: the times accepted without a stated format
-ISO_TIMES = ("ISO 8601 dates or datetimes: 2011-03-04, 2011-03-04T12:30, 2011-03-04 12:30:00[.123], "
-             "optionally ending in Z or an offset such as +01:00")
+ISO_TIMES = (
+    "ISO 8601 dates or datetimes: 2011-03-04, 2011-03-04T12:30, 2011-03-04 12:30:00[.123], "
+    "optionally ending in Z or an offset such as +01:00"
+)
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?")
 
 
@@ -40,21 +42,31 @@ def read_table(path: str | os.PathLike, empty_ok: bool = False) -> pd.DataFrame:
         if suffix.endswith(".parquet") or suffix.endswith(".pq"):
             df = pd.read_parquet(path)
         elif suffix.endswith((".csv", ".csv.gz", ".tsv")):
-            df = pd.read_csv(path, sep="\t" if ".tsv" in suffix else ",", dtype={"subject_id": str},
-                             keep_default_na=True)
+            df = pd.read_csv(
+                path, sep="\t" if ".tsv" in suffix else ",", dtype={"subject_id": str}, keep_default_na=True
+            )
         else:
-            raise DataError(f"unsupported table format {suffix!r}", where=str(path),
-                            hint="give a .csv, .csv.gz, .tsv or .parquet file")
+            raise DataError(
+                f"unsupported table format {suffix!r}",
+                where=str(path),
+                hint="give a .csv, .csv.gz, .tsv or .parquet file",
+            )
     except DataError:
         raise
     except pd.errors.EmptyDataError:
-        raise DataError("the table is empty (no header, no rows)", where=str(path),
-                        hint="give the header line, then one row per record (the README lists the columns)") from None
+        raise DataError(
+            "the table is empty (no header, no rows)",
+            where=str(path),
+            hint="give the header line, then one row per record (the README lists the columns)",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any parser error becomes a user-facing message
         raise DataError(f"cannot read table: {type(exc).__name__}: {exc}", where=str(path)) from exc
     if df.empty and not empty_ok:
-        raise DataError("the table has no rows (only a header)", where=str(path),
-                        hint="nothing can be built from it: check that this is the right file")
+        raise DataError(
+            "the table has no rows (only a header)",
+            where=str(path),
+            hint="nothing can be built from it: check that this is the right file",
+        )
     df.columns = [str(c).strip() for c in df.columns]
     df.insert(0, "row", np.arange(1, len(df) + 1))
     return df
@@ -63,8 +75,11 @@ def read_table(path: str | os.PathLike, empty_ok: bool = False) -> pd.DataFrame:
 def _require(df: pd.DataFrame, cols: tuple[str, ...], path: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise DataError(f"missing column(s) {missing}; found {[c for c in df.columns if c != 'row']}",
-                        where=path, hint="see DESIGN.md 'Data contract' for the expected columns")
+        raise DataError(
+            f"missing column(s) {missing}; found {[c for c in df.columns if c != 'row']}",
+            where=path,
+            hint="see DESIGN.md 'Data contract' for the expected columns",
+        )
 
 
 def _ids(df: pd.DataFrame, path: str) -> pd.Series:
@@ -87,8 +102,10 @@ def parse_times(values: pd.Series, time_format: str | None = None) -> pd.Series:
         try:
             out[rest] = pd.to_datetime(text[rest], format=time_format, utc=True, errors="coerce")
         except ValueError as exc:
-            raise DataError(f"time format {time_format!r} is not a strftime format ({exc})",
-                            hint="e.g. --time-format '%d/%m/%Y %H:%M'") from None
+            raise DataError(
+                f"time format {time_format!r} is not a strftime format ({exc})",
+                hint="e.g. --time-format '%d/%m/%Y %H:%M'",
+            ) from None
     return out.dt.tz_localize(None)
 
 
@@ -102,8 +119,11 @@ def time_problem(raw: object, time_format: str | None = None) -> str:
     """Why a time cell gave no time, as the build report says it (the accepted formats in brackets)."""
     if raw is None or (not isinstance(raw, str) and pd.isna(raw)) or str(raw).strip() == "":
         return "time is missing"
-    what = f"neither ISO 8601 nor in the stated format {time_format!r}" if time_format else \
-        "not an ISO 8601 date or datetime"
+    what = (
+        f"neither ISO 8601 nor in the stated format {time_format!r}"
+        if time_format
+        else "not an ISO 8601 date or datetime"
+    )
     return f"time is {what} [{accepted_times(time_format)}]"
 
 
@@ -148,8 +168,10 @@ def load_events(path: str | os.PathLike, time_format: str | None = None) -> pd.D
     out["raw_time"] = df["time"]
     out["modality"] = df["modality"].astype("string").str.strip().str.lower().fillna("")
     if "path" in df.columns:
-        out["path"] = [None if (p is None or pd.isna(p) or str(p).strip() == "") else str(base / str(p).strip())
-                       for p in df["path"]]
+        out["path"] = [
+            None if (p is None or pd.isna(p) or str(p).strip() == "") else str(base / str(p).strip())
+            for p in df["path"]
+        ]
     else:
         out["path"] = None
     if "numeric_value" not in out.columns and "value" in out.columns:
@@ -167,8 +189,9 @@ def load_labels(path: str | os.PathLike, time_format: str | None = None) -> pd.D
     path = str(path)
     df = read_table(path, empty_ok=True)
     _require(df, ("subject_id", "name", "value"), path)
-    out = pd.DataFrame({"row": df["row"], "subject_id": _ids(df, path),
-                        "name": df["name"].astype("string").str.strip().fillna("")})
+    out = pd.DataFrame(
+        {"row": df["row"], "subject_id": _ids(df, path), "name": df["name"].astype("string").str.strip().fillna("")}
+    )
     out["time"] = parse_times(df["time"], time_format) if "time" in df.columns else pd.NaT
     out["raw_time"] = df["time"] if "time" in df.columns else None
     out["value"] = pd.to_numeric(df["value"], errors="coerce")

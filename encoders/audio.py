@@ -8,7 +8,7 @@ modalities and is registered under both names.
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,9 +68,17 @@ class AudioConvEncoder(Encoder):
 
     mask_axes = (0, 2)
 
-    def __init__(self, sample_rate: int = 16000, max_samples: int = 64000, n_mels: int = 64, n_fft: int = 400,
-                 hop_length: int = 160, channels: Sequence[int] = (16, 32, 64, 128), d_model: int = 128,
-                 num_tokens: int = 4) -> None:
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        max_samples: int = 64000,
+        n_mels: int = 64,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        d_model: int = 128,
+        num_tokens: int = 4,
+    ) -> None:
         super().__init__(d_model=d_model, num_tokens=num_tokens)
         self.in_shape, self.variable_axes = (1, int(max_samples)), (1,)
         channels = as_tuple(channels)
@@ -99,10 +107,23 @@ class AudioASTEncoder(Encoder):
 
     mask_axes = (0, 2)
 
-    def __init__(self, sample_rate: int = 16000, max_samples: int = 64000, n_mels: int = 64, n_fft: int = 400,
-                 hop_length: int = 160, hidden_size: int = 192, num_layers: int = 4, num_heads: int = 4,
-                 intermediate_size: int = 768, patch_size: int = 16, frequency_stride: int = 16,
-                 time_stride: int = 16, d_model: int = 128, num_tokens: int = 4) -> None:
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        max_samples: int = 64000,
+        n_mels: int = 64,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        hidden_size: int = 192,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        intermediate_size: int = 768,
+        patch_size: int = 16,
+        frequency_stride: int = 16,
+        time_stride: int = 16,
+        d_model: int = 128,
+        num_tokens: int = 4,
+    ) -> None:
         from transformers import ASTConfig, ASTModel  # imported here: transformers takes seconds to import
 
         super().__init__(d_model=d_model, num_tokens=num_tokens)
@@ -110,11 +131,21 @@ class AudioASTEncoder(Encoder):
         self.features = LogMel(sample_rate, n_fft, hop_length, n_mels)
         self.max_frames = self.features.num_frames(max_samples)
         if min(n_mels, self.max_frames) < patch_size:
-            raise ValueError(f"voice/breath ast: n_mels ({n_mels}) and frames ({self.max_frames}) must be >= "
-                             f"patch_size ({patch_size})")
-        config = ASTConfig(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                           intermediate_size=intermediate_size, patch_size=patch_size, num_mel_bins=n_mels,
-                           max_length=self.max_frames, frequency_stride=frequency_stride, time_stride=time_stride)
+            raise ValueError(
+                f"voice/breath ast: n_mels ({n_mels}) and frames ({self.max_frames}) must be >= "
+                f"patch_size ({patch_size})"
+            )
+        config = ASTConfig(
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=intermediate_size,
+            patch_size=patch_size,
+            num_mel_bins=n_mels,
+            max_length=self.max_frames,
+            frequency_stride=frequency_stride,
+            time_stride=time_stride,
+        )
         self.ast = ASTModel(config)
         self._mask_attention = "attention_mask" in inspect.signature(ASTModel.forward).parameters
         self.patch_size, self.time_stride = patch_size, time_stride

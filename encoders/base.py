@@ -14,7 +14,8 @@ import abc
 import inspect
 import math
 import re
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +85,11 @@ class Encoder(nn.Module, abc.ABC):
     def encode_one_dummy(self, device: torch.device | str | None = None) -> Tensor:
         """:meth:`encode` on one all-zero, fully observed instance, in eval mode (modes restored)."""
         dummy = torch.zeros(1, *self.in_shape, dtype=self.in_dtype, device=device)
-        mask = None if self.mask_axes is None else torch.ones(
-            [dummy.shape[a] for a in self.mask_axes], dtype=torch.bool, device=device)
+        mask = (
+            None
+            if self.mask_axes is None
+            else torch.ones([dummy.shape[a] for a in self.mask_axes], dtype=torch.bool, device=device)
+        )
         modes = [(m, m.training) for m in self.modules()]
         self.eval()
         try:
@@ -103,17 +107,21 @@ class Encoder(nn.Module, abc.ABC):
         want = f"data [N{', ' if layout else ''}{layout}]"
         got = tuple(data.shape[1:])
         ok = len(got) == len(self.in_shape) and all(
-            g == s or (i in self.variable_axes and 1 <= g <= s) for i, (g, s) in enumerate(zip(got, self.in_shape)))
+            g == s or (i in self.variable_axes and 1 <= g <= s) for i, (g, s) in enumerate(zip(got, self.in_shape))
+        )
         if not ok:
             shorter = f" (axes {list(self.variable_axes)} may be shorter)" if self.variable_axes else ""
-            raise ValueError(f"encoder {self.name!r} expects {want}{shorter}, got {list(data.shape)}; "
-                             "build it with this cohort's layout (see its constructor arguments)")
+            raise ValueError(
+                f"encoder {self.name!r} expects {want}{shorter}, got {list(data.shape)}; "
+                "build it with this cohort's layout (see its constructor arguments)"
+            )
         if mask is None or self.mask_axes is None:
             return None
         expect = tuple(data.shape[a] for a in self.mask_axes)
         if tuple(mask.shape) != expect:
-            raise ValueError(f"encoder {self.name!r} expects mask {list(expect)} for {list(data.shape)} data, "
-                             f"got {list(mask.shape)}")
+            raise ValueError(
+                f"encoder {self.name!r} expects mask {list(expect)} for {list(data.shape)} data, got {list(mask.shape)}"
+            )
         return mask.to(torch.bool)
 
     # -- initialisation: build on the meta device, then ``to_empty`` + ``init_weights`` ----------------
@@ -137,11 +145,15 @@ class Encoder(nn.Module, abc.ABC):
                 self._init_module(name, module)
 
     def _init_module(self, name: str, module: nn.Module) -> None:
-        raise TypeError(f"encoder {self.name!r} does not know how to initialise {name or 'itself'} "
-                                  f"({type(module).__name__}); override _init_module")
+        raise TypeError(
+            f"encoder {self.name!r} does not know how to initialise {name or 'itself'} "
+            f"({type(module).__name__}); override _init_module"
+        )
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, in_shape={list(self.in_shape)}, num_tokens={self.num_tokens}, d_model={self.d_model}"
+        return (
+            f"name={self.name!r}, in_shape={list(self.in_shape)}, num_tokens={self.num_tokens}, d_model={self.d_model}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,8 +187,9 @@ def register(name: str) -> Callable[[type[EncoderT]], type[EncoderT]]:
 def list_encoders(modality: str | None = None) -> list[str]:
     """Registered encoder names, sorted; only those of ``modality`` if given."""
     if modality is not None and modality not in encoder_modalities():
-        raise ValueError(f"no encoder is registered for modality {modality!r}; encoders exist for "
-                         f"{encoder_modalities()}")
+        raise ValueError(
+            f"no encoder is registered for modality {modality!r}; encoders exist for {encoder_modalities()}"
+        )
     return sorted(n for n in _REGISTRY if modality is None or n.split("/")[0] == modality)
 
 
@@ -228,8 +241,13 @@ def signed_log1p(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
-def conv_stack(spatial_dims: int, in_channels: int, channels: Sequence[int], strides: Sequence[int | Sequence[int]],
-               kernel_size: int = 3) -> nn.Sequential:
+def conv_stack(
+    spatial_dims: int,
+    in_channels: int,
+    channels: Sequence[int],
+    strides: Sequence[int | Sequence[int]],
+    kernel_size: int = 3,
+) -> nn.Sequential:
     """Strided MONAI ``Convolution`` blocks (conv -> GroupNorm -> GELU), one per entry of ``channels``.
 
     GroupNorm, not BatchNorm: the output of one instance never depends on the rest of the batch.
@@ -240,8 +258,17 @@ def conv_stack(spatial_dims: int, in_channels: int, channels: Sequence[int], str
         raise ValueError(f"channels {list(channels)} and strides {list(strides)} must have the same length")
     layers = []
     for c, s in zip(channels, strides):
-        layers.append(Convolution(spatial_dims, in_channels, c, strides=s, kernel_size=kernel_size, act="GELU",
-                                  norm=("group", {"num_groups": math.gcd(8, c)})))
+        layers.append(
+            Convolution(
+                spatial_dims,
+                in_channels,
+                c,
+                strides=s,
+                kernel_size=kernel_size,
+                act="GELU",
+                norm=("group", {"num_groups": math.gcd(8, c)}),
+            )
+        )
         in_channels = c
     return nn.Sequential(*layers)
 

@@ -31,8 +31,10 @@ class ClinicalEmbeddingEncoder(Encoder):
             raise ValueError(f"encoder {self.name!r} expects integer code ids, got {data.dtype}")
         lo, hi = int(data.min()), int(data.max())
         if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(f"encoder {self.name!r}: code ids must lie in [0, {self.vocab_size}), got [{lo}, {hi}]; "
-                             "build it with vocab_size = the collator's vocab_size")
+            raise ValueError(
+                f"encoder {self.name!r}: code ids must lie in [0, {self.vocab_size}), got [{lo}, {hi}]; "
+                "build it with vocab_size = the collator's vocab_size"
+            )
         h = self.code(data)
         if value is None:  # no values: the value path still runs (gated to zero) so every parameter is used
             value, present = h.new_zeros(data.shape), torch.zeros_like(data, dtype=torch.bool)

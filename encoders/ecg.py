@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -22,9 +22,16 @@ class ECGConvEncoder(Encoder):
 
     mask_axes = (0, 1)
 
-    def __init__(self, leads: int = 12, samples: int = 2500, channels: Sequence[int] = (32, 64, 96, 128),
-                 strides: Sequence[int] = (4, 2, 2, 2), kernel_size: int = 7, d_model: int = 128,
-                 num_tokens: int = 4) -> None:
+    def __init__(
+        self,
+        leads: int = 12,
+        samples: int = 2500,
+        channels: Sequence[int] = (32, 64, 96, 128),
+        strides: Sequence[int] = (4, 2, 2, 2),
+        kernel_size: int = 7,
+        d_model: int = 128,
+        num_tokens: int = 4,
+    ) -> None:
         super().__init__(d_model=d_model, num_tokens=num_tokens)
         self.in_shape = (int(leads), int(samples))
         channels = as_tuple(channels)

@@ -5,7 +5,7 @@ MRI has no mask: a volume is either there or not.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -19,8 +19,13 @@ class MRIConvEncoder(Encoder):
     ``[N, 1, *size]`` -> ``[N, num_tokens, d_model]``. Each block halves every spatial axis.
     """
 
-    def __init__(self, size: Sequence[int] = (48, 48, 48), channels: Sequence[int] = (16, 32, 64, 96),
-                 d_model: int = 128, num_tokens: int = 4) -> None:
+    def __init__(
+        self,
+        size: Sequence[int] = (48, 48, 48),
+        channels: Sequence[int] = (16, 32, 64, 96),
+        d_model: int = 128,
+        num_tokens: int = 4,
+    ) -> None:
         super().__init__(d_model=d_model, num_tokens=num_tokens)
         self.in_shape = (1, *as_tuple(size, 3))
         channels = as_tuple(channels)
@@ -43,16 +48,23 @@ class MRIResNetEncoder(Encoder):
 
     DEPTHS = (10, 18, 34)
 
-    def __init__(self, size: Sequence[int] = (48, 48, 48), depth: int = 10, widen_factor: float = 1.0,
-                 d_model: int = 128, num_tokens: int = 4) -> None:
+    def __init__(
+        self,
+        size: Sequence[int] = (48, 48, 48),
+        depth: int = 10,
+        widen_factor: float = 1.0,
+        d_model: int = 128,
+        num_tokens: int = 4,
+    ) -> None:
         from monai.networks import nets  # imported here: monai.networks.nets is slow to import
 
         super().__init__(d_model=d_model, num_tokens=num_tokens)
         if depth not in self.DEPTHS:
             raise ValueError(f"mri/resnet depth must be one of {list(self.DEPTHS)}, got {depth}")
         self.in_shape = (1, *as_tuple(size, 3))
-        self.trunk = getattr(nets, f"resnet{depth}")(spatial_dims=3, n_input_channels=1, feed_forward=False,
-                                                     widen_factor=widen_factor)
+        self.trunk = getattr(nets, f"resnet{depth}")(
+            spatial_dims=3, n_input_channels=1, feed_forward=False, widen_factor=widen_factor
+        )
         self.pool = MaskedTokenPool(self.trunk.in_planes, num_tokens, d_model)
 
     def encode(self, data: Tensor, mask: Tensor | None, value: Tensor | None) -> Tensor:

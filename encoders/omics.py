@@ -20,8 +20,11 @@ class OmicsMLPEncoder(Encoder):
         super().__init__(d_model=d_model, num_tokens=num_tokens)
         self.in_shape = (int(features),)
         self.mlp = nn.Sequential(
-            nn.Linear(2 * features, hidden), nn.GELU(), nn.LayerNorm(hidden),
-            nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(2 * features, hidden),
+            nn.GELU(),
+            nn.LayerNorm(hidden),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
         )
         self.head = TokenHead(hidden, num_tokens, d_model)
 

@@ -3,7 +3,7 @@ tokens ``[N, k, d]``. One class per variant serves every video modality, registe
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,9 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 KINETICS_MEAN, KINETICS_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
 
 
-def prepare_clip(data: Tensor, mask: Tensor | None, mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+def prepare_clip(
+    data: Tensor, mask: Tensor | None, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Tensor, Tensor]:
     """``[N, T, 3, H, W]`` (uint8, or float already in [0, 1]) -> normalised ``[N, 3, T, H, W]`` float
     with masked frames set to 0 (after normalisation), and the frame mask ``[N, T]`` (all True if None)."""
     x = data.float() / 255.0 if data.dtype == torch.uint8 else data.float()
@@ -44,9 +46,15 @@ class VideoConvEncoder(_VideoEncoder):
     Default strides: (1,2,2), (2,2,2), (2,2,2), (1,2,2): 16 x 64 x 64 -> 4 x 4 x 4.
     """
 
-    def __init__(self, frames: int = 16, size: Sequence[int] = (64, 64), channels: Sequence[int] = (16, 32, 64, 96),
-                 strides: Sequence[Sequence[int]] = ((1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)),
-                 d_model: int = 128, num_tokens: int = 4) -> None:
+    def __init__(
+        self,
+        frames: int = 16,
+        size: Sequence[int] = (64, 64),
+        channels: Sequence[int] = (16, 32, 64, 96),
+        strides: Sequence[Sequence[int]] = ((1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)),
+        d_model: int = 128,
+        num_tokens: int = 4,
+    ) -> None:
         super().__init__(d_model=d_model, num_tokens=num_tokens)
         self._layout(frames, size)
         channels = as_tuple(channels)
@@ -72,8 +80,9 @@ class VideoR3D18Encoder(_VideoEncoder):
     BatchNorm layers use batch statistics in training mode.
     """
 
-    def __init__(self, frames: int = 16, size: Sequence[int] = (64, 64), stages: int = 4, d_model: int = 128,
-                 num_tokens: int = 4) -> None:
+    def __init__(
+        self, frames: int = 16, size: Sequence[int] = (64, 64), stages: int = 4, d_model: int = 128, num_tokens: int = 4
+    ) -> None:
         from torchvision.models.video import r3d_18  # imported here: torchvision is slow to import
 
         super().__init__(d_model=d_model, num_tokens=num_tokens)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -21,9 +21,16 @@ class WearableConvEncoder(Encoder):
 
     mask_axes = (0, 1, 2)
 
-    def __init__(self, channels: int = 3, minutes: int = 1440, widths: Sequence[int] = (32, 64, 96, 128),
-                 strides: Sequence[int] = (4, 2, 2, 2), kernel_size: int = 5, d_model: int = 128,
-                 num_tokens: int = 4) -> None:
+    def __init__(
+        self,
+        channels: int = 3,
+        minutes: int = 1440,
+        widths: Sequence[int] = (32, 64, 96, 128),
+        strides: Sequence[int] = (4, 2, 2, 2),
+        kernel_size: int = 5,
+        d_model: int = 128,
+        num_tokens: int = 4,
+    ) -> None:
         super().__init__(d_model=d_model, num_tokens=num_tokens)
         self.in_shape = (int(channels), int(minutes))
         widths = as_tuple(widths)

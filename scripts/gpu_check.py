@@ -21,8 +21,9 @@ import argparse
 import itertools
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -133,21 +134,37 @@ def config(shards: Path, run_dir: Path, cpu: bool, strategy: str | None, steps: 
     from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
     from omegaconf import open_dict  # noqa: PLC0415
 
-    overrides = ["experiment=base_gpu", "data=shards", f"data.root={shards}", "data.synthetic=null",
-                 f"data.batch_size={batch_size}", "data.num_workers=0", f"trainer.max_steps={steps}",
-                 "trainer.max_epochs=-1", "trainer.enable_progress_bar=false", "trainer.check_val_every_n_epoch=null",
-                 "trainer.val_check_interval=null", "trainer.limit_val_batches=0", "trainer.devices=1",
-                 "~logger", "~callbacks"]
+    overrides = [
+        "experiment=base_gpu",
+        "data=shards",
+        f"data.root={shards}",
+        "data.synthetic=null",
+        f"data.batch_size={batch_size}",
+        "data.num_workers=0",
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=-1",
+        "trainer.enable_progress_bar=false",
+        "trainer.check_val_every_n_epoch=null",
+        "trainer.val_check_interval=null",
+        "trainer.limit_val_batches=0",
+        "trainer.devices=1",
+        "~logger",
+        "~callbacks",
+    ]
     if strategy:
         overrides.append(f"strategy={strategy}")
     if cpu:  # a dry run of the same code path: tiny model, fp32, SDPA
-        overrides += ["model/backbone=tiny", "model.row_len=256", "trainer.accelerator=cpu",
-                      "trainer.precision=32-true", "model.backbone.attention=sdpa"]
+        overrides += [
+            "model/backbone=tiny",
+            "model.row_len=256",
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "model.backbone.attention=sdpa",
+        ]
     GlobalHydra.instance().clear()
     # the checkout's configs/ (what omnimodal-train installs as omnimodal.configs), so this also runs from a
     # checkout on PYTHONPATH where the project could not be installed
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "configs"),
-                               version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
@@ -181,13 +198,22 @@ def run_one(name: str, cfg: Any, batches: list[Any], warmup: int, peak_tflops: f
     step_flops = sum(flops[i] for i in timed) / max(len(timed), 1)
     step_tokens = sum(tokens[i] for i in timed) / max(len(timed), 1)
     sps = meter.seconds_per_step
-    res = {"name": name, "strategy": str(cfg.trainer.get("strategy")), "precision": str(cfg.trainer.precision),
-           "parameters": sum(p.numel() for p in task.parameters()), "timed_steps": meter.steps,
-           "seconds_per_step": sps, "tokens_per_step": step_tokens, "tokens_per_s": step_tokens / sps,
-           "model_tflops_per_step": step_flops / 1e12, "mfu": mfu(step_flops, sps, peak_tflops),
-           "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-           "first_loss": meter.losses[0], "last_loss": meter.losses[-1],
-           "attention_density": sum(pairs) / max(sum(t * t for t in tokens), 1)}
+    res = {
+        "name": name,
+        "strategy": str(cfg.trainer.get("strategy")),
+        "precision": str(cfg.trainer.precision),
+        "parameters": sum(p.numel() for p in task.parameters()),
+        "timed_steps": meter.steps,
+        "seconds_per_step": sps,
+        "tokens_per_step": step_tokens,
+        "tokens_per_s": step_tokens / sps,
+        "model_tflops_per_step": step_flops / 1e12,
+        "mfu": mfu(step_flops, sps, peak_tflops),
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "first_loss": meter.losses[0],
+        "last_loss": meter.losses[-1],
+        "attention_density": sum(pairs) / max(sum(t * t for t in tokens), 1),
+    }
     if not all(map(lambda x: x == x and abs(x) != float("inf"), meter.losses)):
         raise RuntimeError(f"{name}: non-finite loss in {meter.losses}")
     return res
@@ -213,8 +239,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     base = config(a.shards, a.run_dir, a.cpu, None, a.warmup + a.steps, a.batch_size)
     d = base.data
-    dm = OmniDataModule(a.shards, batch_size=a.batch_size, num_workers=0, shuffle_buffer=d.shuffle_buffer,
-                        seed=int(base.seed), max_events=d.max_events, max_tokens=d.get("max_tokens"))
+    dm = OmniDataModule(
+        a.shards,
+        batch_size=a.batch_size,
+        num_workers=0,
+        shuffle_buffer=d.shuffle_buffer,
+        seed=int(base.seed),
+        max_events=d.max_events,
+        max_tokens=d.get("max_tokens"),
+    )
     batches = list(itertools.islice(dm.train_dataloader(), a.batches))
     if not batches:
         raise SystemExit(f"{a.shards}: no training batches (is it an omnimodal-shard folder with a train split?)")
@@ -231,16 +264,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         results.append(run_one(name, cfg, batches, a.warmup, a.peak_tflops))
         r = results[-1]
         mem = f"{r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] is not None else "n/a (CPU)"
-        print(f"[{name}] {r['parameters'] / 1e6:.1f}M parameters, {r['precision']}, {r['strategy']}: "
-              f"{r['tokens_per_s']:,.0f} tokens/s ({r['tokens_per_step']:,.0f} tokens/step, "
-              f"{r['seconds_per_step'] * 1e3:.0f} ms/step), peak memory {mem}, "
-              f"{r['model_tflops_per_step']:.2f} model TFLOP/step, MFU {100 * r['mfu']:.1f}% of "
-              f"{a.peak_tflops:.0f} TFLOP/s; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}", flush=True)
+        print(
+            f"[{name}] {r['parameters'] / 1e6:.1f}M parameters, {r['precision']}, {r['strategy']}: "
+            f"{r['tokens_per_s']:,.0f} tokens/s ({r['tokens_per_step']:,.0f} tokens/step, "
+            f"{r['seconds_per_step'] * 1e3:.0f} ms/step), peak memory {mem}, "
+            f"{r['model_tflops_per_step']:.2f} model TFLOP/step, MFU {100 * r['mfu']:.1f}% of "
+            f"{a.peak_tflops:.0f} TFLOP/s; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}",
+            flush=True,
+        )
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                                     "torch": torch.__version__, "peak_tflops": a.peak_tflops,
-                                     "results": results}, indent=1))
+        a.out.write_text(
+            json.dumps(
+                {
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                    "torch": torch.__version__,
+                    "peak_tflops": a.peak_tflops,
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
         print(f"figures written to {a.out}")
     return results
 

@@ -21,13 +21,20 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def build(cohort: Path, out: Path, **kw) -> "BuildReport":  # noqa: F821
+def build(cohort: Path, out: Path, **kw) -> BuildReport:  # noqa: F821
     from datamodules.shards.builder import BuildConfig, build_shards
 
     kw.setdefault("secret", SECRET)
     kw.setdefault("max_samples_per_shard", 4)
-    return build_shards(BuildConfig(subjects=str(cohort / "subjects.csv"), events=str(cohort / "events.csv"),
-                                    labels=str(cohort / "labels.csv"), out=str(out), **kw))
+    return build_shards(
+        BuildConfig(
+            subjects=str(cohort / "subjects.csv"),
+            events=str(cohort / "events.csv"),
+            labels=str(cohort / "labels.csv"),
+            out=str(out),
+            **kw,
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +44,7 @@ def shards(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def train_config(shards: Path, run_dir: Path, *overrides: str) -> "DictConfig":  # noqa: F821
+def train_config(shards: Path, run_dir: Path, *overrides: str) -> DictConfig:  # noqa: F821
     """``omnimodal-train``'s config on ``shards`` for a CPU test run in ``run_dir`` (no TensorBoard)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -45,10 +52,21 @@ def train_config(shards: Path, run_dir: Path, *overrides: str) -> "DictConfig": 
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "data=shards", f"data.root={shards}", "data.num_workers=0", "data.batch_size=4", "data.synthetic=null",
-            "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
-            "~logger.tensorboard", *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                "data=shards",
+                f"data.root={shards}",
+                "data.num_workers=0",
+                "data.batch_size=4",
+                "data.synthetic=null",
+                "trainer.accelerator=cpu",
+                "trainer.precision=32-true",
+                "trainer.enable_progress_bar=false",
+                "~logger.tensorboard",
+                *overrides,
+            ],
+        )
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     return cfg
@@ -60,8 +78,15 @@ def pretrained_ckpt(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from omnimodal.pretraining.run import build as build_run
 
     run = tmp_path_factory.mktemp("pretrain")
-    cfg = train_config(shards, run, "experiment=quick", "trainer.max_steps=4", "data.max_events=4",
-                       "resume=null", "callbacks.checkpoint.every_n_train_steps=4")
+    cfg = train_config(
+        shards,
+        run,
+        "experiment=quick",
+        "trainer.max_steps=4",
+        "data.max_events=4",
+        "resume=null",
+        "callbacks.checkpoint.every_n_train_steps=4",
+    )
     task, dm, trainer = build_run(cfg)
     trainer.fit(task, datamodule=dm)
     return run / "checkpoints" / "last.ckpt"

@@ -10,12 +10,13 @@ that is the same global batch and the same averaged gradient).
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.datamodule import OmniDataModule, ShardLoader
@@ -77,9 +78,18 @@ class RankInterleaved(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         loaders = []
         for r in range(self.world):
-            ds = _SlotDataset(self.dm.root, "train", shuffle=True, shuffle_buffer=self.dm.shuffle_buffer,
-                              seed=self.dm.seed, crop=self.dm.dataset("train").crop, on_error=self.dm.on_error,
-                              modalities=self.modalities.get(r, self.dm.modalities), rank=r, world=self.world)
+            ds = _SlotDataset(
+                self.dm.root,
+                "train",
+                shuffle=True,
+                shuffle_buffer=self.dm.shuffle_buffer,
+                seed=self.dm.seed,
+                crop=self.dm.dataset("train").crop,
+                on_error=self.dm.on_error,
+                modalities=self.modalities.get(r, self.dm.modalities),
+                rank=r,
+                world=self.world,
+            )
             loaders.append(ShardLoader(ds, self.dm.batch_size, 0))
         return DataLoader(_Interleave(loaders), batch_size=None, collate_fn=_identity)
 
@@ -90,8 +100,9 @@ class LossRecorder(L.Callback):
     def __init__(self) -> None:
         self.records: list[tuple[int, float, list[str]]] = []
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.records.append((batch_idx, float(trainer.callback_metrics["train/loss"]), list(batch.keys)))
 
 
@@ -100,9 +111,20 @@ def local_rank() -> int:
 
 
 #: the small run every distributed test compares: tiny model, 4 steps of 2 samples per process
-COMMON = ("experiment=quick", "model/backbone=tiny", "data.batch_size=2", "data.max_events=4", "model.row_len=null",
-          "trainer.max_steps=4", "trainer.max_epochs=1", "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1",
-          "callbacks.checkpoint.every_n_train_steps=2", "optim.warmup_steps=1", "trainer.precision=32-true")
+COMMON = (
+    "experiment=quick",
+    "model/backbone=tiny",
+    "data.batch_size=2",
+    "data.max_events=4",
+    "model.row_len=null",
+    "trainer.max_steps=4",
+    "trainer.max_epochs=1",
+    "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1",
+    "callbacks.checkpoint.every_n_train_steps=2",
+    "optim.warmup_steps=1",
+    "trainer.precision=32-true",
+)
 #: the modalities rank 1 reads (rank 0 reads all): its batches leave most encoders unused
 RANK1_MODALITIES = ["ecg", "wearable", "clinical"]
 #: strategy config -> overrides that run it on 2 CPU processes
@@ -111,11 +133,13 @@ STRATEGIES = {
     "fsdp": ["strategy=fsdp"],
     "deepspeed_zero2": ["strategy=deepspeed_zero2", "trainer.strategy._target_=dist_strategies.CPUDeepSpeedStrategy"],
     # ZeRO-3 with CPU offload, and activation checkpointing on (same maths as the reference without it)
-    "deepspeed_zero3_offload": ["strategy=deepspeed_zero3_offload",
-                                "trainer.strategy._target_=dist_strategies.CPUDeepSpeedStrategy",
-                                "trainer.strategy.config.zero_optimization.offload_optimizer.pin_memory=false",
-                                "trainer.strategy.config.zero_optimization.offload_param.pin_memory=false",
-                                "model.backbone.activation_checkpointing=true"],
+    "deepspeed_zero3_offload": [
+        "strategy=deepspeed_zero3_offload",
+        "trainer.strategy._target_=dist_strategies.CPUDeepSpeedStrategy",
+        "trainer.strategy.config.zero_optimization.offload_optimizer.pin_memory=false",
+        "trainer.strategy.config.zero_optimization.offload_param.pin_memory=false",
+        "model.backbone.activation_checkpointing=true",
+    ],
 }
 #: the same with 2 micro-batches per process and step (DeepSpeed's gradient_accumulation_steps): 2 steps
 ACCUMULATE = ["trainer.accumulate_grad_batches=2", "trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=1"]
@@ -130,10 +154,20 @@ def compose_config(shards: Any, run_dir: Any, *overrides: str) -> Any:
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "data=shards", f"data.root={shards}", "data.num_workers=0", "data.synthetic=null",
-            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "~logger.tensorboard", *COMMON,
-            *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                "data=shards",
+                f"data.root={shards}",
+                "data.num_workers=0",
+                "data.synthetic=null",
+                "trainer.accelerator=cpu",
+                "trainer.enable_progress_bar=false",
+                "~logger.tensorboard",
+                *COMMON,
+                *overrides,
+            ],
+        )
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     return cfg

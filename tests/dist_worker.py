@@ -16,7 +16,6 @@ import traceback
 from pathlib import Path
 
 import torch
-
 from dist_strategies import RANK1_MODALITIES, STRATEGIES, LossRecorder, compose_config
 
 from omnimodal.pretraining.run import build

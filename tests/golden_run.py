@@ -22,10 +22,22 @@ from typing import Any
 FILE = Path(__file__).resolve().parent / "assets" / "losses" / "tiny_cpu.json"
 MODALITIES = ["mri", "ecg", "voice", "breath", "gait", "face", "medical_video", "wearable", "omics", "clinical"]
 COHORT = {"n_subjects": 8, "seed": 0}
-OVERRIDES = ["experiment=quick", "model/backbone=tiny", "data.batch_size=4", "data.max_events=4",
-             "model.row_len=null", "trainer.max_steps=10", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
-             "trainer.log_every_n_steps=1", "optim.warmup_steps=2", "trainer.precision=32-true", "seed=0",
-             "~callbacks.checkpoint", "~callbacks.lr_monitor"]
+OVERRIDES = [
+    "experiment=quick",
+    "model/backbone=tiny",
+    "data.batch_size=4",
+    "data.max_events=4",
+    "model.row_len=null",
+    "trainer.max_steps=10",
+    "trainer.max_epochs=-1",
+    "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1",
+    "optim.warmup_steps=2",
+    "trainer.precision=32-true",
+    "seed=0",
+    "~callbacks.checkpoint",
+    "~callbacks.lr_monitor",
+]
 COMPONENTS = ("loss", "masked", "contrastive", "forecast")
 
 
@@ -42,15 +54,33 @@ def losses(work: Path) -> dict[str, Any]:
     from omnimodal.pretraining.run import build
 
     cohort = synthesize_cohort(work / "cohort", workers=1, modalities=MODALITIES, **COHORT).out_dir
-    build_shards(BuildConfig(subjects=str(cohort / "subjects.csv"), events=str(cohort / "events.csv"),
-                             labels=str(cohort / "labels.csv"), out=str(work / "shards"), secret="golden-loss-test-secret",
-                             workers=1, max_samples_per_shard=4))
+    build_shards(
+        BuildConfig(
+            subjects=str(cohort / "subjects.csv"),
+            events=str(cohort / "events.csv"),
+            labels=str(cohort / "labels.csv"),
+            out=str(work / "shards"),
+            secret="golden-loss-test-secret",
+            workers=1,
+            max_samples_per_shard=4,
+        )
+    )
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "data=shards", f"data.root={work / 'shards'}", "data.num_workers=0", "data.synthetic=null",
-            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "~logger.tensorboard", "resume=null",
-            *OVERRIDES])
+        cfg = compose(
+            "train",
+            overrides=[
+                "data=shards",
+                f"data.root={work / 'shards'}",
+                "data.num_workers=0",
+                "data.synthetic=null",
+                "trainer.accelerator=cpu",
+                "trainer.enable_progress_bar=false",
+                "~logger.tensorboard",
+                "resume=null",
+                *OVERRIDES,
+            ],
+        )
     with open_dict(cfg):
         cfg.run_dir = str(work / "run")
 
@@ -65,8 +95,12 @@ def losses(work: Path) -> dict[str, Any]:
     task, dm, trainer = build(cfg)
     trainer.callbacks.append(Record())
     trainer.fit(task, datamodule=dm)
-    return {"cohort": {**COHORT, "modalities": MODALITIES}, "overrides": OVERRIDES, "torch": torch.__version__,
-            "steps": steps}
+    return {
+        "cohort": {**COHORT, "modalities": MODALITIES},
+        "overrides": OVERRIDES,
+        "torch": torch.__version__,
+        "steps": steps,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,11 @@ def legacy_timelines(specs: dict, codes: list[str], modalities: list[str]) -> li
                     ms.append(Measurement("clinical", code=codes[(p + e) % len(codes)], value=float(rng.normal())))
                     continue
                 shape = specs[m].shape()
-                data = rng.integers(0, 256, shape, dtype=np.uint8) if specs[m].dtype == "uint8" \
+                data = (
+                    rng.integers(0, 256, shape, dtype=np.uint8)
+                    if specs[m].dtype == "uint8"
                     else rng.standard_normal(shape).astype(np.float32)
+                )
                 ms.append(Measurement(m, data))
             events.append(Event(float(200 * e + 30 * p), float(365.25 * (55 + 5 * p) + 200 * e), ms))
         people.append(Timeline(key=f"person{p}", static={"sex_male": float(p % 2)}, events=events))

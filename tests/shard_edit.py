@@ -11,8 +11,9 @@ import io
 import json
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -67,8 +68,13 @@ def resign(members: list[tuple[tarfile.TarInfo, bytes]], key: str) -> None:
     members[i] = (members[i][0], dumps(meta))
 
 
-def rewrite_member(root: Path, pick: Callable[[str], bool], change: Callable[[bytes], bytes], split: str = "train",
-                   consistent: bool = True) -> tuple[str, str]:
+def rewrite_member(
+    root: Path,
+    pick: Callable[[str], bool],
+    change: Callable[[bytes], bytes],
+    split: str = "train",
+    consistent: bool = True,
+) -> tuple[str, str]:
     """Rewrite the first member of ``split`` that ``pick(name)`` accepts with ``change(bytes)``, in place in
     the folder ``root``; ``consistent``: re-sign it and fix the index. Returns (shard name, member name)."""
     for entry in load_index(root)["splits"][split]["shards"]:

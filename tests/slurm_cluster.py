@@ -31,8 +31,10 @@ def missing() -> str | None:
     """Why a loopback cluster cannot run on this machine (None: it can)."""
     absent = [d for d in DAEMONS if shutil.which(d) is None and not Path("/usr/sbin", d).exists()]
     if absent:
-        return (f"SLURM binaries missing: {', '.join(absent)}; install them with "
-                "`apt-get install slurm-wlm munge` (the README's test command does this on Debian/Ubuntu)")
+        return (
+            f"SLURM binaries missing: {', '.join(absent)}; install them with "
+            "`apt-get install slurm-wlm munge` (the README's test command does this on Debian/Ubuntu)"
+        )
     if os.geteuid() != 0:
         return "a loopback SLURM cluster needs root (slurmd starts jobs as the submitting user)"
     try:
@@ -122,9 +124,20 @@ class SlurmCluster:
         cluster = cls(root, env)
         try:
             m = root / "munge"
-            cluster._spawn("munged", [_exe("munged"), "-F", f"--key-file={key}", f"--socket={m}/munge.socket",
-                                      f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log",
-                                      f"--seed-file={m}/munged.seed"], user="munge", group="munge")
+            cluster._spawn(
+                "munged",
+                [
+                    _exe("munged"),
+                    "-F",
+                    f"--key-file={key}",
+                    f"--socket={m}/munge.socket",
+                    f"--pid-file={m}/munged.pid",
+                    f"--log-file={m}/munged.log",
+                    f"--seed-file={m}/munged.seed",
+                ],
+                user="munge",
+                group="munge",
+            )
             cluster._until(lambda: (m / "munge.socket").exists(), timeout, "munged to open its socket")
             cluster._spawn("slurmctld", [_exe("slurmctld"), "-D", "-i"])
             cluster._until(lambda: cluster._ok(["scontrol", "ping"], "UP"), timeout, "slurmctld to answer")
@@ -138,8 +151,9 @@ class SlurmCluster:
     # -- processes -----------------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], **kw) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, **kw)
+        self.procs[name] = subprocess.Popen(
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw
+        )
 
     def _ok(self, cmd: list[str], want: str) -> bool:
         r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=30)
@@ -166,8 +180,12 @@ class SlurmCluster:
     def stop(self) -> None:
         """Stop the daemons by PID (slurmd, slurmctld, munged), then remove the cluster's folder."""
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
-            subprocess.run(["scancel", "--full", "--user", pwd.getpwuid(os.geteuid()).pw_name], env=self.env,
-                           capture_output=True, timeout=30)
+            subprocess.run(
+                ["scancel", "--full", "--user", pwd.getpwuid(os.geteuid()).pw_name],
+                env=self.env,
+                capture_output=True,
+                timeout=30,
+            )
         for name in ("slurmd", "slurmctld", "munged"):
             p = self.procs.pop(name, None)
             if p is None or p.poll() is not None:
@@ -193,11 +211,17 @@ class SlurmCluster:
             raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr}\n{self.logs()}")
         return r.stdout
 
-    def sbatch(self, script: Path, *script_args: str, options: tuple[str, ...] = (),
-               env: dict[str, str] | None = None) -> str:
+    def sbatch(
+        self, script: Path, *script_args: str, options: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> str:
         """Submit ``script`` with sbatch ``options`` and the script's arguments; returns the job id."""
-        r = subprocess.run(["sbatch", "--parsable", *options, str(script), *script_args], env={**self.env, **(env or {})},
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["sbatch", "--parsable", *options, str(script), *script_args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"sbatch {script} failed: {r.stderr}\n{self.logs()}")
         return r.stdout.strip().split(";")[0]

@@ -23,18 +23,23 @@ from pathlib import Path
 import pytest
 import torch
 import torch.fx.graph_module
-
 from conftest import train_config
+
 from omnimodal.cli.consolidate import main as consolidate_main
-from omnimodal.pretraining.consolidate import consolidate, load_weights
 from omnimodal.infra.checkpoints import CheckpointError, load, no_code_from_checkpoints, verify
+from omnimodal.pretraining.consolidate import consolidate, load_weights
 from omnimodal.release import ReleaseError, export, load_release
 
 BIN = Path(sys.executable).parent
 PAYLOADS = ["exec_with_source", "os.system", "builtins.eval", "builtins.exec", "subprocess.Popen"]
 #: the global each payload's pickle names (what the refusal must say)
-GLOBALS = {"exec_with_source": "torch.fx.graph_module._exec_with_source", "os.system": "system",
-           "builtins.eval": "builtins.eval", "builtins.exec": "builtins.exec", "subprocess.Popen": "Popen"}  # protocol 2 names it commands.Popen
+GLOBALS = {
+    "exec_with_source": "torch.fx.graph_module._exec_with_source",
+    "os.system": "system",
+    "builtins.eval": "builtins.eval",
+    "builtins.exec": "builtins.exec",
+    "subprocess.Popen": "Popen",
+}  # protocol 2 names it commands.Popen
 
 
 class Payload:
@@ -88,8 +93,9 @@ def test_each_payload_is_live_without_the_allow_list(tmp_path: Path, marker: Pat
 
 
 @pytest.mark.parametrize("kind", PAYLOADS)
-def test_library_entry_points_refuse_every_payload(pretrained_ckpt: Path, shards: Path, tmp_path: Path,
-                                                   marker: Path, kind: str) -> None:
+def test_library_entry_points_refuse_every_payload(
+    pretrained_ckpt: Path, shards: Path, tmp_path: Path, marker: Path, kind: str
+) -> None:
     from omnimodal.downstream.task import load_finetuned
     from omnimodal.pretraining.run import run
 
@@ -107,8 +113,11 @@ def test_library_entry_points_refuse_every_payload(pretrained_ckpt: Path, shards
     # resume from a path, resume=auto (the run folder's last.ckpt), init_from
     auto = tmp_path / "run"
     shutil.copy(bad, (auto / "checkpoints").mkdir(parents=True) or auto / "checkpoints" / "last.ckpt")
-    for overrides, where in (([f"resume={bad}"], bad), (["resume=auto"], auto / "checkpoints" / "last.ckpt"),
-                             (["resume=null", f"init_from={bad}"], bad)):
+    for overrides, where in (
+        ([f"resume={bad}"], bad),
+        (["resume=auto"], auto / "checkpoints" / "last.ckpt"),
+        (["resume=null", f"init_from={bad}"], bad),
+    ):
         cfg = train_config(shards, auto, "experiment=quick", "trainer.max_steps=1", *overrides)
         with pytest.raises(CheckpointError) as exc:
             run(cfg)
@@ -134,17 +143,28 @@ def _deepspeed_folder(pretrained_ckpt: Path, out: Path, kind: str, marker: Path,
     tag.mkdir(parents=True)
     (out / "latest").write_text("checkpoint")
     payload = Payload(kind, marker)
-    torch.save({"module": ckpt["state_dict"], "hyper_parameters": ckpt["hyper_parameters"], "global_step": 4,
-                "buffer_names": payload if poisoned == "model" else [], "param_shapes": [], "shared_params": {}},
-               tag / "mp_rank_00_model_states.pt")
-    torch.save({"optimizer_state_dict": {"zero_stage": payload if poisoned == "optim" else 2}, "ds_version": "0.19"},
-               tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    torch.save(
+        {
+            "module": ckpt["state_dict"],
+            "hyper_parameters": ckpt["hyper_parameters"],
+            "global_step": 4,
+            "buffer_names": payload if poisoned == "model" else [],
+            "param_shapes": [],
+            "shared_params": {},
+        },
+        tag / "mp_rank_00_model_states.pt",
+    )
+    torch.save(
+        {"optimizer_state_dict": {"zero_stage": payload if poisoned == "optim" else 2}, "ds_version": "0.19"},
+        tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    )
     return out
 
 
 @pytest.mark.parametrize("kind", ["exec_with_source", "os.system"])
-def test_deepspeed_folders_are_read_without_code(pretrained_ckpt: Path, tmp_path: Path, marker: Path,
-                                                 kind: str) -> None:
+def test_deepspeed_folders_are_read_without_code(
+    pretrained_ckpt: Path, tmp_path: Path, marker: Path, kind: str
+) -> None:
     # the payload in the optimizer states, which reading the checkpoint's metadata never touches: verified anyway
     ds = _deepspeed_folder(pretrained_ckpt, tmp_path / "ds.ckpt", kind, marker, poisoned="optim")
     states = ds / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
@@ -163,8 +183,9 @@ def test_deepspeed_folders_are_read_without_code(pretrained_ckpt: Path, tmp_path
 
 
 @pytest.mark.parametrize("kind", ["exec_with_source", "builtins.eval"])
-def test_distributed_checkpoint_metadata_is_read_without_code(pretrained_ckpt: Path, tmp_path: Path, marker: Path,
-                                                              kind: str) -> None:
+def test_distributed_checkpoint_metadata_is_read_without_code(
+    pretrained_ckpt: Path, tmp_path: Path, marker: Path, kind: str
+) -> None:
     """torch distributed checkpoint (FSDP2) reads ``.metadata`` with plain ``pickle.load``."""
     from torch.distributed.checkpoint import FileSystemReader
 
@@ -195,14 +216,17 @@ def test_pickled_weights_in_a_release_are_refused_by_name(release_dir: Path, tmp
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("edit, match", [
-    ({"_target_": "os.system"}, r"config\._target_ asks to load code"),
-    ({"custom_pipelines": {"x": {"impl": "evil.Pipe"}}}, "asks to load code"),
-    ({"architectures": ["os.system"]}, "looks like an import path"),
-    ({"architectures": ["Evil"]}, r"architectures = \['Evil'\]"),
-    ({"extra": 1}, r"unknown top-level keys \['extra'\]"),
-    ({"auto_map": {"AutoModel": "m.M"}}, "asks to load code"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"_target_": "os.system"}, r"config\._target_ asks to load code"),
+        ({"custom_pipelines": {"x": {"impl": "evil.Pipe"}}}, "asks to load code"),
+        ({"architectures": ["os.system"]}, "looks like an import path"),
+        ({"architectures": ["Evil"]}, r"architectures = \['Evil'\]"),
+        ({"extra": 1}, r"unknown top-level keys \['extra'\]"),
+        ({"auto_map": {"AutoModel": "m.M"}}, "asks to load code"),
+    ],
+)
 def test_release_configs_are_walked_whole(release_dir: Path, tmp_path: Path, edit: dict, match: str) -> None:
     import json
 
@@ -241,15 +265,24 @@ def _cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow  # seven console scripts, ~10 s each
-def test_commands_refuse_a_payload_checkpoint(pretrained_ckpt: Path, release_dir: Path, shards: Path,
-                                              tmp_path: Path, marker: Path) -> None:
+def test_commands_refuse_a_payload_checkpoint(
+    pretrained_ckpt: Path, release_dir: Path, shards: Path, tmp_path: Path, marker: Path
+) -> None:
     """Each console script that reads a checkpoint: exit code != 0, the file and the global named, nothing run."""
     bad = _poison(pretrained_ckpt, tmp_path / "bad.ckpt", "exec_with_source", marker)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(bad, run / "checkpoints" / "last.ckpt")
-    train = [str(BIN / "omnimodal-train"), "data=shards", f"data.root={shards}", "data.synthetic=null",
-             "experiment=quick", "trainer.accelerator=cpu", "~logger.tensorboard", f"hydra.run.dir={run}"]
+    train = [
+        str(BIN / "omnimodal-train"),
+        "data=shards",
+        f"data.root={shards}",
+        "data.synthetic=null",
+        "experiment=quick",
+        "trainer.accelerator=cpu",
+        "~logger.tensorboard",
+        f"hydra.run.dir={run}",
+    ]
     rel = tmp_path / "rel"
     shutil.copytree(release_dir, rel)
     torch.save({"w": Payload("exec_with_source", marker)}, rel / "model.safetensors")
@@ -260,20 +293,30 @@ def test_commands_refuse_a_payload_checkpoint(pretrained_ckpt: Path, release_dir
         "train resume=PATH": ([*train, f"resume={bad}"], bad),
         "eval": ([str(BIN / "omnimodal-eval"), str(bad), "--data", str(shards)], bad),
         "forecast": ([str(BIN / "omnimodal-forecast"), str(bad), "--data", str(shards)], bad),
-        "finetune": ([str(BIN / "omnimodal-finetune"), f"release={rel}", f"data.root={shards}",
-                      "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'ft'}"], rel / "model.safetensors"),
+        "finetune": (
+            [
+                str(BIN / "omnimodal-finetune"),
+                f"release={rel}",
+                f"data.root={shards}",
+                "trainer.accelerator=cpu",
+                f"hydra.run.dir={tmp_path / 'ft'}",
+            ],
+            rel / "model.safetensors",
+        ),
     }
     for name, (cmd, where) in commands.items():
         r = _cli(cmd)
         assert r.returncode != 0, f"{name}: exit code 0"
-        assert str(where) in r.stderr and ("refused" in r.stderr or "not a safetensors file" in r.stderr), \
+        assert str(where) in r.stderr and ("refused" in r.stderr or "not a safetensors file" in r.stderr), (
             f"{name}: {r.stderr[-2000:]}"
+        )
         assert "Traceback" not in r.stderr, f"{name}: {r.stderr[-2000:]}"
     assert not marker.exists()
 
 
-def test_consolidate_command_says_it_in_one_line(pretrained_ckpt: Path, tmp_path: Path, marker: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_consolidate_command_says_it_in_one_line(
+    pretrained_ckpt: Path, tmp_path: Path, marker: Path, capsys: pytest.CaptureFixture
+) -> None:
     bad = _poison(pretrained_ckpt, tmp_path / "bad.ckpt", "builtins.exec", marker)
     assert consolidate_main([str(bad), str(tmp_path / "w.ckpt")]) == 2
     err = capsys.readouterr().err.strip()

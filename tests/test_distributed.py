@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_strategies import RANK1_MODALITIES, STRATEGIES, LossRecorder, RankInterleaved, compose_config
 
 from omnimodal.cli.consolidate import main as consolidate_main
@@ -48,8 +47,17 @@ def dist_runs(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _torchrun(shards: Path, out: Path, *cases: str) -> Path:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "dist_worker.py"), str(shards), str(out), *cases]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(HERE / "dist_worker.py"),
+        str(shards),
+        str(out),
+        *cases,
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=1500)
     errors = "\n".join(p.read_text()[-3000:] for p in out.glob("*/rank*.error"))
@@ -60,14 +68,17 @@ def _torchrun(shards: Path, out: Path, *cases: str) -> Path:
 def _reference(shards: Path, run_dir: Path, accumulate: int, steps: int) -> dict:
     """1 process fed, for each step, every rank's micro-batches back to back (rank 0's, rank 1's, rank 0's
     next, ...) with ``accumulate_grad_batches=accumulate`` -> {"losses": {(rank batch index, rank): loss}, ...}."""
-    task, dm, trainer = build(compose_config(shards, run_dir, f"trainer.accumulate_grad_batches={accumulate}",
-                                             f"trainer.max_steps={steps}"))
+    task, dm, trainer = build(
+        compose_config(shards, run_dir, f"trainer.accumulate_grad_batches={accumulate}", f"trainer.max_steps={steps}")
+    )
     rec = LossRecorder()
     trainer.callbacks.append(rec)
     trainer.fit(task, datamodule=RankInterleaved(dm, world=2, modalities={1: RANK1_MODALITIES}))
     assert trainer.global_step == steps
-    return {"losses": {(b // 2, b % 2): loss for b, loss, _ in rec.records},
-            "state_dict": {k: v.detach().clone() for k, v in task.state_dict().items()}}
+    return {
+        "losses": {(b // 2, b % 2): loss for b, loss, _ in rec.records},
+        "state_dict": {k: v.detach().clone() for k, v in task.state_dict().items()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +112,9 @@ def test_two_processes_match_one_with_the_same_global_batch(dist_runs: Path, ref
 
 
 @pytest.mark.parametrize("case", ACCUMULATING)
-def test_zero_with_gradient_accumulation_matches_one_process(dist_runs: Path, reference_accumulating: dict,
-                                                             case: str) -> None:
+def test_zero_with_gradient_accumulation_matches_one_process(
+    dist_runs: Path, reference_accumulating: dict, case: str
+) -> None:
     """DeepSpeed reduces ZeRO gradients once per accumulation window (a flush per micro-batch overwrote the
     earlier micro-batches' gradients: the update then saw only the last one)."""
     for rank in (0, 1):
@@ -116,8 +128,9 @@ def test_zero_with_gradient_accumulation_matches_one_process(dist_runs: Path, re
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_checkpoints_consolidate_into_one_file_the_export_reads(dist_runs: Path, reference: dict, case: str,
-                                                                tmp_path: Path) -> None:
+def test_checkpoints_consolidate_into_one_file_the_export_reads(
+    dist_runs: Path, reference: dict, case: str, tmp_path: Path
+) -> None:
     ckpt = dist_runs / case / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir() == (case != "ddp")  # DeepSpeed and FSDP write folders
     assert written_by(ckpt) == 2
@@ -131,16 +144,19 @@ def test_checkpoints_consolidate_into_one_file_the_export_reads(dist_runs: Path,
     for k, want in reference["state_dict"].items():
         # Adam moves an element whose gradient is rounding noise by up to lr (1e-3) a step: atol 2e-4 allows
         # that (observed <= 4e-5) and still tells step 4 from step 2 (elements differ by ~lr x 2)
-        torch.testing.assert_close(loaded["state_dict"][k], want, rtol=1e-3, atol=2e-4, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(loaded["state_dict"][k], want, rtol=1e-3, atol=2e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.parametrize("case", ["fsdp", "deepspeed_zero2"])
-def test_resume_with_another_number_of_processes_says_how(dist_runs: Path, shards: Path, tmp_path: Path,
-                                                          case: str) -> None:
+def test_resume_with_another_number_of_processes_says_how(
+    dist_runs: Path, shards: Path, tmp_path: Path, case: str
+) -> None:
     ckpt = dist_runs / case / "checkpoints" / "epoch=0-step=2.ckpt"
     check_resume(ckpt, 2)  # the same number: fine
     cfg = compose_config(shards, tmp_path, *STRATEGIES[case], "trainer.devices=1", f"resume='{ckpt}'")
-    with pytest.raises(RuntimeError, match=r"written by a run with 2 processes and this run has 1.*omnimodal-consolidate"):
+    with pytest.raises(
+        RuntimeError, match=r"written by a run with 2 processes and this run has 1.*omnimodal-consolidate"
+    ):
         run(cfg)  # refused before any process group or training starts
 
 

@@ -18,13 +18,13 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
 def _pins() -> dict[str, str]:
     lines = (ROOT / "constraints.txt").read_text().splitlines()
-    return dict(l.split("==") for l in lines if l and not l.startswith("#"))
+    return dict(ln.split("==") for ln in lines if ln and not ln.startswith("#"))
 
 
 def _pip_installs() -> list[list[str]]:
     """The arguments of each `pip install` in the Dockerfile (continuation lines joined)."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    runs = [l[len("RUN "):] for l in text.splitlines() if l.startswith("RUN ")]
+    runs = [ln[len("RUN ") :] for ln in text.splitlines() if ln.startswith("RUN ")]
     cmds = [c.strip() for r in runs for c in re.split(r"&&|;", r)]
     return [shlex.split(c.split("pip install", 1)[1]) for c in cmds if "pip install" in c]
 

@@ -19,8 +19,8 @@ Measured on 2 CPU cores (``pytest tests/test_downstream.py -m slow -s``, ~9 min;
 the test split): release (frozen) C-index 0.677 / 0.685 (seeds 0 / 1), AUROC 0.706 / 0.721; from scratch
 C-index 0.667 / 0.594, AUROC 0.700 / 0.637; logistic regression C-index 0.629, AUROC 0.623. At a landmark of
 1 year (about one event of history) the logistic regression is an age model that the fine-tuned models did
-not beat in development runs (0.73 C-index vs 0.66-0.71); the release's edge is reading a history in which the last visit lacks most
-modalities.
+not beat in development runs (0.73 C-index vs 0.66-0.71); the release's edge is reading a history in which the
+last visit lacks most modalities.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from datamodules.builtin_cohort import demo_shards
 from datamodules.shards.builder import BuildConfig, build_shards
 from datamodules.synthetic import synthesize_cohort
 from omnimodal.downstream import run as FT
-from omnimodal.downstream.task import FinetuneTask
-from omnimodal.pretraining import run as T
 from omnimodal.downstream.baselines import last_visit_logistic
+from omnimodal.downstream.task import FinetuneTask
 from omnimodal.evaluation.report import compute_metrics, evaluate
+from omnimodal.pretraining import run as T
 from omnimodal.release import export
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~12 min on 2 idle cores
@@ -60,16 +60,32 @@ def _compose(name: str, overrides: list[str]):
         return compose(name, overrides=overrides)
 
 
-QUIET = ["trainer.enable_progress_bar=false", "~logger", "~callbacks.lr_monitor", "~callbacks.requeue",
-         "trainer.accelerator=cpu"]
+QUIET = [
+    "trainer.enable_progress_bar=false",
+    "~logger",
+    "~callbacks.lr_monitor",
+    "~callbacks.requeue",
+    "trainer.accelerator=cpu",
+]
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pretrain")
-    cfg = _compose("train", ["experiment=quick", "data.synthetic.n_subjects=128", "data.num_workers=0",
-                             f"trainer.max_steps={PRETRAIN_STEPS}", "trainer.max_epochs=-1", "resume=null",
-                             "callbacks.checkpoint.every_n_train_steps=100000", "+trainer.limit_val_batches=0", *QUIET])
+    cfg = _compose(
+        "train",
+        [
+            "experiment=quick",
+            "data.synthetic.n_subjects=128",
+            "data.num_workers=0",
+            f"trainer.max_steps={PRETRAIN_STEPS}",
+            "trainer.max_epochs=-1",
+            "resume=null",
+            "callbacks.checkpoint.every_n_train_steps=100000",
+            "+trainer.limit_val_batches=0",
+            *QUIET,
+        ],
+    )
     demo_shards(128, 0, 2)
     with open_dict(cfg):
         cfg.run_dir = str(out / "run")
@@ -83,21 +99,43 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def downstream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second synthetic cohort, re-split 50/10/40 by keyed hash (the cohort's own split column dropped)."""
     base = tmp_path_factory.mktemp("downstream")
-    synthesize_cohort(base / "cohort", n_subjects=N_DOWN, seed=SEED_DOWN, workers=2,
-                      modalities=["clinical", "ecg", "wearable"])
+    synthesize_cohort(
+        base / "cohort", n_subjects=N_DOWN, seed=SEED_DOWN, workers=2, modalities=["clinical", "ecg", "wearable"]
+    )
     subjects = pd.read_csv(base / "cohort" / "subjects.csv").drop(columns=["split"])
     subjects.to_csv(base / "cohort" / "subjects_resplit.csv", index=False)
     c = base / "cohort"
-    build_shards(BuildConfig(subjects=str(c / "subjects_resplit.csv"), events=str(c / "events.csv"),
-                             labels=str(c / "labels.csv"), out=str(base / "shards"), secret="downstream-secret-0123456789",
-                             workers=2, max_samples_per_shard=16, split_fractions=(0.5, 0.1, 0.4)))
+    build_shards(
+        BuildConfig(
+            subjects=str(c / "subjects_resplit.csv"),
+            events=str(c / "events.csv"),
+            labels=str(c / "labels.csv"),
+            out=str(base / "shards"),
+            secret="downstream-secret-0123456789",
+            workers=2,
+            max_samples_per_shard=16,
+            split_fractions=(0.5, 0.1, 0.4),
+        )
+    )
     return base / "shards"
 
 
 def _finetune(release: Path, shards: Path, run_dir: Path, *overrides: str) -> FinetuneTask:
-    cfg = _compose("finetune", [f"release={release}", f"data.root={shards}", f"modalities={MODALITIES}", *LANDMARK,
-                                f"trainer.max_epochs={EPOCHS}", "head=survival",
-                                "callbacks.checkpoint.monitor=null", "callbacks.checkpoint.save_top_k=0", *QUIET, *overrides])
+    cfg = _compose(
+        "finetune",
+        [
+            f"release={release}",
+            f"data.root={shards}",
+            f"modalities={MODALITIES}",
+            *LANDMARK,
+            f"trainer.max_epochs={EPOCHS}",
+            "head=survival",
+            "callbacks.checkpoint.monitor=null",
+            "callbacks.checkpoint.save_top_k=0",
+            *QUIET,
+            *overrides,
+        ],
+    )
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     task, dm, trainer = FT.build(cfg)
@@ -106,21 +144,29 @@ def _finetune(release: Path, shards: Path, run_dir: Path, *overrides: str) -> Fi
 
 
 def test_finetuned_release_beats_scratch_and_logistic(release: Path, downstream: Path, tmp_path: Path) -> None:
-    models = {"release (frozen)": ["mode=frozen"],
-              "from scratch": ["init=scratch", "mode=full", "optim.backbone_lr_ratio=1.0"]}
+    models = {
+        "release (frozen)": ["mode=frozen"],
+        "from scratch": ["init=scratch", "mode=full", "optim.backbone_lr_ratio=1.0"],
+    }
     results: dict[str, list[dict]] = {}
     for name, overrides in models.items():
         for seed in SEEDS:
             task = _finetune(release, downstream, tmp_path / f"{name}-{seed}", *overrides, f"seed={seed}")
-            results.setdefault(name, []).append(evaluate(task, name, downstream, "test", n_boot=200, ablation=False).metrics)
+            results.setdefault(name, []).append(
+                evaluate(task, name, downstream, "test", n_boot=200, ablation=False).metrics
+            )
     preds, _ = last_visit_logistic(task, downstream)
-    results["logistic, last visit"] = [compute_metrics("survival", _as_survival(preds), task.head_cfg.horizon_days, 200)]
+    results["logistic, last visit"] = [
+        compute_metrics("survival", _as_survival(preds), task.head_cfg.horizon_days, 200)
+    ]
     n = len(preds)
     lines = [f"downstream: {n} people at risk at the landmark in the test split"]
     c, auc = {}, {}
     for name, runs in results.items():
         for seed, m in zip(SEEDS, runs):
-            lines.append(f"  {name:22s} seed {seed}  C-index {m['survival']['c_index']}  AUROC(5 y) {m['binary']['auroc']}")
+            lines.append(
+                f"  {name:22s} seed {seed}  C-index {m['survival']['c_index']}  AUROC(5 y) {m['binary']['auroc']}"
+            )
         c[name] = float(np.mean([m["survival"]["c_index"].value for m in runs]))
         auc[name] = float(np.mean([m["binary"]["auroc"].value for m in runs]))
     print("\n" + "\n".join(lines) + f"\n  means: C-index {c}\n         AUROC {auc}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -211,8 +211,9 @@ def test_meta_build_then_to_empty_and_init_weights_matches_a_normal_build(name: 
     torch.manual_seed(3)
     enc = meta_build(name)  # meta build consumes no randomness; its buffers and weights hold garbage
     enc.init_weights()
-    for (n1, a), (n2, b) in zip([*ref.named_parameters(), *ref.named_buffers()],
-                                [*enc.named_parameters(), *enc.named_buffers()], strict=True):
+    for (n1, a), (n2, b) in zip(
+        [*ref.named_parameters(), *ref.named_buffers()], [*enc.named_parameters(), *enc.named_buffers()], strict=True
+    ):
         assert n1 == n2 and torch.equal(a, b), f"{name}: {n1} differs"
     inputs = make_inputs(enc)
     with torch.no_grad():
@@ -295,16 +296,32 @@ def test_default_encoders_read_collated_batches_at_the_schema_default_layouts() 
         ax = specs[modality].variable_axis
         if ax is not None:
             shape[ax] = shape[ax] // (i + 1)  # shorter recordings get padded by the collator
-        a = rng.integers(0, 256, shape, dtype=np.uint8) if specs[modality].dtype == "uint8" \
+        a = (
+            rng.integers(0, 256, shape, dtype=np.uint8)
+            if specs[modality].dtype == "uint8"
             else rng.standard_normal(shape).astype(np.float32)
+        )
         if specs[modality].nan_is_missing and i == 1:
             a[0] = np.nan  # a missing lead / stream / feature
         return a
 
-    timelines = [Timeline(key=f"k{i}", events=[Event(0.0, 9000.0, [
-        *(Measurement(m, canonical(m, i)) for m, d in registry().items() if d.has_files),
-        Measurement("clinical", code="LAB:glucose", value=5.4 if i else float("nan")),
-        Measurement("clinical", code="DX:never-seen")])]) for i in range(2)]
+    timelines = [
+        Timeline(
+            key=f"k{i}",
+            events=[
+                Event(
+                    0.0,
+                    9000.0,
+                    [
+                        *(Measurement(m, canonical(m, i)) for m, d in registry().items() if d.has_files),
+                        Measurement("clinical", code="LAB:glucose", value=5.4 if i else float("nan")),
+                        Measurement("clinical", code="DX:never-seen"),
+                    ],
+                )
+            ],
+        )
+        for i in range(2)
+    ]
     collator = Collator(specs, clinical_codes=["LAB:glucose", "DX:E11"])
     batch = collator(timelines)
     assert set(batch.modalities) == set(registry())

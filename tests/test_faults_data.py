@@ -24,9 +24,9 @@ import json
 import pickle
 import shutil
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -49,8 +49,11 @@ class Case:
 
 
 def _digest(tl: Timeline) -> str:
-    h = hashlib.sha256(json.dumps([tl.key, tl.static, {k: [v.value, v.time_days] for k, v in tl.labels.items()}],
-                                  sort_keys=True).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            [tl.key, tl.static, {k: [v.value, v.time_days] for k, v in tl.labels.items()}], sort_keys=True
+        ).encode()
+    )
     for ev in tl.events:
         h.update(np.float64([ev.time_days, ev.age_days]).tobytes())
         for m in ev.measurements:
@@ -77,6 +80,7 @@ def _index_edit(change: Callable[[dict], None]) -> Callable[[Path], None]:
         index = load_index(root)
         change(index)
         (root / "index.json").write_bytes(dumps(index))
+
     return edit
 
 
@@ -107,8 +111,9 @@ def _cases(shards: Path) -> list[Case]:
                 continue
             pos, expect = data + size + int(rng.integers(512 - size % 512)), (shard,)
         xor = int(rng.integers(1, 256))
-        cases.append(Case(f"flip {where} {shard} @{pos}", "train",
-                          lambda r, s=shard, p=pos, x=xor: _flip(r / s, p, x), expect))
+        cases.append(
+            Case(f"flip {where} {shard} @{pos}", "train", lambda r, s=shard, p=pos, x=xor: _flip(r / s, p, x), expect)
+        )
 
     # truncations: at a sample boundary and inside a member / a header; raw, or with the index rewritten to match
     def boundary(path: Path, k: int) -> int:
@@ -117,26 +122,37 @@ def _cases(shards: Path) -> list[Case]:
 
     for i, shard in enumerate(train[:3]):
         for reidx in (False, True):
+
             def cut(root: Path, s: str = shard, k: int = i + 1, ri: bool = reidx, mid: bool = False) -> None:
                 data = (root / s).read_bytes()
                 at = boundary(root / s, k) + (700 if mid else 0)
                 (root / s).write_bytes(data[:at])
                 if ri:
                     reindex(root, s)
+
             tag = " +index" if reidx else ""
             cases.append(Case(f"truncate at a sample boundary {shard}{tag}", "train", cut, (shard,)))
-            cases.append(Case(f"truncate inside a member {shard}{tag}", "train",
-                              lambda r, c=cut: c(r, mid=True), (shard,)))
-            cases.append(Case(f"truncate inside a header {shard}{tag}", "train",
-                              lambda r, s=shard, ri=reidx: _truncate(r, s, 1500 + 512 * 3 + 100, ri), (shard,)))
-    cases.append(Case(f"truncate to 0 bytes {train[0]} +index", "train",
-                      lambda r: _truncate(r, train[0], 0, True), (train[0],)))
+            cases.append(
+                Case(f"truncate inside a member {shard}{tag}", "train", lambda r, c=cut: c(r, mid=True), (shard,))
+            )
+            cases.append(
+                Case(
+                    f"truncate inside a header {shard}{tag}",
+                    "train",
+                    lambda r, s=shard, ri=reidx: _truncate(r, s, 1500 + 512 * 3 + 100, ri),
+                    (shard,),
+                )
+            )
+    cases.append(
+        Case(f"truncate to 0 bytes {train[0]} +index", "train", lambda r: _truncate(r, train[0], 0, True), (train[0],))
+    )
 
     def fewer(root: Path, s: str = train[1]) -> None:  # a well-formed tar, one sample short of its entry
         members = read_members(root / s)
         last_key = members[-1][0].name.split(".")[0]
         write_members(root / s, [(m, d) for m, d in members if not m.name.startswith(last_key)])
         reindex(root, s)
+
     cases.append(Case(f"rewritten one sample short {train[1]} +index", "train", fewer, (train[1],)))
 
     # deleted shards
@@ -151,12 +167,14 @@ def _cases(shards: Path) -> list[Case]:
         def change(ix: dict) -> None:
             entry(ix)["samples"] += delta
             ix["splits"]["train"]["samples"] += delta if total else 0
+
         return change
 
     def drop_entry(total: bool) -> Callable[[dict], None]:
         def change(ix: dict) -> None:
             gone = ix["splits"]["train"]["shards"].pop(1)
             ix["splits"]["train"]["samples"] -= gone["samples"] if total else 0
+
         return change
 
     edits = {
@@ -169,8 +187,10 @@ def _cases(shards: Path) -> list[Case]:
         "bytes removed": (lambda ix: entry(ix).pop("bytes"), (train[1],)),
         "entry removed (split total too)": (drop_entry(True), (train[1],)),
         "entry removed (entry only)": (drop_entry(False), ("index.json",)),
-        "split total -1": (lambda ix: ix["splits"]["train"].update(samples=ix["splits"]["train"]["samples"] - 1),
-                           ("index.json",)),
+        "split total -1": (
+            lambda ix: ix["splits"]["train"].update(samples=ix["splits"]["train"]["samples"] - 1),
+            ("index.json",),
+        ),
     }
     for label, (change, expect) in edits.items():
         cases.append(Case(f"index: {label}", "train", _index_edit(change), expect))
@@ -179,6 +199,7 @@ def _cases(shards: Path) -> list[Case]:
     def member_case(label: str, suffix: str, change: Callable[[bytes], bytes], consistent: bool = True) -> Case:
         def edit(root: Path) -> None:
             rewrite_member(root, lambda n: n.endswith(suffix), change, consistent=consistent)
+
         # the shard and member are known once edited: "@member" has the test find them (_member_expect)
         return Case(f"member {label}", "train", edit, ("@member",))
 
@@ -198,16 +219,21 @@ def _cases(shards: Path) -> list[Case]:
     cases += [
         member_case("mri as float64 x 1e6", ".mri.npy", scaled64),
         member_case("ecg as float64", ".ecg.npy", lambda d: npy_bytes(np.load(io.BytesIO(d)).astype(np.float64))),
-        member_case("face frames as float32", ".face.npy",
-                    lambda d: npy_bytes(np.load(io.BytesIO(d)).astype(np.float32))),
+        member_case(
+            "face frames as float32", ".face.npy", lambda d: npy_bytes(np.load(io.BytesIO(d)).astype(np.float32))
+        ),
         member_case("voice as a pickle .npy", ".voice.npy", pickled),
         member_case("wearable as raw pickle bytes", ".wearable.npy", lambda d: pickle.dumps({"a": 1})),
         member_case("omics as garbage", ".omics.npy", lambda d: bytes(range(256)) * 3),
         member_case("omics of the wrong shape", ".omics.npy", lambda d: npy_bytes(np.zeros(5, np.float32))),
         member_case("mri with a NaN", ".mri.npy", nan),
         member_case("ecg garbage, unsigned", ".ecg.npy", lambda d: d[:40] + b"\x00" * (len(d) - 40), consistent=False),
-        member_case("meta.json value changed, unsigned", ".meta.json",
-                    lambda d: d.replace(b'"time_days":0', b'"time_days":1', 1), consistent=False),
+        member_case(
+            "meta.json value changed, unsigned",
+            ".meta.json",
+            lambda d: d.replace(b'"time_days":0', b'"time_days":1', 1),
+            consistent=False,
+        ),
     ]
 
     def extra_member(root: Path, s: str = train[0]) -> None:
@@ -291,8 +317,10 @@ def test_no_sample_is_lost_silently(shards: Path, tmp_path: Path, capsys: pytest
                 harmless.append(case.name)
             else:
                 tally["silent losses"] += len(set(orig) - set(got)) or 1
-                failures.append(f"{case.name}: no error, but {len(set(orig) - set(got))} samples lost "
-                                f"/ {sum(got.get(k) != v for k, v in orig.items())} changed")
+                failures.append(
+                    f"{case.name}: no error, but {len(set(orig) - set(got))} samples lost "
+                    f"/ {sum(got.get(k) != v for k, v in orig.items())} changed"
+                )
         # 2. verify=True always raises: every case changed the bytes or the index
         try:
             list(ShardDataset(root, case.split, shuffle=False, verify=True))
@@ -313,8 +341,10 @@ def test_no_sample_is_lost_silently(shards: Path, tmp_path: Path, capsys: pytest
             changed = [tl.key for tl in out if orig.get(tl.key) != _digest(tl)]
             if len(out) != ds.num_samples - ds.skipped or len(set(keys)) != len(keys) or silent or changed:
                 tally["silent losses"] += len(silent) + len(changed) + abs(len(out) - (ds.num_samples - ds.skipped))
-                failures.append(f"{case.name}: skip yielded {len(out)} of {ds.num_samples} with skipped={ds.skipped}; "
-                                f"{len(silent)} lost unreported, {len(changed)} changed")
+                failures.append(
+                    f"{case.name}: skip yielded {len(out)} of {ds.num_samples} with skipped={ds.skipped}; "
+                    f"{len(silent)} lost unreported, {len(changed)} changed"
+                )
             elif ds.skipped or ds.errors:
                 tally["exact skip"] += 1
         # 4. omnimodal-shard verify names the shard
@@ -323,9 +353,10 @@ def test_no_sample_is_lost_silently(shards: Path, tmp_path: Path, capsys: pytest
         if rc != 1 or expect[0] not in err:
             failures.append(f"{case.name}: verify exit {rc}, does not name {expect[0]}: {err[-300:]}")
         shutil.rmtree(root)
-    line = ("fault injection: {cases} cases; loader raised a DataError naming the shard: {error}; "
-            "exact skips: {exact skip}; harmless (data unchanged): {harmless}; silent losses: {silent losses}"
-            ).format(**tally)
+    line = (
+        "fault injection: {cases} cases; loader raised a DataError naming the shard: {error}; "
+        "exact skips: {exact skip}; harmless (data unchanged): {harmless}; silent losses: {silent losses}"
+    ).format(**tally)
     with capsys.disabled():
         print(f"\n{line}\n  harmless: {', '.join(harmless)}")
     assert not failures, "\n".join([line, *failures])

@@ -26,12 +26,29 @@ STEPS = 8
 
 
 def _command(shards: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "omnimodal.cli.train", "data=shards", f"data.root={shards}", "data.synthetic=null",
-            "data.num_workers=0", "data.batch_size=2", "data.max_events=4", "experiment=ecg_wearable",
-            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "~logger.tensorboard",
-            f"trainer.max_steps={STEPS}", "trainer.max_epochs=1", "trainer.limit_val_batches=0",
-            "trainer.log_every_n_steps=1", "+logger.csv.flush_logs_every_n_steps=1",
-            "callbacks.checkpoint.every_n_train_steps=1", "model.row_len=null", f"hydra.run.dir={run_dir}"]
+    return [
+        sys.executable,
+        "-m",
+        "omnimodal.cli.train",
+        "data=shards",
+        f"data.root={shards}",
+        "data.synthetic=null",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "data.max_events=4",
+        "experiment=ecg_wearable",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "~logger.tensorboard",
+        f"trainer.max_steps={STEPS}",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=0",
+        "trainer.log_every_n_steps=1",
+        "+logger.csv.flush_logs_every_n_steps=1",
+        "callbacks.checkpoint.every_n_train_steps=1",
+        "model.row_len=null",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -66,19 +83,29 @@ def _complete_steps(run_dir: Path) -> list[int]:
 
 def test_kill_minus_nine_anywhere_then_resume(shards: Path, tmp_path: Path) -> None:
     ref_dir = tmp_path / "ref"
-    r = subprocess.run(_command(shards, ref_dir), env=_env(tmp_path / "tmp-ref"), capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        _command(shards, ref_dir), env=_env(tmp_path / "tmp-ref"), capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ref = _losses(ref_dir)
     assert list(ref.index) == list(range(STEPS))
     rng = random.Random(20261201)
-    figures = {"trials": 0, "checkpoints seen": 0, "damaged under a final name": 0, "tmp files left": 0,
-               "killed mid-save": 0, "killed after the end": 0, "resumed from the newest": 0, "losses reproduced": 0,
-               "started over": 0}
+    figures = {
+        "trials": 0,
+        "checkpoints seen": 0,
+        "damaged under a final name": 0,
+        "tmp files left": 0,
+        "killed mid-save": 0,
+        "killed after the end": 0,
+        "resumed from the newest": 0,
+        "losses reproduced": 0,
+        "started over": 0,
+    }
     for trial in range(TRIALS):
         run_dir, tmp = tmp_path / f"t{trial}", tmp_path / f"tmp{trial}"
-        p = subprocess.Popen(_command(shards, run_dir), env=_env(tmp), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(
+            _command(shards, run_dir), env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for line in p.stdout:  # training starts after the model summary line
             if line.startswith("parameters:"):
                 break

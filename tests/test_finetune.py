@@ -27,13 +27,24 @@ from omnimodal.downstream.task import FinetuneTask, load_finetuned
 from omnimodal.evaluation.report import evaluate, write_report
 from omnimodal.release import ReleaseError
 
+
 def finetune_config(release: Path | str, shards: Path, run_dir: Path, *overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
-        cfg = compose("finetune", overrides=[
-            f"release={release}", f"data.root={shards}", "data.batch_size=4", "trainer.accelerator=cpu",
-            "trainer.enable_progress_bar=false", "~logger.tensorboard", "~callbacks.lr_monitor", "landmark.max_events=4",
-            *overrides])
+        cfg = compose(
+            "finetune",
+            overrides=[
+                f"release={release}",
+                f"data.root={shards}",
+                "data.batch_size=4",
+                "trainer.accelerator=cpu",
+                "trainer.enable_progress_bar=false",
+                "~logger.tensorboard",
+                "~callbacks.lr_monitor",
+                "landmark.max_events=4",
+                *overrides,
+            ],
+        )
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     return cfg
@@ -46,9 +57,9 @@ def test_targets_at_a_landmark() -> None:
     assert target(surv, Label(1.0, 100.0), 100.0)[0] is None  # not at risk at the landmark
     assert "not 0 (censored) or a cause" in target(surv, Label(3.0, 900.0), 100.0)[1]
     cls = HeadConfig(kind="classification", horizon_days=500)
-    assert target(cls, Label(1.0, 400.0), 100.0)[0] == {"y": 1.0}     # onset within the horizon
-    assert target(cls, Label(1.0, 700.0), 100.0)[0] == {"y": 0.0}     # onset after it: negative
-    assert target(cls, Label(0.0, 700.0), 100.0)[0] == {"y": 0.0}     # followed past it, no onset
+    assert target(cls, Label(1.0, 400.0), 100.0)[0] == {"y": 1.0}  # onset within the horizon
+    assert target(cls, Label(1.0, 700.0), 100.0)[0] == {"y": 0.0}  # onset after it: negative
+    assert target(cls, Label(0.0, 700.0), 100.0)[0] == {"y": 0.0}  # followed past it, no onset
     assert target(cls, Label(0.0, 300.0), 100.0) == (None, "censored before the horizon")
     assert target(HeadConfig(kind="classification", num_classes=3), Label(2.0), 0.0)[0] == {"y": 2.0}
     assert target(HeadConfig(kind="regression", center=10, scale=2), Label(14.0), 0.0)[0] == {"y": 2.0}
@@ -67,7 +78,7 @@ def test_survival_head_likelihood_and_cumulative_incidence() -> None:
     ll1 = p[1, 0, 0].log()
     ll2 = p[2, :, 0].log().sum()
     assert torch.allclose(nll, -(ll0 + ll1 + ll2) / 3, atol=1e-6)
-    cif = head.predict(logits)                                     # [3, 4 bins, 2 causes]
+    cif = head.predict(logits)  # [3, 4 bins, 2 causes]
     assert cif.shape == (3, 4, 2)
     assert (cif.diff(dim=1) >= -1e-7).all() and (cif.sum(-1) <= 1 + 1e-6).all()
     survival = p[..., 0].prod(1)
@@ -75,7 +86,9 @@ def test_survival_head_likelihood_and_cumulative_incidence() -> None:
 
 
 def _tl(times: list[float], label: Label) -> Timeline:
-    return Timeline("k", {}, [Event(t, 20000 + t, [Measurement("omics", np.zeros(3))]) for t in times], {"disease": label})
+    return Timeline(
+        "k", {}, [Event(t, 20000 + t, [Measurement("omics", np.zeros(3))]) for t in times], {"disease": label}
+    )
 
 
 def test_landmarks_random_for_training_fixed_for_evaluation() -> None:
@@ -90,14 +103,23 @@ def test_landmarks_random_for_training_fixed_for_evaluation() -> None:
         assert last < 900 and tgt["time"] == 900 - last and len(hist.events) <= 2
         seen.add(last)
     assert seen == {0, 200, 300, 500, 800}  # every event before the outcome, none after it
-    assert landmark_sample(_tl([0, 100], Label(1.0, 200.0)), head, lm, None) == \
-        (None, "outcome or censoring at or before the landmark")
+    assert landmark_sample(_tl([0, 100], Label(1.0, 200.0)), head, lm, None) == (
+        None,
+        "outcome or censoring at or before the landmark",
+    )
 
 
 # --- fine-tuning a release -----------------------------------------------------------------------------
 def _fit(release_dir: Path, shards: Path, run_dir: Path, *overrides: str) -> tuple[FinetuneTask, dict]:
-    cfg = finetune_config(release_dir, shards, run_dir, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                          "trainer.limit_val_batches=1", *overrides)
+    cfg = finetune_config(
+        release_dir,
+        shards,
+        run_dir,
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        *overrides,
+    )
     task, dm, trainer = build(cfg)
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     trainer.fit(task, datamodule=dm)
@@ -126,7 +148,7 @@ def test_head_reads_age_at_the_landmark_and_static_covariates(release_dir: Path,
     items = list(dm.dataset("train", train=False))[:4]
     batch, _ = LandmarkCollator(task.prep)(items)
     cov = covariates(("age", "sex_male"), batch)
-    want_age = [(h.events[-1].age_days / 365.25 - 60) / 15 for h, _ in items]   # the history's last event
+    want_age = [(h.events[-1].age_days / 365.25 - 60) / 15 for h, _ in items]  # the history's last event
     assert torch.allclose(cov[:, 0], torch.tensor(want_age), atol=1e-5)
     assert cov[:, 1].tolist() == [h.static["sex_male"] for h, _ in items]
     # the covariate moves the forecast: the same person ten years older gets another risk
@@ -167,7 +189,9 @@ def test_preprocessing_mismatch_is_refused(release_dir: Path, shards: Path, tmp_
     prep = json.loads((bad / "preprocessing.json").read_text())
     prep["specs"]["ecg"]["rate_hz"] = 500
     (bad / "preprocessing.json").write_text(json.dumps(prep))
-    with pytest.raises(ReleaseError, match=r"modality 'ecg' was preprocessed differently.*rate_hz: data 250 vs release 500"):
+    with pytest.raises(
+        ReleaseError, match=r"modality 'ecg' was preprocessed differently.*rate_hz: data 250 vs release 500"
+    ):
         build(finetune_config(bad, shards, tmp_path))
     # the same release is usable on a cohort's other modalities
     build(finetune_config(bad, shards, tmp_path, "modalities=[wearable,omics]"))
@@ -190,7 +214,7 @@ def test_eval_report_and_person_forecast(release_dir: Path, shards: Path, tmp_pa
     assert "c_index" in text and "Modality ablation" in text and "ecg" in text
     for png in ("roc.png", "calibration.png", "ablation.png"):
         img = np.asarray(Image.open(tmp_path / "report" / png).convert("L"))
-        assert img.shape[0] > 300 and (img < 250).mean() > 0.02, png   # an image with content, not blank
+        assert img.shape[0] > 300 and (img < 250).mean() > 0.02, png  # an image with content, not blank
     tl = find_person(shards, "train", person=0)
     f = Forecaster(task)
     traj = f.trajectory(tl)
@@ -203,8 +227,16 @@ def test_eval_report_and_person_forecast(release_dir: Path, shards: Path, tmp_pa
 
 
 def test_eval_and_forecast_commands(release_dir: Path, shards: Path, tmp_path: Path, capsys) -> None:
-    _fit(release_dir, shards, tmp_path / "run", "mode=frozen", "head=survival", "landmark.eval_days=30",
-         "trainer.max_epochs=2", "trainer.limit_train_batches=1")
+    _fit(
+        release_dir,
+        shards,
+        tmp_path / "run",
+        "mode=frozen",
+        "head=survival",
+        "landmark.eval_days=30",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=1",
+    )
     ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     # last.ckpt is where training ended, best.ckpt the epoch with the lowest validation loss
     from omnimodal.infra.checkpoints import load
@@ -214,8 +246,24 @@ def test_eval_and_forecast_commands(release_dir: Path, shards: Path, tmp_path: P
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     # the checkpoint carries its landmark design (evaluation and forecasts default to it)
     assert load_finetuned(ckpt).landmark == LandmarkConfig(eval_days=30, train="random", max_events=4)
-    eval_main([ckpt, ckpt, "--names", "a,b", "--data", str(shards), "--split", "train", "--out", str(tmp_path / "rep"),
-               "--n-boot", "20", "--landmark-days", "30"])
+    eval_main(
+        [
+            ckpt,
+            ckpt,
+            "--names",
+            "a,b",
+            "--data",
+            str(shards),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "rep"),
+            "--n-boot",
+            "20",
+            "--landmark-days",
+            "30",
+        ]
+    )
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "| a |" in text and "| b |" in text and "c_index" in text
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())[0]["model"] == "a"
@@ -238,22 +286,29 @@ def test_last_visit_features_and_logistic_baseline() -> None:
     specs = {m: s for m, s in default_specs().items() if m in ("ecg", "wearable")}
     feats = LastVisitFeatures(specs, [])
     wear = np.stack([np.arange(specs["wearable"].shape()[-1], dtype=np.float32)] * specs["wearable"].shape()[0])
-    tl = Timeline("k", {}, [Event(0.0, 365.25 * 60, [Measurement("ecg", np.ones(specs["ecg"].shape(), np.float32))]),
-                            Event(30.0, 365.25 * 70, [Measurement("wearable", wear)])], {})
+    tl = Timeline(
+        "k",
+        {},
+        [
+            Event(0.0, 365.25 * 60, [Measurement("ecg", np.ones(specs["ecg"].shape(), np.float32))]),
+            Event(30.0, 365.25 * 70, [Measurement("wearable", wear)]),
+        ],
+        {},
+    )
     x = feats(tl)
     n_ecg, n_wear = feats.size("ecg"), feats.size("wearable")
     assert len(x) == 1 + (1 + n_ecg) + (1 + n_wear)
-    assert x[0] == pytest.approx(70.0)                          # age at the last visit, in years
-    assert x[1] == 0 and not x[2:2 + n_ecg].any()               # no ECG at the last visit: indicator and zeros
+    assert x[0] == pytest.approx(70.0)  # age at the last visit, in years
+    assert x[1] == 0 and not x[2 : 2 + n_ecg].any()  # no ECG at the last visit: indicator and zeros
     channels = wear.shape[0]
-    assert x[2 + n_ecg] == 1                                    # wearables present: per-channel mean, then std
-    np.testing.assert_allclose(x[3 + n_ecg:3 + n_ecg + channels], wear.mean(-1))
-    np.testing.assert_allclose(x[3 + n_ecg + channels:], wear.std(-1), rtol=1e-6)
+    assert x[2 + n_ecg] == 1  # wearables present: per-channel mean, then std
+    np.testing.assert_allclose(x[3 + n_ecg : 3 + n_ecg + channels], wear.mean(-1))
+    np.testing.assert_allclose(x[3 + n_ecg + channels :], wear.std(-1), rtol=1e-6)
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(80, 3))
     y = (xs[:, 0] + 0.5 * rng.normal(size=80) > 0).astype(int)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", FutureWarning)           # no scikit-learn deprecation noise in reports
+        warnings.simplefilter("error", FutureWarning)  # no scikit-learn deprecation noise in reports
         model = fit_logistic(xs, y)
     p = model.predict_proba(xs)[:, 1]
     assert ((p > 0.5) == y).mean() > 0.8

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from golden_run import COMPONENTS, FILE, losses
 
 #: fp32, 2 threads, on the CPU kind CI runs on: two runs gave identical losses (difference 0.0). A small real
@@ -22,8 +21,9 @@ RTOL = 2e-5
 def test_ten_steps_reproduce_the_golden_losses(tmp_path: Path) -> None:
     want = json.loads(FILE.read_text())
     got = losses(tmp_path)
-    assert got["cohort"] == want["cohort"] and got["overrides"] == want["overrides"], \
+    assert got["cohort"] == want["cohort"] and got["overrides"] == want["overrides"], (
         "the golden run's setup changed: regenerate tests/assets/losses/tiny_cpu.json on purpose"
+    )
     assert len(got["steps"]) == len(want["steps"]) == 10
     for i, (g, w) in enumerate(zip(got["steps"], want["steps"])):
         assert set(g) == set(w) and "loss" in g

@@ -28,8 +28,9 @@ def test_attention_flops_equal_dense_sdpa_when_the_mask_is_full() -> None:
     shape = (R, H, L, Dh)
     pairs = gpu_check.attention_pairs(torch.zeros(R, L, dtype=torch.long), torch.zeros(R, L, dtype=torch.long))
     assert pairs == R * L * L
-    assert gpu_check.train_step_flops(0.0, n_layers=1, d_model=H * Dh, pairs=pairs) == \
-        3 * sdpa_flop_count(shape, shape, shape)
+    assert gpu_check.train_step_flops(0.0, n_layers=1, d_model=H * Dh, pairs=pairs) == 3 * sdpa_flop_count(
+        shape, shape, shape
+    )
 
 
 def test_train_step_flops_and_mfu() -> None:
@@ -42,8 +43,25 @@ def test_train_step_flops_and_mfu() -> None:
 @pytest.mark.slow
 def test_cpu_dry_run_trains_and_reports(shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "gpu_check.json"
-    results = gpu_check.main(["--shards", str(shards), "--cpu", "--steps", "2", "--warmup", "1", "--batch-size", "4",
-                              "--batches", "2", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
+    results = gpu_check.main(
+        [
+            "--shards",
+            str(shards),
+            "--cpu",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "4",
+            "--batches",
+            "2",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--out",
+            str(out),
+        ]
+    )
     (r,) = results
     assert r["timed_steps"] == 2 and r["tokens_per_step"] > 0 and r["tokens_per_s"] > 0
     assert r["model_tflops_per_step"] > 0 and 0 < r["mfu"] < 0.01  # a CPU is far from 990 TFLOP/s

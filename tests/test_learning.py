@@ -40,8 +40,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 from torchmetrics.functional.classification import binary_auroc
 
-from datamodules.collate import Collator
 from datamodules.builtin_cohort import DEMO_SECRET, demo_shards
+from datamodules.collate import Collator
 from datamodules.loader import CropConfig, ShardDataset, crop_timeline
 from datamodules.schema import Timeline
 from datamodules.shards.format import subject_key
@@ -51,13 +51,13 @@ from omnimodal.pretraining.run import build
 pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("OMNIMODAL_LEARNING_SEED", 0))  # a seed sweep: OMNIMODAL_LEARNING_SEED=3 pytest ...
-STEPS = 80                 # pretraining steps of batch 4 (~0.3-0.5 s each on 2 idle cores)
+STEPS = 80  # pretraining steps of batch 4 (~0.3-0.5 s each on 2 idle cores)
 LANDMARK_DAYS = 365.25
-MAX_EVENTS = 8             # history window, as in pretraining (data.max_events)
+MAX_EVENTS = 8  # history window, as in pretraining (data.max_events)
 FOLDS, INNER_FOLDS, REPEATS = 5, 4, 3
 L2_GRID = (1.0, 3.0, 10.0, 30.0)
-MARGIN = 0.05              # smallest gain over six seeds: 0.062
-FLOOR = 0.62               # pretrained AUROC over six seeds: 0.66-0.70
+MARGIN = 0.05  # smallest gain over six seeds: 0.062
+FLOOR = 0.62  # pretrained AUROC over six seeds: 0.66-0.70
 STATE_NAMES = ("cardio", "neuro", "resp", "metabolic", "frailty", "mood")
 
 
@@ -72,8 +72,11 @@ def landmark_histories(root: Path) -> tuple[list[Timeline], torch.Tensor]:
             if disease.time_days <= LANDMARK_DAYS:
                 continue
             before = [ev for ev in tl.events if ev.time_days < LANDMARK_DAYS]
-            history = crop_timeline(Timeline(tl.key, tl.static, before, {}),
-                                    CropConfig(max_events=MAX_EVENTS, random=False), np.random.default_rng(0))
+            history = crop_timeline(
+                Timeline(tl.key, tl.static, before, {}),
+                CropConfig(max_events=MAX_EVENTS, random=False),
+                np.random.default_rng(0),
+            )
             histories.append(history)
             labels.append(float(disease.value == 1))
     return histories, torch.tensor(labels, dtype=torch.float64)
@@ -82,7 +85,7 @@ def landmark_histories(root: Path) -> tuple[list[Timeline], torch.Tensor]:
 @torch.no_grad()
 def embed(model: OmniModel, histories: list[Timeline], collate: Collator, batch_size: int = 8) -> torch.Tensor:
     model.eval()
-    out = [model.embed(collate(histories[i:i + batch_size])) for i in range(0, len(histories), batch_size)]
+    out = [model.embed(collate(histories[i : i + batch_size])) for i in range(0, len(histories), batch_size)]
     return torch.cat(out).double()
 
 
@@ -94,7 +97,10 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float) -> torch.Tensor:
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(x @ w[:-1] + w[-1], y, reduction="sum") + 0.5 * l2 * w[:-1].square().sum()
+        loss = (
+            F.binary_cross_entropy_with_logits(x @ w[:-1] + w[-1], y, reduction="sum")
+            + 0.5 * l2 * w[:-1].square().sum()
+        )
         loss.backward()
         return loss
 
@@ -121,7 +127,9 @@ def auroc(score: torch.Tensor, y: torch.Tensor) -> float:
     return float(binary_auroc(score.float(), y.long()))
 
 
-def out_of_fold(x: torch.Tensor, y: torch.Tensor, folds: np.ndarray, l2: float | None) -> tuple[torch.Tensor, list[float]]:
+def out_of_fold(
+    x: torch.Tensor, y: torch.Tensor, folds: np.ndarray, l2: float | None
+) -> tuple[torch.Tensor, list[float]]:
     """Out-of-fold scores; ``l2=None`` picks it per training fold by an inner cross-validation."""
     score, chosen = torch.zeros(len(y), dtype=torch.float64), []
     for f in range(int(folds.max()) + 1):
@@ -178,12 +186,28 @@ def test_pretraining_beats_random_init_on_future_onset(tmp_path: Path) -> None:
     root = demo_shards(128, 0, 2)  # cached under $OMNIMODAL_CACHE (tests/conftest.py)
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=quick", "data=shards", f"data.root={root}", "data.synthetic=null", "data.num_workers=0",
-            f"seed={SEED}", f"trainer.max_steps={STEPS}", "trainer.max_epochs=-1", "trainer.accelerator=cpu",
-            "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
-            "+trainer.enable_checkpointing=false", "+trainer.limit_val_batches=0",
-            "~logger", "~callbacks.checkpoint", "~callbacks.lr_monitor", "resume=null"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=quick",
+                "data=shards",
+                f"data.root={root}",
+                "data.synthetic=null",
+                "data.num_workers=0",
+                f"seed={SEED}",
+                f"trainer.max_steps={STEPS}",
+                "trainer.max_epochs=-1",
+                "trainer.accelerator=cpu",
+                "trainer.enable_progress_bar=false",
+                "+trainer.enable_model_summary=false",
+                "+trainer.enable_checkpointing=false",
+                "+trainer.limit_val_batches=0",
+                "~logger",
+                "~callbacks.checkpoint",
+                "~callbacks.lr_monitor",
+                "resume=null",
+            ],
+        )
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path)
     assert cfg.data.batch_size == 4 and cfg.data.max_events == MAX_EVENTS
@@ -210,12 +234,14 @@ def test_pretraining_beats_random_init_on_future_onset(tmp_path: Path) -> None:
     age = torch.tensor([[h.events[-1].age_days / 365.25] for h in histories], dtype=torch.float64)
     auc_oracle, _ = probe_auroc(torch.cat([hidden, age], 1), y)
 
-    print(f"\nlearning: {len(y)} subjects at a {LANDMARK_DAYS / 365.25:g}-year landmark, {int(y.sum())} onsets after "
-          f"it; {STEPS} pretraining steps (loss {np.mean(losses.losses[:5]):.2f} -> {np.mean(losses.losses[-5:]):.2f})\n"
-          f"  probe AUROC: random init {auc_random:.3f} (L2 {np.median(l2_random):g}), pretrained {auc_pretrained:.3f} "
-          f"(L2 {np.median(l2_pretrained):g}), gain {auc_pretrained - auc_random:+.3f}; hidden state + age "
-          f"(ground truth) {auc_oracle:.3f}\n"
-          f"  {time.perf_counter() - t0:.0f} s ({t_train:.0f} s building and pretraining)")
+    print(
+        f"\nlearning: {len(y)} subjects at a {LANDMARK_DAYS / 365.25:g}-year landmark, {int(y.sum())} onsets after "
+        f"it; {STEPS} pretraining steps (loss {np.mean(losses.losses[:5]):.2f} -> {np.mean(losses.losses[-5:]):.2f})\n"
+        f"  probe AUROC: random init {auc_random:.3f} (L2 {np.median(l2_random):g}), pretrained {auc_pretrained:.3f} "
+        f"(L2 {np.median(l2_pretrained):g}), gain {auc_pretrained - auc_random:+.3f}; hidden state + age "
+        f"(ground truth) {auc_oracle:.3f}\n"
+        f"  {time.perf_counter() - t0:.0f} s ({t_train:.0f} s building and pretraining)"
+    )
 
     assert np.mean(losses.losses[-10:]) < np.mean(losses.losses[:10])
     assert auc_oracle > 0.75  # the labels carry signal a linear probe can find

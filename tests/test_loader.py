@@ -55,8 +55,9 @@ def test_batches_hold_all_modalities_in_canonical_layouts(shards: Path) -> None:
 
 
 @pytest.mark.parametrize("split", ["train", "val"])  # many shards (dealt by shard) / fewer shards than slots
-def test_every_sample_once_across_2_ranks_x_2_workers(shards: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        split: str) -> None:
+def test_every_sample_once_across_2_ranks_x_2_workers(
+    shards: Path, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
     info = load_index(shards)["splits"][split]
     assert (len(info["shards"]) >= 4) == (split == "train")
     seen = []
@@ -96,8 +97,9 @@ def uneven(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
                 for m, data in sample:
                     tar.addfile(m, io.BytesIO(data))
         samples = samples[size:]
-        entries.append({"name": name, "samples": size, "bytes": (root / name).stat().st_size,
-                        "sha256": sha256_file(root / name)})
+        entries.append(
+            {"name": name, "samples": size, "bytes": (root / name).stat().st_size, "sha256": sha256_file(root / name)}
+        )
     index["splits"]["train"]["shards"] = entries
     (root / "index.json").write_text(json.dumps(index))
     return root, where
@@ -118,7 +120,8 @@ def _ranks(monkeypatch: pytest.MonkeyPatch, world: int, make) -> list[list]:
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_even_epochs_give_every_rank_the_same_batches_and_keep_every_sample(
-        uneven: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch, world: int, num_workers: int) -> None:
+    uneven: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch, world: int, num_workers: int
+) -> None:
     root, _ = uneven
     ds = ShardDataset(root, "train", seed=3, even=True)
     nslots = world * max(num_workers, 1)
@@ -135,13 +138,15 @@ def test_even_epochs_give_every_rank_the_same_batches_and_keep_every_sample(
     assert sorted(real) == sorted(set(real)) and len(real) == ds.num_samples  # every sample exactly once
     repeats = [k for k, p in rows if p]
     assert len(repeats) == pad and set(repeats) <= set(real)
-    again = [(k, bool(p)) for batches in _ranks(monkeypatch, world, make) for b in batches
-             for k, p in zip(b.keys, b.padding)]
+    again = [
+        (k, bool(p)) for batches in _ranks(monkeypatch, world, make) for b in batches for k, p in zip(b.keys, b.padding)
+    ]
     assert again == rows  # padding is deterministic per (seed, epoch)
 
 
-def test_ranks_read_only_the_shards_that_hold_their_part(uneven: tuple[Path, dict[str, str]],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ranks_read_only_the_shards_that_hold_their_part(
+    uneven: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, where = uneven
     opened: list[str] = []
     real_open = loader_module.tar_samples
@@ -206,15 +211,19 @@ def test_shuffle_is_seeded_and_changes_per_epoch(shards: Path) -> None:
 
 
 @pytest.mark.parametrize(("num_workers", "even"), [(0, False), (2, False), (2, True)])
-def test_resume_mid_epoch_reproduces_the_uninterrupted_stream(shards: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               num_workers: int, even: bool) -> None:
+def test_resume_mid_epoch_reproduces_the_uninterrupted_stream(
+    shards: Path, monkeypatch: pytest.MonkeyPatch, num_workers: int, even: bool
+) -> None:
     if even:  # rank 0 of 2: each of its workers ends on a repeat, which the resumed part holds
         monkeypatch.setenv("RANK", "0")
         monkeypatch.setenv("WORLD_SIZE", "2")
 
     def loader() -> ShardLoader:
-        return ShardLoader(ShardDataset(shards, "train", seed=5, crop=CropConfig(max_events=3), even=even),
-                           batch_size=2, num_workers=num_workers)
+        return ShardLoader(
+            ShardDataset(shards, "train", seed=5, crop=CropConfig(max_events=3), even=even),
+            batch_size=2,
+            num_workers=num_workers,
+        )
 
     def rows(loader: ShardLoader) -> list[tuple]:
         return [(b.keys, b.num_events.tolist(), b.padding.tolist()) for b in loader]
@@ -253,7 +262,7 @@ def test_truncated_shard_raises_naming_it_or_is_skipped_exactly(shards: Path, tm
     entry = load_index(root)["splits"]["train"]["shards"][0]
     name, path = entry["name"], root / entry["name"]
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2 + 100] if where == "mid-shard" else data[:_sample_starts(path)[2]])
+    path.write_bytes(data[: len(data) // 2 + 100] if where == "mid-shard" else data[: _sample_starts(path)[2]])
     if "index" in where:  # a writer killed after two samples, its index written anyway: only the reader can tell
         reindex(root, name)
     with pytest.raises(DataError, match=name):
@@ -319,14 +328,21 @@ def _object_array(_: bytes) -> bytes:
     return npy_bytes(arr, allow_pickle=True)
 
 
-@pytest.mark.parametrize(("suffix", "change", "message"), [
-    (".mri.npy", lambda d: npy_bytes(np.load(io.BytesIO(d)).astype(np.float64) * 1e6),
-     "stored as float64, its spec stores float16"),
-    (".ecg.npy", _object_array, r"not a numeric array \(it holds Python objects"),
-    (".voice.npy", lambda d: b"\x80\x04garbage" * 50, r"not a numeric array \(not .npy data\)"),
-])
-def test_members_are_checked_as_stored_never_unpickled(shards: Path, tmp_path: Path, suffix: str, change,
-                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("suffix", "change", "message"),
+    [
+        (
+            ".mri.npy",
+            lambda d: npy_bytes(np.load(io.BytesIO(d)).astype(np.float64) * 1e6),
+            "stored as float64, its spec stores float16",
+        ),
+        (".ecg.npy", _object_array, r"not a numeric array \(it holds Python objects"),
+        (".voice.npy", lambda d: b"\x80\x04garbage" * 50, r"not a numeric array \(not .npy data\)"),
+    ],
+)
+def test_members_are_checked_as_stored_never_unpickled(
+    shards: Path, tmp_path: Path, suffix: str, change, message: str
+) -> None:
     root, name, target = _rewrite_member(shards, tmp_path, lambda n: n.endswith(suffix), change)
     key, member = target.split(".", 1)
     with pytest.raises(DataError, match=rf"{name}, key {key}, member {member}: .*{message}") as err:
@@ -369,8 +385,9 @@ def test_member_with_nan_is_caught(shards: Path, tmp_path: Path) -> None:
 
 
 def _timeline(n: int) -> Timeline:
-    return Timeline("k", events=[Event(float(i), 1000.0 + i, [Measurement("clinical", code="x")] * (1 + i % 3))
-                                 for i in range(n)])
+    return Timeline(
+        "k", events=[Event(float(i), 1000.0 + i, [Measurement("clinical", code="x")] * (1 + i % 3)) for i in range(n)]
+    )
 
 
 def test_crop_windows() -> None:
@@ -403,8 +420,9 @@ def test_datamodule_feeds_a_lightning_fit(shards: Path, tmp_path: Path) -> None:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     dm = OmniDataModule(shards, batch_size=4, max_events=4)
-    trainer = L.Trainer(max_steps=3, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=3, logger=False, enable_progress_bar=False, default_root_dir=tmp_path, enable_model_summary=False
+    )
     trainer.fit(Tiny(), datamodule=dm)
     ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=True)
     assert float(Tiny().w) == 0.0 and trainer.global_step == 3

@@ -11,14 +11,18 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import build
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import convert_color_space
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import build
 from datamodules.modalities import get
 from datamodules.modalities.medical_video import (
-    LV_CENTER, ULTRASOUND_MULTIFRAME, echo_frames, echo_params, fractional_shortening,
+    LV_CENTER,
+    ULTRASOUND_MULTIFRAME,
+    echo_frames,
+    echo_params,
+    fractional_shortening,
 )
 from datamodules.readers import read_measurement
 from datamodules.schema import DataError, VideoSpec, default_specs
@@ -44,8 +48,8 @@ def coded(n: int, h: int, w: int, colour: bool = False) -> np.ndarray:
     out = np.zeros((n, h, w, 3), np.uint8)
     for i in range(n):
         out[i, : h // 2, : w // 2] = 8 + 15 * (i // 16)
-        out[i, : h // 2, w // 2:] = 8 + 15 * (i % 16)
-    out[:, h // 2:] = (200, 30, 40) if colour else 120
+        out[i, : h // 2, w // 2 :] = 8 + 15 * (i % 16)
+    out[:, h // 2 :] = (200, 30, 40) if colour else 120
     return out
 
 
@@ -53,8 +57,8 @@ def decoded_index(clip: np.ndarray) -> np.ndarray:
     """Source frame index of each output frame of ``[T, 3, H, W]`` (blocks read away from their edges)."""
     _, _, h, w = clip.shape
     g = clip.astype(np.float32).mean(1)
-    hi = g[:, h // 8: 3 * h // 8, w // 8: 3 * w // 8].mean((1, 2))
-    lo = g[:, h // 8: 3 * h // 8, 5 * w // 8: 7 * w // 8].mean((1, 2))
+    hi = g[:, h // 8 : 3 * h // 8, w // 8 : 3 * w // 8].mean((1, 2))
+    lo = g[:, h // 8 : 3 * h // 8, 5 * w // 8 : 7 * w // 8].mean((1, 2))
     return np.round((hi - 8) / 15).astype(int) * 16 + np.round((lo - 8) / 15).astype(int)
 
 
@@ -74,11 +78,15 @@ def write_mp4(path: Path, frames: np.ndarray, rate: Fraction | int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("rate, n, colour, shape", [
-    (Fraction(30000, 1001), 40, False, (48, 64)),   # 29.97 fps, grey-looking, wide: columns cropped
-    (50, 60, True, (64, 48)),                       # colour, tall: rows cropped
-    (30, 120, False, (112, 112)),                   # 4 s: capped at max_frames (2 s at 16 fps)
-], ids=["29.97fps-grey", "50fps-colour", "long-capped"])
+@pytest.mark.parametrize(
+    "rate, n, colour, shape",
+    [
+        (Fraction(30000, 1001), 40, False, (48, 64)),  # 29.97 fps, grey-looking, wide: columns cropped
+        (50, 60, True, (64, 48)),  # colour, tall: rows cropped
+        (30, 120, False, (112, 112)),  # 4 s: capped at max_frames (2 s at 16 fps)
+    ],
+    ids=["29.97fps-grey", "50fps-colour", "long-capped"],
+)
 def test_mp4_sampled_by_time(tmp_path: Path, rate, n: int, colour: bool, shape) -> None:
     path = write_mp4(tmp_path / "loop.mp4", coded(n, *shape, colour=colour), rate)
     out = read_measurement(MOD, path, SPEC)
@@ -98,8 +106,7 @@ def test_mp4_sampled_by_time(tmp_path: Path, rate, n: int, colour: bool, shape) 
 # ------------------------------------------------------------------------------------------------
 
 
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 8,
-                **tags) -> Path:
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 8, **tags) -> Path:
     """``pixels`` ``[frames, rows, cols]`` or ``[frames, rows, cols, 3]`` as Ultrasound Multi-frame Image Storage."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ULTRASOUND_MULTIFRAME
@@ -126,7 +133,7 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
 
 
 def test_dicom_monochrome2_with_frame_time(tmp_path: Path) -> None:
-    px = coded(60, 80, 120)[..., 0]                                   # 50 fps (FrameTime 20 ms), 1.2 s
+    px = coded(60, 80, 120)[..., 0]  # 50 fps (FrameTime 20 ms), 1.2 s
     out = read_measurement(MOD, write_dicom(tmp_path / "a.dcm", px, FrameTime=20), SPEC)
     want = expected_index(60, 50.0)
     assert out.shape == (len(want), 3, 64, 64) == (20, 3, 64, 64) and out.dtype == np.uint8
@@ -136,7 +143,7 @@ def test_dicom_monochrome2_with_frame_time(tmp_path: Path) -> None:
 
 
 def test_dicom_long_loop_capped_and_frame_time_vector(tmp_path: Path) -> None:
-    px = coded(100, 64, 64)[..., 0]                                   # 100 frames at 25 fps = 4 s
+    px = coded(100, 64, 64)[..., 0]  # 100 frames at 25 fps = 4 s
     out = read_measurement(MOD, write_dicom(tmp_path / "a.dcm", px, FrameTime="40.0"), SPEC)
     assert decoded_index(out).tolist() == expected_index(100, 25.0) and len(out) == 32
     # irregular frame times: increments 0, 100, 50, 50, ... ms
@@ -164,8 +171,7 @@ def test_dicom_rgb_with_cine_rate(tmp_path: Path) -> None:
 def test_dicom_ybr_full_converted_to_rgb(tmp_path: Path) -> None:
     rgb = coded(24, 64, 64, colour=True)
     ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
-    out = read_measurement(MOD, write_dicom(tmp_path / "a.dcm", ybr, "YBR_FULL",
-                                            RecommendedDisplayFrameRate=30), SPEC)
+    out = read_measurement(MOD, write_dicom(tmp_path / "a.dcm", ybr, "YBR_FULL", RecommendedDisplayFrameRate=30), SPEC)
     assert decoded_index(out).tolist() == expected_index(24, 30.0)
     assert np.abs(out[:, :, 48, 32].astype(int) - [200, 30, 40]).max() <= 2
 
@@ -217,7 +223,7 @@ ANALYSIS = VideoSpec(fps=25.0, max_frames=80, size=(112, 112))  # the whole loop
 def beat_bpm(clip: np.ndarray, fps: float) -> float:
     """Dominant frequency (bpm) of the mean brightness around the cavity (the wall sweeps it once a beat)."""
     cy, cx = map(int, LV_CENTER)
-    x = clip[:, :, cy - 24:cy + 25, cx - 14:cx + 15].astype(np.float32).mean((1, 2, 3))
+    x = clip[:, :, cy - 24 : cy + 25, cx - 14 : cx + 15].astype(np.float32).mean((1, 2, 3))
     x, t = x - x.mean(), np.arange(len(x)) / fps
     freqs = np.arange(0.5, 3.0, 0.005)
     power = np.abs(np.exp(-2j * np.pi * freqs[:, None] * t[None]) @ x)
@@ -229,8 +235,8 @@ def shortening(clip: np.ndarray) -> float:
     cy, cx = map(int, LV_CENTER)
     widths = []
     for frame in clip.astype(np.float32).mean(1):
-        prof = np.convolve(frame[cy - 3:cy + 4].mean(0), np.ones(3) / 3, mode="same")
-        thr = 0.5 * (prof[cx - 3:cx + 4].mean() + prof.max())
+        prof = np.convolve(frame[cy - 3 : cy + 4].mean(0), np.ones(3) / 3, mode="same")
+        thr = 0.5 * (prof[cx - 3 : cx + 4].mean() + prof.max())
         widths.append(np.argmax(prof[cx:] > thr) + np.argmax(prof[cx::-1] > thr))
     hi, lo = np.percentile(widths, [95, 5])
     return float((hi - lo) / hi)
@@ -269,12 +275,16 @@ def test_cohort_holds_mp4_and_dicom_loops_the_reader_reads(echo_cohort: Path, lo
     for r in loops.itertuples():
         out = read_measurement(MOD, echo_cohort / r.path, SPEC)
         assert out.shape == (32, 3, 64, 64) and out.dtype == np.uint8  # 2-3 s loops fill the 2 s window
-        assert (out[:, 0] == out[:, 2]).all() if r.path.endswith(".dcm") else np.abs(
-            out[:, 0].astype(int) - out[:, 2]).max() < 12              # grey (MP4: chroma rounding)
+        assert (
+            (out[:, 0] == out[:, 2]).all()
+            if r.path.endswith(".dcm")
+            else np.abs(out[:, 0].astype(int) - out[:, 2]).max() < 12
+        )  # grey (MP4: chroma rounding)
 
 
-def test_beat_frequency_is_the_heart_rate_and_wall_motion_falls_with_cardio(echo_cohort: Path,
-                                                                            loops: pd.DataFrame) -> None:
+def test_beat_frequency_is_the_heart_rate_and_wall_motion_falls_with_cardio(
+    echo_cohort: Path, loops: pd.DataFrame
+) -> None:
     measured = []
     for r in loops.itertuples():
         clip = read_measurement(MOD, echo_cohort / r.path, ANALYSIS)
@@ -327,7 +337,7 @@ def test_shards_give_batches_with_medical_video(echo_cohort: Path, tmp_path: Pat
 
     report = build(echo_cohort, tmp_path / "shards", workers=1)
     assert not [r for r in report.rejected if r.modality == MOD], report.rejected
-    assert report.modalities[MOD] >= 8                                  # consenting subjects' loops
+    assert report.modalities[MOD] >= 8  # consenting subjects' loops
     dm = OmniDataModule(tmp_path / "shards", batch_size=4, modalities=[MOD, "ecg", "clinical"])
     seen = 0
     for split in ("train", "val", "test"):

@@ -69,11 +69,12 @@ def test_c_index_matches_pairwise_loop_with_ties_and_competing_events():
     for _ in range(5):
         n = 40
         time = rng.integers(1, 15, n).astype(float)  # many tied times
-        event = rng.integers(0, 3, n)                # censored, cause 1, cause 2
-        risk = rng.integers(0, 6, n).astype(float)   # many tied risks
+        event = rng.integers(0, 3, n)  # censored, cause 1, cause 2
+        risk = rng.integers(0, 6, n).astype(float)  # many tied risks
         for cause in (1, 2):
             assert concordance_index(time, event, risk, cause) == pytest.approx(
-                brute_force_c(time, event, risk, cause), abs=1e-12)
+                brute_force_c(time, event, risk, cause), abs=1e-12
+            )
 
 
 def test_c_index_known_values():
@@ -107,25 +108,28 @@ def test_aalen_johansen_equals_one_minus_kaplan_meier_with_one_cause():
     time, event, *_ = competing_cohort(300, seed=2)
     single = (event > 0).astype(int)
     grid = np.linspace(0, 3000, 40)
-    np.testing.assert_allclose(cumulative_incidence(time, single, 1, grid),
-                               1 - kaplan_meier(time, single, grid), atol=1e-12)
+    np.testing.assert_allclose(
+        cumulative_incidence(time, single, 1, grid), 1 - kaplan_meier(time, single, grid), atol=1e-12
+    )
     # with two causes the incidences add up to the all-cause 1 - KM
-    np.testing.assert_allclose(cumulative_incidence(time, event, 1, grid)
-                               + cumulative_incidence(time, event, 2, grid),
-                               1 - kaplan_meier(time, event > 0, grid), atol=1e-12)
+    np.testing.assert_allclose(
+        cumulative_incidence(time, event, 1, grid) + cumulative_incidence(time, event, 2, grid),
+        1 - kaplan_meier(time, event > 0, grid),
+        atol=1e-12,
+    )
 
 
 def test_kaplan_meier_and_cumulative_incidence_known_values():
     # KM by hand: events at 1, 3, 5 (5, 3, 1 at risk), censoring at 2 and 4
-    np.testing.assert_allclose(kaplan_meier([1, 2, 3, 4, 5], [1, 0, 1, 0, 1], [0.5, 1, 2.5, 3, 5]),
-                               [1, 0.8, 0.8, 0.8 * 2 / 3, 0.0])
+    np.testing.assert_allclose(
+        kaplan_meier([1, 2, 3, 4, 5], [1, 0, 1, 0, 1], [0.5, 1, 2.5, 3, 5]), [1, 0.8, 0.8, 0.8 * 2 / 3, 0.0]
+    )
     # without censoring the Aalen-Johansen estimate is the empirical share of each cause
     rng = np.random.default_rng(0)
     time = rng.exponential(100, 500)
     event = rng.integers(1, 3, 500)
     for t in (10.0, 50.0, 200.0):
-        assert cumulative_incidence(time, event, 2, [t])[0] == pytest.approx(
-            np.mean((time <= t) & (event == 2)))
+        assert cumulative_incidence(time, event, 2, [t])[0] == pytest.approx(np.mean((time <= t) & (event == 2)))
 
 
 def test_cumulative_incidence_tracks_the_truth_under_censoring():
@@ -146,7 +150,8 @@ def test_td_auroc_without_censoring_is_plain_auroc_of_case_vs_control():
     assert time_dependent_auroc(time, event, score, 365) == pytest.approx(roc_auc_score(case, score))
     free = (time > 365) | case
     assert time_dependent_auroc(time, event, score, 365, controls="event_free") == pytest.approx(
-        roc_auc_score(case[free], score[free]))
+        roc_auc_score(case[free], score[free])
+    )
 
 
 def test_td_auroc_ipcw_known_value():
@@ -261,7 +266,7 @@ def test_calibration_of_calibrated_and_overconfident_predictors():
     assert good.count.sum() == 20000 and np.all(np.abs(good.count - 2000) <= 1)
     assert np.all((good.observed_lo <= good.observed) & (good.observed <= good.observed_hi))
     logit = np.log(p / (1 - p))
-    over = calibration_bins(y, _expit(2 * logit))   # too extreme: slope 1/2
+    over = calibration_bins(y, _expit(2 * logit))  # too extreme: slope 1/2
     assert over.slope == pytest.approx(0.5, abs=0.05) and over.ece > 0.05
     under = calibration_bins(y, _expit(logit - 1))  # risks too low: intercept +1
     assert under.intercept == pytest.approx(1, abs=0.1)
@@ -301,16 +306,34 @@ def test_plots_write_nonblank_pngs_of_the_expected_size(tmp_path):
     cal = {"all modalities": calibration_bins(y, _expit(score - 1))}
     assert_png(plot_calibration(cal, tmp_path / "sub" / "cal.png", "Calibration"), 5.5, 5.5)
     without = {"ecg": (0.70, 0.65, 0.75), "mri": Estimate(0.78, 0.74, 0.82), "voice": (0.79, 0.7, 0.85)}
-    assert_png(plot_ablation((0.8, 0.76, 0.84), without, "AUROC", tmp_path / "abl.png",
-                             "AUROC with each modality withheld"), 7, 1.6 + 0.45 * 3)
+    assert_png(
+        plot_ablation((0.8, 0.76, 0.84), without, "AUROC", tmp_path / "abl.png", "AUROC with each modality withheld"),
+        7,
+        1.6 + 0.45 * 3,
+    )
     nan = float("nan")  # a modality whose metric is undefined is listed without a bar
-    assert_png(plot_ablation(Estimate(0.8, 0.76, 0.84), {**without, "omics": (nan, nan, nan)}, "AUROC",
-                             tmp_path / "abl_nan.png", "AUROC", baseline=0.5), 7, 1.6 + 0.45 * 4)
+    assert_png(
+        plot_ablation(
+            Estimate(0.8, 0.76, 0.84),
+            {**without, "omics": (nan, nan, nan)},
+            "AUROC",
+            tmp_path / "abl_nan.png",
+            "AUROC",
+            baseline=0.5,
+        ),
+        7,
+        1.6 + 0.45 * 4,
+    )
     events = [(0, "clinical"), (30, "ecg"), (200, "mri"), (400, "ecg"), (800, "voice")]
     forecast = [(t, 0.05 + 0.02 * k) for k, (t, _) in enumerate(events)]
     modalities = ["mri", "ecg", "voice", "breath", "clinical"]
-    assert_png(plot_person(events, modalities, forecast, 1826.25, tmp_path / "person.png",
-                           "Timeline and 5-year risk", onset_days=900), 8, 3.2 + 0.3 * 5)
+    assert_png(
+        plot_person(
+            events, modalities, forecast, 1826.25, tmp_path / "person.png", "Timeline and 5-year risk", onset_days=900
+        ),
+        8,
+        3.2 + 0.3 * 5,
+    )
     with pytest.raises(ValueError, match=r"modalities \['wearable'\] that are not in"):
         plot_person(events + [(900, "wearable")], modalities, forecast, 365, tmp_path / "p.png", "t")
     with pytest.raises(ValueError, match="ending in .png"):
@@ -319,9 +342,12 @@ def test_plots_write_nonblank_pngs_of_the_expected_size(tmp_path):
 
 def test_markdown_table_and_formatting():
     table = markdown_table(
-        [{"model": "all", "auroc": Estimate(0.8123, 0.75, 0.87), "n": 120},
-         {"model": "without a|b", "auroc": (0.7, 0.65, 0.75), "slope": -0.05}],
-        {"model": "Model", "auroc": "AUROC (95% CI)", "n": "N", "slope": "Slope"})
+        [
+            {"model": "all", "auroc": Estimate(0.8123, 0.75, 0.87), "n": 120},
+            {"model": "without a|b", "auroc": (0.7, 0.65, 0.75), "slope": -0.05},
+        ],
+        {"model": "Model", "auroc": "AUROC (95% CI)", "n": "N", "slope": "Slope"},
+    )
     assert table.splitlines() == [
         "| Model | AUROC (95% CI) | N | Slope |",
         "|---|---|---|---|",

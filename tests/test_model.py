@@ -11,12 +11,12 @@ import torch
 
 from datamodules.collate import Collator
 from datamodules.loader import CropConfig, ShardDataset
+from datamodules.modalities import registry
 from datamodules.schema import Event, Timeline, specs_from_json
 from omnimodal.model.backbone import BackboneConfig, block_causal_mask
 from omnimodal.model.omni import EncoderSpec, ModelConfig, OmniModel
 from omnimodal.model.packing import pack
 from omnimodal.pretraining.objectives import ObjectiveConfig, Objectives
-from datamodules.modalities import registry
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +31,14 @@ def make_model(shards: Path, seed: int = 0, **backbone) -> OmniModel:
     index = load_index(shards)
     specs = specs_from_json(index["specs"])
     vocab = len(index["clinical_codes"]) + 1
-    encoders = {m: EncoderSpec(registry()[m].default_encoder, {**specs[m].encoder_layout(vocab_size=vocab), "d_model": 32})
-                for m in specs}
+    encoders = {
+        m: EncoderSpec(registry()[m].default_encoder, {**specs[m].encoder_layout(vocab_size=vocab), "d_model": 32})
+        for m in specs
+    }
     torch.manual_seed(seed)
-    return OmniModel(ModelConfig(BackboneConfig(d_model=32, n_layers=2, n_heads=4, **backbone), encoders,
-                                 row_len=512)).eval()
+    return OmniModel(
+        ModelConfig(BackboneConfig(d_model=32, n_layers=2, n_heads=4, **backbone), encoders, row_len=512)
+    ).eval()
 
 
 def _per_subject(out, batch, i: int) -> dict[str, torch.Tensor]:
@@ -127,9 +130,18 @@ def test_objectives_train_every_parameter_and_survive_absent_modalities(shards: 
     assert [n for n, p in params if p.grad is None] == []
     # a batch of one modality and single-event timelines: nothing to align or forecast, still a valid step
     model.zero_grad()
-    only = [Timeline(t.key, t.static, [Event(e.time_days, e.age_days, [m for m in e.measurements
-                                                                         if m.modality == "clinical"])
-                                       for e in t.events[:1]], t.labels) for t in timelines]
+    only = [
+        Timeline(
+            t.key,
+            t.static,
+            [
+                Event(e.time_days, e.age_days, [m for m in e.measurements if m.modality == "clinical"])
+                for e in t.events[:1]
+            ],
+            t.labels,
+        )
+        for t in timelines
+    ]
     losses = obj(model, collate(only), torch.Generator().manual_seed(1))
     assert float(losses["contrastive"].detach()) == 0.0 and float(losses["forecast"].detach()) == 0.0
     losses["loss"].backward()

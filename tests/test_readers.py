@@ -29,10 +29,20 @@ def test_missing_file(tmp_path, modality):
     assert str(path) in str(e.value) and "path column" in str(e.value)
 
 
-@pytest.mark.parametrize("modality, name", [*((m, "x.xyz") for m in FILE_MODALITIES),  # every declared reader
-    ("mri", "t1.mgz"), ("ecg", "ecg.xml"), ("voice", "v.mp3"), ("breath", "b"), ("gait", "g.gif"),
-    ("face", "f.wav"), ("wearable", "w.json"), ("omics", "o.npz"),
-])
+@pytest.mark.parametrize(
+    "modality, name",
+    [
+        *((m, "x.xyz") for m in FILE_MODALITIES),  # every declared reader
+        ("mri", "t1.mgz"),
+        ("ecg", "ecg.xml"),
+        ("voice", "v.mp3"),
+        ("breath", "b"),
+        ("gait", "g.gif"),
+        ("face", "f.wav"),
+        ("wearable", "w.json"),
+        ("omics", "o.npz"),
+    ],
+)
 def test_unsupported_extension(tmp_path, modality, name):
     (tmp_path / name).write_bytes(b"x")
     with pytest.raises(DataError, match="unsupported") as e:
@@ -65,14 +75,17 @@ def _truncated(path: Path, write, keep: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("modality, name, write, keep", [
-    ("voice", "v.flac", lambda p: sf.write(p, np.zeros(8000), 8000), 20),
-    ("breath", "b.wav", lambda p: sf.write(p, np.zeros(8000), 8000), 30),
-    ("gait", "g.mp4", lambda p: p.write_bytes(np.random.default_rng(0).bytes(4000)), 4000),
-    ("wearable", "w.parquet", lambda p: pd.DataFrame({"timestamp": [0.0], "steps": [1.0]}).to_parquet(p), 40),
-    ("omics", "o.npy", lambda p: np.save(p, np.zeros(64)), 60),
-    ("ecg", "e.npz", lambda p: np.savez(p, signal=np.zeros((12, 100)), fs=100), 100),
-])
+@pytest.mark.parametrize(
+    "modality, name, write, keep",
+    [
+        ("voice", "v.flac", lambda p: sf.write(p, np.zeros(8000), 8000), 20),
+        ("breath", "b.wav", lambda p: sf.write(p, np.zeros(8000), 8000), 30),
+        ("gait", "g.mp4", lambda p: p.write_bytes(np.random.default_rng(0).bytes(4000)), 4000),
+        ("wearable", "w.parquet", lambda p: pd.DataFrame({"timestamp": [0.0], "steps": [1.0]}).to_parquet(p), 40),
+        ("omics", "o.npy", lambda p: np.save(p, np.zeros(64)), 60),
+        ("ecg", "e.npz", lambda p: np.savez(p, signal=np.zeros((12, 100)), fs=100), 100),
+    ],
+)
 def test_corrupt_files_raise_cannot_decode(tmp_path, modality, name, write, keep):
     path = _truncated(tmp_path / name, write, keep)
     with pytest.raises(DataError, match=f"cannot decode {modality} file: \\w+") as e:
@@ -87,8 +100,9 @@ def test_own_data_errors_are_not_rewrapped(tmp_path):
     assert "cannot decode" not in str(e.value) and "none of the ECG leads" in str(e.value)
 
 
-@pytest.mark.parametrize("name, suffix", [("a.NII.GZ", ".nii.gz"), ("x.tar.gz", ".gz"), ("rec.hea", ".hea"),
-                                          ("noext", "")])
+@pytest.mark.parametrize(
+    "name, suffix", [("a.NII.GZ", ".nii.gz"), ("x.tar.gz", ".gz"), ("rec.hea", ".hea"), ("noext", "")]
+)
 def test_file_suffix(name, suffix):
     assert file_suffix(name) == suffix
 
@@ -102,9 +116,14 @@ def test_resample_keeps_frequency_and_length(orig, new):
     np.testing.assert_allclose(y[0, 20:-20], ref[20:-20], atol=0.01)
 
 
-@pytest.mark.parametrize("n, fill, expected", [
-    (2, 0.0, [1, 2]), (5, 0.0, [1, 2, 3, 0, 0]), (4, np.nan, [1, 2, 3, np.nan]),
-])
+@pytest.mark.parametrize(
+    "n, fill, expected",
+    [
+        (2, 0.0, [1, 2]),
+        (5, 0.0, [1, 2, 3, 0, 0]),
+        (4, np.nan, [1, 2, 3, np.nan]),
+    ],
+)
 def test_fit_length(n, fill, expected):
     np.testing.assert_array_equal(fit_length(np.array([1.0, 2.0, 3.0]), n, fill), expected)
 

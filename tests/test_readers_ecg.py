@@ -29,7 +29,7 @@ def assert_sine(row: np.ndarray, amp: float, hz: float = 10.0, n: int | None = N
     """``row`` follows ``amp * sin(2 pi hz t)`` at the spec rate (edges of the resampler skipped)."""
     n = n or len(row)
     expected = amp * np.sin(2 * np.pi * hz * T_OUT[:n])
-    np.testing.assert_allclose(row[10:n - 10], expected[10:n - 10], atol=atol * max(amp, 1))
+    np.testing.assert_allclose(row[10 : n - 10], expected[10 : n - 10], atol=atol * max(amp, 1))
 
 
 def write_dicom_ecg(path: Path, signal_uv: np.ndarray, names: list[str], fs: float, sensitivity: float) -> Path:
@@ -69,8 +69,18 @@ def write_dicom_ecg(path: Path, signal_uv: np.ndarray, names: list[str], fs: flo
     return path
 
 
-@pytest.mark.parametrize("name, key", [("Lead I", "I"), ("AVR", "AVR"), ("aVR", "AVR"), ("MLII", "II"),
-                                       ("V1 ", "V1"), ("Lead V1 (unipolar)", "V1"), ("lead_avl", "AVL")])
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("Lead I", "I"),
+        ("AVR", "AVR"),
+        ("aVR", "AVR"),
+        ("MLII", "II"),
+        ("V1 ", "V1"),
+        ("Lead V1 (unipolar)", "V1"),
+        ("lead_avl", "AVL"),
+    ],
+)
 def test_lead_aliases(name, key):
     assert lead_key(name) == key
 
@@ -79,8 +89,15 @@ def test_lead_aliases(name, key):
 def test_wfdb_sine_resampled_to_spec_rate_in_mv(tmp_path, suffix):
     # 3 s at 1 kHz; V1 is stored in uV; leads named the MIT-BIH way (MLII) and upper-case (AVR)
     sig = np.stack([sine(1000, 3, 1.5), sine(1000, 3, -800.0), sine(1000, 3, 0.5, hz=5)], axis=1)
-    wfdb.wrsamp("rec", fs=1000, units=["mV", "uV", "mV"], sig_name=["MLII", "V1", "AVR"], p_signal=sig,
-                fmt=["16", "16", "16"], write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "rec",
+        fs=1000,
+        units=["mV", "uV", "mV"],
+        sig_name=["MLII", "V1", "AVR"],
+        p_signal=sig,
+        fmt=["16", "16", "16"],
+        write_dir=str(tmp_path),
+    )
     out = read_measurement("ecg", tmp_path / f"rec{suffix}", SPEC)
     assert out.shape == (12, 500) and out.dtype == np.float32
     assert_sine(out[ROW["II"]], 1.5)
@@ -113,8 +130,9 @@ def test_npy_twelve_leads_default_names(tmp_path, layout):
 def test_npy_named_leads_string_rate_and_zero_padding(tmp_path):
     sig = np.stack([sine(500, 1, 1.0), sine(500, 1, 2.0), sine(500, 1, 3.0)])  # 1 s: shorter than spec
     np.save(tmp_path / "e.npy", sig.T)
-    out = read_measurement("ecg", tmp_path / "e.npy", SPEC,
-                           {"sampling_rate": "500", "leads": "V5, ii,Lead I", "units": float("nan")})
+    out = read_measurement(
+        "ecg", tmp_path / "e.npy", SPEC, {"sampling_rate": "500", "leads": "V5, ii,Lead I", "units": float("nan")}
+    )
     assert_sine(out[ROW["V5"]], 1.0, n=250)
     assert_sine(out[ROW["II"]], 2.0, n=250)
     assert_sine(out[ROW["I"]], 3.0, n=250)
@@ -172,15 +190,18 @@ def test_all_nan_lead_is_missing(tmp_path):
     assert np.isnan(out[3]).all() and np.isfinite(out[[0, 1, 2, 4]]).all()
 
 
-@pytest.mark.parametrize("shape, options, match", [
-    ((3, 500), {"sampling_rate": 500}, "no lead names"),
-    ((3, 500), {"sampling_rate": 500, "leads": "I,II"}, "does not match its 2 lead names"),
-    ((3, 500), {"sampling_rate": 500, "leads": "X,Y,Z"}, r"none of the ECG leads \['X', 'Y', 'Z'\]"),
-    ((12, 500), {}, "sampling rate unknown"),
-    ((12, 500), {"sampling_rate": pd.NA, "leads": float("nan")}, "sampling rate unknown"),
-    ((12, 500), {"sampling_rate": "fast"}, "'fast' is not a number"),
-    ((2, 2, 500), {"sampling_rate": 500, "leads": "I,II"}, "expected \\[leads, samples\\]"),
-])
+@pytest.mark.parametrize(
+    "shape, options, match",
+    [
+        ((3, 500), {"sampling_rate": 500}, "no lead names"),
+        ((3, 500), {"sampling_rate": 500, "leads": "I,II"}, "does not match its 2 lead names"),
+        ((3, 500), {"sampling_rate": 500, "leads": "X,Y,Z"}, r"none of the ECG leads \['X', 'Y', 'Z'\]"),
+        ((12, 500), {}, "sampling rate unknown"),
+        ((12, 500), {"sampling_rate": pd.NA, "leads": float("nan")}, "sampling rate unknown"),
+        ((12, 500), {"sampling_rate": "fast"}, "'fast' is not a number"),
+        ((2, 2, 500), {"sampling_rate": 500, "leads": "I,II"}, "expected \\[leads, samples\\]"),
+    ],
+)
 def test_npy_bad_inputs(tmp_path, shape, options, match):
     np.save(tmp_path / "e.npy", np.zeros(shape))
     with pytest.raises(DataError, match=match):
@@ -188,8 +209,9 @@ def test_npy_bad_inputs(tmp_path, shape, options, match):
 
 
 def test_wfdb_dat_without_header(tmp_path):
-    wfdb.wrsamp("rec", fs=500, units=["mV"], sig_name=["I"], p_signal=sine(500, 1)[:, None], fmt=["16"],
-                write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "rec", fs=500, units=["mV"], sig_name=["I"], p_signal=sine(500, 1)[:, None], fmt=["16"], write_dir=str(tmp_path)
+    )
     (tmp_path / "rec.hea").unlink()
     with pytest.raises(DataError, match="header"):
         read_measurement("ecg", tmp_path / "rec.dat", SPEC)

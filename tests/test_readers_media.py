@@ -24,11 +24,14 @@ def peak_hz(x: np.ndarray, rate: int) -> float:
     return float(np.fft.rfftfreq(len(x), 1 / rate)[spectrum.argmax()])
 
 
-@pytest.mark.parametrize("ext, rate, seconds, n_out", [
-    (".wav", 44100, 2.0, 16000),  # downsampled, cropped to max_samples
-    (".flac", 8000, 0.5, 8000),   # upsampled, shorter than max
-    (".wav", 16000, 0.25, 4000),  # already at rate
-])
+@pytest.mark.parametrize(
+    "ext, rate, seconds, n_out",
+    [
+        (".wav", 44100, 2.0, 16000),  # downsampled, cropped to max_samples
+        (".flac", 8000, 0.5, 8000),  # upsampled, shorter than max
+        (".wav", 16000, 0.25, 4000),  # already at rate
+    ],
+)
 def test_audio_stereo_to_mono_at_spec_rate(tmp_path, ext, rate, seconds, n_out):
     left, right = tone(rate, seconds, 440, 0.6), tone(rate, seconds, 440, 0.2)
     path = tmp_path / f"voice{ext}"
@@ -64,8 +67,9 @@ def test_nan_audio_rejected(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def write_video(path: Path, codec: str = "libx264", n: int = 20, fps: int = 25, w: int = 64, h: int = 48,
-                rotation: int = 0) -> Path:
+def write_video(
+    path: Path, codec: str = "libx264", n: int = 20, fps: int = 25, w: int = 64, h: int = 48, rotation: int = 0
+) -> Path:
     """A black clip with a white 8x8 square in rows 4..12, moving right 2 px per frame from x = 8."""
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=fps)
@@ -74,7 +78,7 @@ def write_video(path: Path, codec: str = "libx264", n: int = 20, fps: int = 25, 
             s.set_display_rotation(rotation)
         for i in range(n):
             img = np.zeros((h, w, 3), np.uint8)
-            img[4:12, 8 + 2 * i:16 + 2 * i] = 255
+            img[4:12, 8 + 2 * i : 16 + 2 * i] = 255
             for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 c.mux(p)
         for p in s.encode():
@@ -88,12 +92,15 @@ def square_center(frame: np.ndarray) -> np.ndarray:
     return np.argwhere(lum > 128).mean(axis=0)
 
 
-@pytest.mark.parametrize("ext, codec, max_frames, t_out", [
-    (".mp4", "libx264", 16, 5),  # 20 frames at 25 fps = 0.8 s -> 5 frames at 6 fps
-    (".mkv", "mpeg4", 16, 5),
-    (".avi", "mpeg4", 16, 5),
-    (".mov", "libx264", 3, 3),   # capped at max_frames
-])
+@pytest.mark.parametrize(
+    "ext, codec, max_frames, t_out",
+    [
+        (".mp4", "libx264", 16, 5),  # 20 frames at 25 fps = 0.8 s -> 5 frames at 6 fps
+        (".mkv", "mpeg4", 16, 5),
+        (".avi", "mpeg4", 16, 5),
+        (".mov", "libx264", 3, 3),  # capped at max_frames
+    ],
+)
 def test_video_sampled_by_time_cropped_and_resized(tmp_path, ext, codec, max_frames, t_out):
     spec = VideoSpec(fps=6.0, max_frames=max_frames, size=(24, 24))
     out = read_measurement("gait", write_video(tmp_path / f"g{ext}", codec), spec)
@@ -133,10 +140,13 @@ def _audio_only(path: Path, video_stream: bool) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, video_stream, match", [
-    ("audio_only.mp4", False, "no video stream"),
-    ("no_frames.mkv", True, "no decodable frames"),
-])
+@pytest.mark.parametrize(
+    "name, video_stream, match",
+    [
+        ("audio_only.mp4", False, "no video stream"),
+        ("no_frames.mkv", True, "no decodable frames"),
+    ],
+)
 def test_video_without_frames(tmp_path, name, video_stream, match):
     with pytest.raises(DataError, match=match):
         read_measurement("gait", _audio_only(tmp_path / name, video_stream), VideoSpec())

@@ -37,9 +37,19 @@ def _dicom_affine(row_dir, col_dir, pixel_spacing, dz, origin) -> np.ndarray:
     return LPS_TO_RAS @ a
 
 
-def write_series(folder: Path, vol: np.ndarray, *, row_dir=(1.0, 0.0, 0.0), col_dir=(0.0, 1.0, 0.0),
-                 pixel_spacing=(3.0, 2.5), dz=2.2, origin=(10.0, -5.0, 3.0), instance=None,
-                 slope: float = 2.0, intercept: float = -7.0) -> tuple[np.ndarray, np.ndarray]:
+def write_series(
+    folder: Path,
+    vol: np.ndarray,
+    *,
+    row_dir=(1.0, 0.0, 0.0),
+    col_dir=(0.0, 1.0, 0.0),
+    pixel_spacing=(3.0, 2.5),
+    dz=2.2,
+    origin=(10.0, -5.0, 3.0),
+    instance=None,
+    slope: float = 2.0,
+    intercept: float = -7.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Write ``vol [cols, rows, slices]`` as one MR slice per file; return (physical voxels, RAS affine)."""
     folder.mkdir(parents=True, exist_ok=True)
     series = generate_uid()
@@ -93,11 +103,14 @@ def test_nifti_non_ras_affine_gives_ras_zscored_volume(tmp_path):
     assert out[0, 0, 0, 0] == 0  # padding/background stays 0
 
 
-@pytest.mark.parametrize("geometry", [
-    dict(),  # axial
-    dict(row_dir=(0.0, 1.0, 0.0), col_dir=(0.0, 0.0, -1.0)),  # sagittal
-    dict(instance=lambda k: 50 - 3 * k, slope=1.0, intercept=0.0),  # InstanceNumber against position
-])
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        dict(),  # axial
+        dict(row_dir=(0.0, 1.0, 0.0), col_dir=(0.0, 0.0, -1.0)),  # sagittal
+        dict(instance=lambda k: 50 - 3 * k, slope=1.0, intercept=0.0),  # InstanceNumber against position
+    ],
+)
 def test_dicom_series_matches_nifti(tmp_path, geometry):
     phys, affine = write_series(tmp_path / "dcm", _volume(), **geometry)
     ref = read_measurement("mri", write_nifti(tmp_path / "same.nii", phys, affine), SPEC)

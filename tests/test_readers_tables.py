@@ -26,11 +26,14 @@ ROWS = [
     ("2024-03-01T08:04:01", 90.0, 1.0),
     ("2024-03-01T08:09:00", 55.0, 4.0),  # beyond the 6-minute window
 ]
-EXPECTED = np.array([
-    [65.0, 80.0, NAN, NAN, 95.0, NAN],  # heart_rate: per-minute mean
-    [8.0, 10.0, NAN, 2.0, 1.0, NAN],    # steps: per-minute sum
-    [NAN] * 6,                          # skin_temp: not in the file
-], dtype=np.float32)
+EXPECTED = np.array(
+    [
+        [65.0, 80.0, NAN, NAN, 95.0, NAN],  # heart_rate: per-minute mean
+        [8.0, 10.0, NAN, 2.0, 1.0, NAN],  # steps: per-minute sum
+        [NAN] * 6,  # skin_temp: not in the file
+    ],
+    dtype=np.float32,
+)
 
 
 def wearable_table(time: str = "iso") -> pd.DataFrame:
@@ -72,12 +75,15 @@ def test_wearable_pads_and_crops_the_window(tmp_path):
     assert np.isnan(out[0, 10:]).all()
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda df: df.rename(columns={"timestamp": "time"}), r"no 'timestamp' column \(columns: \['time'"),
-    (lambda df: df.assign(timestamp=["not a time"] + list(df.timestamp[1:])), "unparseable timestamp"),
-    (lambda df: df.assign(heart_rate=[np.inf] + list(df.heart_rate[1:])), "'heart_rate' holds Inf"),
-    (lambda df: df.drop(columns=["heart_rate", "steps"]), "none of the channels"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda df: df.rename(columns={"timestamp": "time"}), r"no 'timestamp' column \(columns: \['time'"),
+        (lambda df: df.assign(timestamp=["not a time"] + list(df.timestamp[1:])), "unparseable timestamp"),
+        (lambda df: df.assign(heart_rate=[np.inf] + list(df.heart_rate[1:])), "'heart_rate' holds Inf"),
+        (lambda df: df.drop(columns=["heart_rate", "steps"]), "none of the channels"),
+    ],
+)
 def test_wearable_bad_tables(tmp_path, change, match):
     with pytest.raises(DataError, match=match):
         read_measurement("wearable", write(change(wearable_table()), tmp_path / "w.csv"), WEAR)
@@ -135,11 +141,14 @@ def test_omics_duplicate_ids(tmp_path):
             read_measurement("omics", tmp_path / name, OMICS)
 
 
-@pytest.mark.parametrize("values, match", [
-    ({"rs1": np.inf, "rs2": 1.0}, "Inf"),
-    ({"other": 1.0, "rs2": NAN}, "none of the 4 panel features"),
-    ({"rs1": "high", "rs2": 1.0}, "'rs1' has non-numeric value 'high'"),
-])
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"rs1": np.inf, "rs2": 1.0}, "Inf"),
+        ({"other": 1.0, "rs2": NAN}, "none of the 4 panel features"),
+        ({"rs1": "high", "rs2": 1.0}, "'rs1' has non-numeric value 'high'"),
+    ],
+)
 def test_omics_bad_values(tmp_path, values, match):
     with pytest.raises(DataError, match=match):
         read_measurement("omics", omics_file(tmp_path, "long", ".csv", values), OMICS)
@@ -158,8 +167,21 @@ def test_omics_wide_table_with_several_rows(tmp_path):
 def test_table_times_are_iso_8601_or_the_stated_format() -> None:
     from datamodules.tables import parse_times, time_problem
 
-    cells = pd.Series(["2011-03-04", "2011-03-04T12:30", "2011-03-04 12:30:00.25", "2011-03-04T12:30Z",
-                       "2011-03-04T12:30+01:00", "03/04/05", "12:30", "", None, "yesterday", "2011-13-45"])
+    cells = pd.Series(
+        [
+            "2011-03-04",
+            "2011-03-04T12:30",
+            "2011-03-04 12:30:00.25",
+            "2011-03-04T12:30Z",
+            "2011-03-04T12:30+01:00",
+            "03/04/05",
+            "12:30",
+            "",
+            None,
+            "yesterday",
+            "2011-13-45",
+        ]
+    )
     got = parse_times(cells)
     want = ["2011-03-04 00:00", "2011-03-04 12:30", "2011-03-04 12:30:00.25", "2011-03-04 12:30", "2011-03-04 11:30"]
     assert got[:5].tolist() == [pd.Timestamp(w) for w in want]  # an offset is converted to UTC

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _commands() -> list[str]:
     blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    return [next(l for l in b.splitlines() if l and not l.startswith("#")) for b in blocks[:2]]
+    return [next(ln for ln in b.splitlines() if ln and not ln.startswith("#")) for b in blocks[:2]]
 
 
 def test_ci_runs_the_readme_test_command_exactly() -> None:
@@ -24,14 +24,28 @@ def test_ci_runs_the_readme_test_command_exactly() -> None:
 
 
 def test_pins_match_the_project() -> None:
-    pins = dict(l.split("==") for l in (ROOT / "constraints.txt").read_text().splitlines()
-                if l and not l.startswith("#"))
-    assert (pins["torch"], pins["torchvision"], pins["torchaudio"], pins["hydra-core"]) == \
-        ("2.14.1", "0.29.1", "2.11.0", "1.3.8")
+    pins = dict(
+        ln.split("==") for ln in (ROOT / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")
+    )
+    assert (pins["torch"], pins["torchvision"], pins["torchaudio"], pins["hydra-core"]) == (
+        "2.14.1",
+        "0.29.1",
+        "2.11.0",
+        "1.3.8",
+    )
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "hydra-core==1.3.8" in deps
-    for name in ("torch", "torchvision", "torchaudio", "lightning", "transformers", "monai", "webdataset",
-                 "deepspeed", "torchdata"):
+    for name in (
+        "torch",
+        "torchvision",
+        "torchaudio",
+        "lightning",
+        "transformers",
+        "monai",
+        "webdataset",
+        "deepspeed",
+        "torchdata",
+    ):
         assert any(d.startswith(name) for d in deps), name
         assert name in pins, name
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

@@ -13,6 +13,7 @@ import torch
 import transformers
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from legacy_batch import legacy_timelines
 
 import omnimodal  # noqa: F401 - registers the release classes and the Hydra options
 from datamodules.collate import Collator
@@ -21,11 +22,10 @@ from datamodules.schema import MODALITIES, WearableSpec, default_specs
 from encoders import build_encoder, list_encoders
 from encoders import register as register_encoder
 from encoders.wearable import WearableConvEncoder
-from legacy_batch import legacy_timelines
 from omnimodal.infra.config_store import register_configs
 from omnimodal.model.omni import LEGACY_EMBEDDING_ROWS
-from omnimodal.release import export, load_release
 from omnimodal.pretraining.task import PretrainTask
+from omnimodal.release import export, load_release
 
 LEGACY = Path(__file__).parent / "assets" / "legacy9"
 USED = ["ecg", "wearable", "clinical"]
@@ -54,9 +54,16 @@ def test_every_list_of_modalities_derives_from_the_registry() -> None:
 def tenth() -> str:
     """One more modality, declared at run time with an encoder of its own (a copy of the wearable one)."""
     name = "sleep"
-    register(Modality(name=name, order=75, spec=WearableSpec(channels=("spo2",), window_minutes=480),
-                      default_encoder=f"{name}/conv1d",
-                      readers={".csv": "datamodules.readers.wearable:read_wearable"}, visit_rate=0.1))
+    register(
+        Modality(
+            name=name,
+            order=75,
+            spec=WearableSpec(channels=("spo2",), window_minutes=480),
+            default_encoder=f"{name}/conv1d",
+            readers={".csv": "datamodules.readers.wearable:read_wearable"},
+            visit_rate=0.1,
+        )
+    )
     cls = type("SleepEncoder", (WearableConvEncoder,), {"__qualname__": "SleepEncoder"})
     register_encoder(f"{name}/conv1d")(cls)
     register_configs()
@@ -107,8 +114,9 @@ def _legacy_batch(release):
 
 
 @pytest.mark.parametrize("with_tenth", [False, True], ids=["as-is", "after-a-tenth-modality"])
-def test_a_release_made_with_nine_modalities_loads_with_identical_outputs(request: pytest.FixtureRequest,
-                                                                          with_tenth: bool) -> None:
+def test_a_release_made_with_nine_modalities_loads_with_identical_outputs(
+    request: pytest.FixtureRequest, with_tenth: bool
+) -> None:
     if with_tenth:
         request.getfixturevalue("tenth")
     want = torch.load(LEGACY / "outputs.pt", weights_only=True)

@@ -15,8 +15,8 @@ import torch
 import transformers
 
 from datamodules.loader import CropConfig, ShardDataset
-from omnimodal.release import OmniForTimelines, ReleaseError, export, load_release, read_checkpoint
 from omnimodal.pretraining.task import PretrainTask
+from omnimodal.release import OmniForTimelines, ReleaseError, export, load_release, read_checkpoint
 
 
 def batch_of(shards: Path, n: int = 6):
@@ -26,11 +26,22 @@ def batch_of(shards: Path, n: int = 6):
 
 
 def test_release_folder_has_the_four_files_and_a_model_card(release_dir: Path) -> None:
-    assert sorted(p.name for p in release_dir.iterdir()) == ["README.md", "config.json", "model.safetensors",
-                                                             "preprocessing.json"]
+    assert sorted(p.name for p in release_dir.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessing.json",
+    ]
     card = (release_dir / "README.md").read_text()
-    for section in ("## Architecture", "## Training", "## Intended use", "## Limitations", "ecg/conv1d",
-                    "synthetic test cohort", "rate_hz"):
+    for section in (
+        "## Architecture",
+        "## Training",
+        "## Intended use",
+        "## Limitations",
+        "ecg/conv1d",
+        "synthetic test cohort",
+        "rate_hz",
+    ):
         assert section in card, section
     prep = json.loads((release_dir / "preprocessing.json").read_text())
     assert prep["specs"]["ecg"]["rate_hz"] == 250 and len(prep["specs"]["ecg"]["leads"]) == 12
@@ -73,7 +84,7 @@ def test_fresh_process_with_only_transformers_and_omnimodal(release_dir: Path, s
         tls = [tl for _, tl in zip(range(6), ds)]
         with torch.no_grad():
             emb = model.embed(prep.collator()(tls))
-        ref = torch.load({str(tmp_path / 'ref.pt')!r}, weights_only=True)
+        ref = torch.load({str(tmp_path / "ref.pt")!r}, weights_only=True)
         assert torch.equal(emb, ref), (emb - ref).abs().max()
         print("IDENTICAL", tuple(emb.shape))
     """)
@@ -94,15 +105,19 @@ def _tampered(release_dir: Path, tmp_path: Path, edit) -> Path:
 MARKER = "omnimodal_pwned_marker"
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda c: c["encoders"]["ecg"].update(name="ecg/evil"), "not a registered encoder"),
-    (lambda c: c["encoders"]["ecg"]["kwargs"].update(leads="os.system"), "looks like an import path"),
-    (lambda c: c["encoders"]["ecg"]["kwargs"].update(_target_=f"{MARKER}.run"), "asks to load code"),
-    (lambda c: c.update(auto_map={"AutoModel": f"{MARKER}.Model"}), "auto_map"),
-    (lambda c: c.update(model_type="bert"), "not an omnimodal release"),
-    (lambda c: c["backbone"].update(evil=1), "unknown keys"),
-    (lambda c: c["encoders"].update(retina={"name": "mri/conv3d", "kwargs": {}}), "unknown modality"),
-], ids=["unknown-encoder", "import-path", "target", "auto-map", "foreign-model-type", "backbone-key", "modality"])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["encoders"]["ecg"].update(name="ecg/evil"), "not a registered encoder"),
+        (lambda c: c["encoders"]["ecg"]["kwargs"].update(leads="os.system"), "looks like an import path"),
+        (lambda c: c["encoders"]["ecg"]["kwargs"].update(_target_=f"{MARKER}.run"), "asks to load code"),
+        (lambda c: c.update(auto_map={"AutoModel": f"{MARKER}.Model"}), "auto_map"),
+        (lambda c: c.update(model_type="bert"), "not an omnimodal release"),
+        (lambda c: c["backbone"].update(evil=1), "unknown keys"),
+        (lambda c: c["encoders"].update(retina={"name": "mri/conv3d", "kwargs": {}}), "unknown modality"),
+    ],
+    ids=["unknown-encoder", "import-path", "target", "auto-map", "foreign-model-type", "backbone-key", "modality"],
+)
 def test_tampered_release_is_refused_and_runs_no_code(release_dir: Path, tmp_path: Path, edit, message: str) -> None:
     bad = _tampered(release_dir, tmp_path, edit)
     (bad / f"{MARKER}.py").write_text("open(__file__ + '.ran', 'w').write('ran')\n")  # would show if imported
@@ -135,10 +150,10 @@ def test_missing_files_and_bad_checkpoints_are_named(release_dir: Path, tmp_path
 
 def test_export_command(pretrained_ckpt: Path, tmp_path: Path) -> None:
     exe = str(Path(sys.executable).parent / "omnimodal-export")
-    r = subprocess.run([exe, str(pretrained_ckpt), str(tmp_path / "rel")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([exe, str(pretrained_ckpt), str(tmp_path / "rel")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "model.safetensors" in r.stdout and (tmp_path / "rel" / "model.safetensors").is_file()
-    r = subprocess.run([exe, str(tmp_path / "nope.ckpt"), str(tmp_path / "x")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [exe, str(tmp_path / "nope.ckpt"), str(tmp_path / "x")], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode != 0 and "omnimodal-export:" in r.stderr and "no such checkpoint" in r.stderr

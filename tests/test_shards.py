@@ -43,7 +43,9 @@ def test_shards_hold_every_modality_and_match_the_index(cohort: Path, shards: Pa
     subjects = pd.read_csv(cohort / "subjects.csv")
     withdrawn = subjects[subjects["consent"].astype(str).str.lower() == "false"]
     assert n_in_tars == report["samples"] == len(subjects) - len(withdrawn) - len(report["no_valid_events"])
-    assert sorted(report["withdrawn_consent"]) == sorted(subject_key(s, SECRET.encode()) for s in withdrawn["subject_id"])
+    assert sorted(report["withdrawn_consent"]) == sorted(
+        subject_key(s, SECRET.encode()) for s in withdrawn["subject_id"]
+    )
 
 
 def test_no_raw_identifier_or_date_leaves_the_builder(cohort: Path, shards: Path) -> None:
@@ -118,29 +120,35 @@ def bad_cohort(tmp_path: Path) -> Path:
     sf.write(d / "f/voice.flac", 0.1 * np.sin(2 * np.pi * 220 * np.arange(8000) / 8000), 8000)
     data = (d / "f/voice.flac").read_bytes()
     (d / "f/truncated.flac").write_bytes(data[: len(data) // 3])
-    pd.DataFrame({
-        "subject_id": ["A", "B", "B", "C"], "birth_date": ["1960-01-01", "1970-05-05", "1970-05-05", "1950-01-01"],
-        "sex": ["F", "M", "M", "F"], "consent": ["true", "true", "true", "true"],
-    }).to_csv(d / "subjects.csv", index=False)
+    pd.DataFrame(
+        {
+            "subject_id": ["A", "B", "B", "C"],
+            "birth_date": ["1960-01-01", "1970-05-05", "1970-05-05", "1950-01-01"],
+            "sex": ["F", "M", "M", "F"],
+            "consent": ["true", "true", "true", "true"],
+        }
+    ).to_csv(d / "subjects.csv", index=False)
     rows = [
-        ("A", "2020-01-01", "ecg", "f/good_ecg.npy", "", "", ""),           # 1 ok
-        ("A", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),         # 2 ok
-        ("A", "2020-02-01", "ecg", "f/nan_ecg.npy", "", "", ""),           # 3 NaN samples
-        ("A", "2020-03-01", "voice", "f/truncated.flac", "", "", ""),      # 4 undecodable
-        ("A", "2020-04-01", "omics", "f/short_omics.npy", "", "", ""),     # 5 wrong shape
-        ("A", "2020-05-01", "smell", "f/good_ecg.npy", "", "", ""),        # 6 unknown modality
-        ("A", "2020-06-01", "voice", "f/missing.flac", "", "", ""),        # 7 missing file
-        ("A", "1950-06-01", "clinical", "", "ICD10:Z00", "", ""),         # 8 before birth
-        ("A", "not a date", "clinical", "", "ICD10:Z00", "", ""),         # 9 bad time
-        ("B", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),         # 10 duplicate subject
-        ("Z", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),         # 11 unknown subject
-        ("A", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),         # 12 duplicate row
-        ("C", "2020-01-01", "voice", "f/voice.flac", "", "", ""),          # 13 ok
+        ("A", "2020-01-01", "ecg", "f/good_ecg.npy", "", "", ""),  # 1 ok
+        ("A", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),  # 2 ok
+        ("A", "2020-02-01", "ecg", "f/nan_ecg.npy", "", "", ""),  # 3 NaN samples
+        ("A", "2020-03-01", "voice", "f/truncated.flac", "", "", ""),  # 4 undecodable
+        ("A", "2020-04-01", "omics", "f/short_omics.npy", "", "", ""),  # 5 wrong shape
+        ("A", "2020-05-01", "smell", "f/good_ecg.npy", "", "", ""),  # 6 unknown modality
+        ("A", "2020-06-01", "voice", "f/missing.flac", "", "", ""),  # 7 missing file
+        ("A", "1950-06-01", "clinical", "", "ICD10:Z00", "", ""),  # 8 before birth
+        ("A", "not a date", "clinical", "", "ICD10:Z00", "", ""),  # 9 bad time
+        ("B", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),  # 10 duplicate subject
+        ("Z", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),  # 11 unknown subject
+        ("A", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),  # 12 duplicate row
+        ("C", "2020-01-01", "voice", "f/voice.flac", "", "", ""),  # 13 ok
     ]
-    pd.DataFrame(rows, columns=["subject_id", "time", "modality", "path", "code", "numeric_value",
-                                "sampling_rate"]).assign(sampling_rate=250).to_csv(d / "events.csv", index=False)
-    pd.DataFrame({"subject_id": ["A", "A"], "name": ["disease", "disease"], "time": ["2021-01-01", ""],
-                  "value": [1, 0]}).to_csv(d / "labels.csv", index=False)
+    pd.DataFrame(
+        rows, columns=["subject_id", "time", "modality", "path", "code", "numeric_value", "sampling_rate"]
+    ).assign(sampling_rate=250).to_csv(d / "events.csv", index=False)
+    pd.DataFrame(
+        {"subject_id": ["A", "A"], "name": ["disease", "disease"], "time": ["2021-01-01", ""], "value": [1, 0]}
+    ).to_csv(d / "labels.csv", index=False)
     return d
 
 
@@ -171,7 +179,7 @@ def test_bad_rows_are_rejected_with_reasons(bad_cohort: Path, tmp_path: Path) ->
     md = (tmp_path / "out" / "report.md").read_text()
     assert "event before birth" in md and "| events | 8 |" in md
     assert str(bad_cohort) not in md and "missing.flac" not in md  # paths (which may hold ids) are scrubbed
-    for raw in (b"\"A\"", b"\"B\"", b"\"C\""):
+    for raw in (b'"A"', b'"B"', b'"C"'):
         assert raw not in (tmp_path / "out" / "report.json").read_bytes()
 
 
@@ -186,13 +194,22 @@ def test_missing_column_names_the_table(bad_cohort: Path, tmp_path: Path) -> Non
         build(bad_cohort, tmp_path / "out")
 
 
-def test_cli_builds_and_reports(bad_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_builds_and_reports(
+    bad_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from datamodules.shards.cli import main
 
     monkeypatch.setenv("OMNIMODAL_SHARD_SECRET", SECRET)
-    args = ["--subjects", str(bad_cohort / "subjects.csv"), "--events", str(bad_cohort / "events.csv"),
-            "--labels", str(bad_cohort / "labels.csv"), "--workers", "1"]
+    args = [
+        "--subjects",
+        str(bad_cohort / "subjects.csv"),
+        "--events",
+        str(bad_cohort / "events.csv"),
+        "--labels",
+        str(bad_cohort / "labels.csv"),
+        "--workers",
+        "1",
+    ]
     assert main([*args, "--out", str(tmp_path / "o"), "--spec", "voice.rate_hz=8000"]) == 0
     out = capsys.readouterr().out
     assert "samples written: 2" in out and "rejected rows: 12" in out and "event before birth: 1" in out
@@ -208,17 +225,20 @@ def test_cli_builds_and_reports(bad_cohort: Path, tmp_path: Path, monkeypatch: p
 # Bad input on the command line: a non-zero exit naming the table, row or key; nothing is guessed.
 
 
-def _tiny(d: Path, subjects: list[tuple[str, str]] | None = None,
-          events: list[tuple[str, str]] | None = None) -> list[str]:
+def _tiny(
+    d: Path, subjects: list[tuple[str, str]] | None = None, events: list[tuple[str, str]] | None = None
+) -> list[str]:
     """Tables of clinical rows only (``(subject_id, birth_date)``, ``(subject_id, time)``) and the CLI's arguments."""
     d.mkdir(parents=True, exist_ok=True)
     subjects = [("A", "1960-01-01"), ("B", "1970-05-05")] if subjects is None else subjects
     if events is None:
         events = [("A", "2020-01-01"), ("A", "2020-02-01T12:30"), ("B", "2021-03-04 08:00:00")]
-    pd.DataFrame(subjects, columns=["subject_id", "birth_date"]).assign(sex="F", consent="true") \
-        .to_csv(d / "subjects.csv", index=False)
-    pd.DataFrame(events, columns=["subject_id", "time"]).assign(modality="clinical", code="ICD10:I10") \
-        .to_csv(d / "events.csv", index=False)
+    pd.DataFrame(subjects, columns=["subject_id", "birth_date"]).assign(sex="F", consent="true").to_csv(
+        d / "subjects.csv", index=False
+    )
+    pd.DataFrame(events, columns=["subject_id", "time"]).assign(modality="clinical", code="ICD10:I10").to_csv(
+        d / "events.csv", index=False
+    )
     return ["--subjects", str(d / "subjects.csv"), "--events", str(d / "events.csv"), "--out", str(d / "out")]
 
 
@@ -230,36 +250,64 @@ BAD_INPUT = {  # case: (edit of the tiny tables, extra arguments, what stderr mu
     "subjects header only": (lambda d: _header_only(d, "subjects.csv"), [], r"subjects.csv: the table has no rows"),
     "events file empty": (lambda d: (d / "events.csv").write_text(""), [], r"events.csv: the table is empty"),
     "subjects file missing": (lambda d: (d / "subjects.csv").unlink(), [], r"subjects.csv: table not found"),
-    "every row rejected": (lambda d: _tiny(d, events=[("A", "yesterday"), ("B", "")]), [],
-                           r"0 samples written: of 2 subjects, .* 2 have no valid event; 2 rows were rejected"
-                           r".*report.md lists"),
-    "ambiguous day/month": (lambda d: _tiny(d, events=[("A", "2020-01-01"), ("A", "03/04/05")]), ["--strict"],
-                            r"events row 2, subject key [0-9a-f]{24}, clinical: time is not an ISO 8601 date"
-                            r".*accepted:"),
-    "a time without a date": (lambda d: _tiny(d, events=[("A", "12:30")]), ["--strict"],
-                              r"events row 1, .*not an ISO 8601"),
+    "every row rejected": (
+        lambda d: _tiny(d, events=[("A", "yesterday"), ("B", "")]),
+        [],
+        r"0 samples written: of 2 subjects, .* 2 have no valid event; 2 rows were rejected"
+        r".*report.md lists",
+    ),
+    "ambiguous day/month": (
+        lambda d: _tiny(d, events=[("A", "2020-01-01"), ("A", "03/04/05")]),
+        ["--strict"],
+        r"events row 2, subject key [0-9a-f]{24}, clinical: time is not an ISO 8601 date"
+        r".*accepted:",
+    ),
+    "a time without a date": (
+        lambda d: _tiny(d, events=[("A", "12:30")]),
+        ["--strict"],
+        r"events row 1, .*not an ISO 8601",
+    ),
     "month 13": (lambda d: _tiny(d, events=[("A", "2011-13-45")]), ["--strict"], r"events row 1, .*not an ISO 8601"),
-    "birth in the future": (lambda d: _tiny(d, subjects=[("A", "2999-01-01"), ("B", "1970-05-05")]), ["--strict"],
-                            r"subjects row 1, subject key .*: birth date is in the future"),
-    "birth before 1900": (lambda d: _tiny(d, subjects=[("A", "1960-01-01"), ("B", "1850-05-05")]), ["--strict"],
-                          r"subjects row 2, .*birth date is before 1900"),
-    "event before birth": (lambda d: _tiny(d, subjects=[("A", "2020-01-15"), ("B", "1970-05-05")]), ["--strict"],
-                           r"events row 1, .*event before birth \[14 days before the birth date of subjects row 1"),
+    "birth in the future": (
+        lambda d: _tiny(d, subjects=[("A", "2999-01-01"), ("B", "1970-05-05")]),
+        ["--strict"],
+        r"subjects row 1, subject key .*: birth date is in the future",
+    ),
+    "birth before 1900": (
+        lambda d: _tiny(d, subjects=[("A", "1960-01-01"), ("B", "1850-05-05")]),
+        ["--strict"],
+        r"subjects row 2, .*birth date is before 1900",
+    ),
+    "event before birth": (
+        lambda d: _tiny(d, subjects=[("A", "2020-01-15"), ("B", "1970-05-05")]),
+        ["--strict"],
+        r"events row 1, .*event before birth \[14 days before the birth date of subjects row 1",
+    ),
     "spec value of the wrong type": (None, ["--spec", "ecg.rate_hz=abc"], r"spec ecg.rate_hz = 'abc' is a str"),
     "spec field unknown": (None, ["--spec", "ecg.rate=500"], r"spec ecg: unknown field 'rate'"),
     "spec modality unknown": (None, ["--spec", "smell.rate_hz=5"], r"unknown modality \['smell'\]"),
-    "config spec of the wrong type": (lambda d: (d / "b.yaml").write_text("specs:\n  voice: {max_duration_s: long}\n"),
-                                      ["--config", "b.yaml"], r"b.yaml: spec voice.max_duration_s = 'long' is a str"),
-    "config value of the wrong type": (lambda d: (d / "b.yaml").write_text("workers: two\n"), ["--config", "b.yaml"],
-                                       r"b.yaml: workers = 'two' is a str, expected int"),
-    "bad time format": (lambda d: _tiny(d, events=[("A", "03/04/05")]), ["--time-format", "%Q"],
-                        r"time format '%Q' is not a strftime format"),
+    "config spec of the wrong type": (
+        lambda d: (d / "b.yaml").write_text("specs:\n  voice: {max_duration_s: long}\n"),
+        ["--config", "b.yaml"],
+        r"b.yaml: spec voice.max_duration_s = 'long' is a str",
+    ),
+    "config value of the wrong type": (
+        lambda d: (d / "b.yaml").write_text("workers: two\n"),
+        ["--config", "b.yaml"],
+        r"b.yaml: workers = 'two' is a str, expected int",
+    ),
+    "bad time format": (
+        lambda d: _tiny(d, events=[("A", "03/04/05")]),
+        ["--time-format", "%Q"],
+        r"time format '%Q' is not a strftime format",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_bad_input_exits_non_zero_naming_it(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exits_non_zero_naming_it(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from datamodules.shards.cli import main
 
     monkeypatch.setenv("OMNIMODAL_SHARD_SECRET", SECRET)
@@ -274,28 +322,38 @@ def test_bad_input_exits_non_zero_naming_it(case: str, tmp_path: Path, monkeypat
     assert not (tmp_path / "out" / "index.json").exists()  # nothing a loader could train on
 
 
-def test_times_are_iso_or_in_the_stated_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_times_are_iso_or_in_the_stated_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from datamodules.shards.cli import main
 
     monkeypatch.setenv("OMNIMODAL_SHARD_SECRET", SECRET)
-    rows = [("A", "2011-03-04"), ("A", "2011-03-04T12:30Z"), ("A", "2011-03-05 12:30:00.5+01:00"), ("A", "03/04/11"),
-            ("A", "12:30"), ("B", "2012-01-01")]
+    rows = [
+        ("A", "2011-03-04"),
+        ("A", "2011-03-04T12:30Z"),
+        ("A", "2011-03-05 12:30:00.5+01:00"),
+        ("A", "03/04/11"),
+        ("A", "12:30"),
+        ("B", "2012-01-01"),
+    ]
     args = _tiny(tmp_path, events=rows)
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "rejected rows: 2" in out and "time is not an ISO 8601 date or datetime: 2 (first: events row 4)" in out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [(r["row"], r["reason"].split(" [")[0]) for r in report["rejected"]] == [
-        (4, "time is not an ISO 8601 date or datetime"), (5, "time is not an ISO 8601 date or datetime")]
+        (4, "time is not an ISO 8601 date or datetime"),
+        (5, "time is not an ISO 8601 date or datetime"),
+    ]
     assert main([*args, "--time-format", "%d/%m/%y"]) == 0  # now row 4 is 3 April 2011; "12:30" still has no date
     assert "rejected rows: 1" in capsys.readouterr().out
     index = load_index(tmp_path / "out")
     assert sum(info["samples"] for info in index["splits"].values()) == 2
 
 
-def test_verify_passes_good_shards_and_names_a_bad_one(shards: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_passes_good_shards_and_names_a_bad_one(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from datamodules.shards.cli import main
 
     assert main(["verify", str(shards)]) == 0

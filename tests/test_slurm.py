@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import SECRET
 from slurm_cluster import SlurmCluster, missing
 from test_train import _losses
@@ -26,15 +25,39 @@ SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 BIN = Path(sys.executable).parent
 MAX_STEPS = 24
 #: what both jobs train: the tiny model on the test shards, 2 ranks, a checkpoint every 4 steps, no validation
-TRAIN = ("experiment=quick", "model/backbone=tiny", "model.row_len=null", "data.num_workers=0", "data.batch_size=2",
-         "data.max_events=4", "trainer.accelerator=cpu", "trainer.strategy=ddp", f"trainer.max_steps={MAX_STEPS}",
-         "trainer.max_epochs=50", "trainer.log_every_n_steps=1", "trainer.check_val_every_n_epoch=1000",
-         "callbacks.checkpoint.every_n_train_steps=4", "trainer.enable_progress_bar=false", "~logger.tensorboard")
+TRAIN = (
+    "experiment=quick",
+    "model/backbone=tiny",
+    "model.row_len=null",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.max_events=4",
+    "trainer.accelerator=cpu",
+    "trainer.strategy=ddp",
+    f"trainer.max_steps={MAX_STEPS}",
+    "trainer.max_epochs=50",
+    "trainer.log_every_n_steps=1",
+    "trainer.check_val_every_n_epoch=1000",
+    "callbacks.checkpoint.every_n_train_steps=4",
+    "trainer.enable_progress_bar=false",
+    "~logger.tensorboard",
+)
 #: sbatch options for this 2-CPU node in place of the script's GPU defaults (command-line options win)
-ONE_NODE = ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15",
-            "--job-name=omnimodal-test")
-ENV = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMNIMODAL_TRAIN": str(BIN / "omnimodal-train"),
-       "MASTER_ADDR": "127.0.0.1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+ONE_NODE = (
+    "--nodes=1",
+    "--ntasks-per-node=2",
+    "--gpus-per-node=0",
+    "--cpus-per-task=1",
+    "--time=15",
+    "--job-name=omnimodal-test",
+)
+ENV = {
+    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    "OMNIMODAL_TRAIN": str(BIN / "omnimodal-train"),
+    "MASTER_ADDR": "127.0.0.1",
+    "PYTHONWARNINGS": "ignore",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +72,17 @@ def even_shards(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     subjects["split"] = "val"
     subjects.loc[subjects.index[consenting][:20], "split"] = "train"
     subjects.to_csv(out / "subjects.csv", index=False)
-    build_shards(BuildConfig(subjects=str(out / "subjects.csv"), events=str(cohort / "events.csv"),
-                             labels=str(cohort / "labels.csv"), out=str(out / "shards"), secret=SECRET,
-                             max_samples_per_shard=5, workers=2))
+    build_shards(
+        BuildConfig(
+            subjects=str(out / "subjects.csv"),
+            events=str(cohort / "events.csv"),
+            labels=str(cohort / "labels.csv"),
+            out=str(out / "shards"),
+            secret=SECRET,
+            max_samples_per_shard=5,
+            workers=2,
+        )
+    )
     train = [s["samples"] for s in json.loads((out / "shards" / "index.json").read_text())["splits"]["train"]["shards"]]
     assert train == [5, 5, 5, 5], train
     return out / "shards"
@@ -67,21 +98,29 @@ def cluster():
 
 def _submit(cluster: SlurmCluster, shards: Path, run_dir: Path) -> tuple[str, Path]:
     out = run_dir.parent / f"{run_dir.name}.out"
-    job = cluster.sbatch(SBATCH, *TRAIN, "data=shards", f"data.root={shards}", "data.synthetic=null",
-                         options=(*ONE_NODE, f"--output={out}", f"--chdir={run_dir.parent}"),
-                         env={**ENV, "RUN_DIR": str(run_dir)})
+    job = cluster.sbatch(
+        SBATCH,
+        *TRAIN,
+        "data=shards",
+        f"data.root={shards}",
+        "data.synthetic=null",
+        options=(*ONE_NODE, f"--output={out}", f"--chdir={run_dir.parent}"),
+        env={**ENV, "RUN_DIR": str(run_dir)},
+    )
     return job, out
 
 
 def _ended(cluster: SlurmCluster, job: str, out: Path, timeout: float = 420) -> dict[str, str]:
-    info = cluster.wait(job, lambda j: j["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout,
-                        "the job to end")
+    info = cluster.wait(
+        job, lambda j: j["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout, "the job to end"
+    )
     assert info["JobState"] == "COMPLETED", f"{info}\n{out.read_text()[-4000:]}"
     return info
 
 
 def test_requeue_signal_checkpoints_requeues_and_resumes_to_the_uninterrupted_losses(
-        cluster: SlurmCluster, even_shards: Path, tmp_path: Path) -> None:
+    cluster: SlurmCluster, even_shards: Path, tmp_path: Path
+) -> None:
     shards = even_shards
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "requeued"
     ref_job, ref_out = _submit(cluster, shards, ref_dir)
@@ -93,8 +132,9 @@ def test_requeue_signal_checkpoints_requeues_and_resumes_to_the_uninterrupted_lo
 
     # preempt it once it has checkpointed step 4: SLURM sends SIGUSR1 to every task
     first = run_dir / "checkpoints" / "epoch=0-step=4.ckpt"
-    cluster.wait(job, lambda j: first.exists() or j["JobState"] not in ("PENDING", "RUNNING"), 300,
-                 f"{first.name} to appear")
+    cluster.wait(
+        job, lambda j: first.exists() or j["JobState"] not in ("PENDING", "RUNNING"), 300, f"{first.name} to appear"
+    )
     assert first.exists(), out.read_text()[-3000:]
     cluster.run("scancel", "--signal=USR1", job)
     # the job requeues itself; SLURM holds a requeued job back for a while: release it now
@@ -116,14 +156,26 @@ def test_requeue_signal_checkpoints_requeues_and_resumes_to_the_uninterrupted_lo
 
 def test_multirun_sweep_through_the_submitit_launcher(cluster: SlurmCluster, shards: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    cmd = [str(BIN / "omnimodal-train"), "-m", "launcher=slurm", *TRAIN, "trainer.max_steps=2",
-           "callbacks.checkpoint.every_n_train_steps=2", "data=shards", f"data.root={shards}",
-           "data.synthetic=null", "objective.masked_weight=0.5,1.0", f"hydra.sweep.dir={sweep}",
-           # one task per job: the two jobs run side by side on the 2 CPUs (the test above covers 2-task DDP)
-           "hydra.launcher.tasks_per_node=1", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
-           "hydra.launcher.timeout_min=15", "hydra.launcher.partition=debug"]
-    res = subprocess.run(cmd, cwd=tmp_path, env={**cluster.env, **ENV}, capture_output=True, text=True,
-                         timeout=900)
+    cmd = [
+        str(BIN / "omnimodal-train"),
+        "-m",
+        "launcher=slurm",
+        *TRAIN,
+        "trainer.max_steps=2",
+        "callbacks.checkpoint.every_n_train_steps=2",
+        "data=shards",
+        f"data.root={shards}",
+        "data.synthetic=null",
+        "objective.masked_weight=0.5,1.0",
+        f"hydra.sweep.dir={sweep}",
+        # one task per job: the two jobs run side by side on the 2 CPUs (the test above covers 2-task DDP)
+        "hydra.launcher.tasks_per_node=1",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=15",
+        "hydra.launcher.partition=debug",
+    ]
+    res = subprocess.run(cmd, cwd=tmp_path, env={**cluster.env, **ENV}, capture_output=True, text=True, timeout=900)
     jobs = sorted((sweep / ".submitit").glob("*_*/*_log.out"))  # array tasks <job>_<i>/
     logs = "\n".join(p.read_text() for p in sorted((sweep / ".submitit").glob("*_*/*_log.*")))
     assert res.returncode == 0, f"{res.stdout[-2000:]}\n{res.stderr[-3000:]}\n{logs[-4000:]}"

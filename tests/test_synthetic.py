@@ -27,8 +27,10 @@ ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
 
 
 def _tables(root: Path) -> dict[str, pd.DataFrame]:
-    return {name: pd.read_csv(root / f"{name}.csv", keep_default_na=True)
-            for name in ("subjects", "events", "labels", "ground_truth", "states")}
+    return {
+        name: pd.read_csv(root / f"{name}.csv", keep_default_na=True)
+        for name in ("subjects", "events", "labels", "ground_truth", "states")
+    }
 
 
 def _files(events: pd.DataFrame, modality: str) -> list[str]:
@@ -36,8 +38,11 @@ def _files(events: pd.DataFrame, modality: str) -> list[str]:
 
 
 def _checksums(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _differences(a: Path, b: Path, ca: dict[str, str], cb: dict[str, str]) -> str:
@@ -48,8 +53,9 @@ def _differences(a: Path, b: Path, ca: dict[str, str], cb: dict[str, str]) -> st
             continue
         what = "missing on one side"
         if name in ca and name in cb and name.endswith(".mp4"):
-            frames = [[f.to_ndarray(format="rgb24").tobytes() for f in av.open(str(r / name)).decode(video=0)]
-                      for r in (a, b)]
+            frames = [
+                [f.to_ndarray(format="rgb24").tobytes() for f in av.open(str(r / name)).decode(video=0)] for r in (a, b)
+            ]
             what = "same decoded frames: the encoding differs" if frames[0] == frames[1] else "the frames differ"
         lines.append(f"{name}: {what}")
     return "; ".join(lines)
@@ -72,7 +78,7 @@ def test_tables_have_the_contract_columns(cohort: Path) -> None:
     assert list(lab.columns) == ["subject_id", "name", "time", "value"]
     assert len(subj) == 24 and subj.subject_id.str.fullmatch(r"SYN-\d{6}").all()
     assert subj.sex.isin(["F", "M"]).all() and subj.split.isin(["train", "val", "test"]).all()
-    assert subj.consent.dtype == bool and (~subj.consent).sum() >= 1          # a withdrawn subject
+    assert subj.consent.dtype == bool and (~subj.consent).sum() >= 1  # a withdrawn subject
     assert set(subj.split) == {"train", "val", "test"}
     first_age = t["ground_truth"].age_at_first_visit
     assert pd.to_datetime(subj.birth_date, format="%Y-%m-%d").notna().all()
@@ -109,7 +115,7 @@ def test_ecg_files_are_wfdb_records(cohort: Path) -> None:
         assert set(rec.sig_name) <= set(LEADS_12) and rec.fmt == ["16"] * rec.n_sig
         assert np.isfinite(rec.p_signal).all() and np.abs(rec.p_signal).max() < 10
         lead_sets.add(len(rec.sig_name))
-    assert 12 in lead_sets and len(lead_sets) > 1                            # some records miss leads
+    assert 12 in lead_sets and len(lead_sets) > 1  # some records miss leads
 
 
 def test_audio_and_video_files_open(cohort: Path) -> None:
@@ -180,7 +186,7 @@ def test_ground_truth_and_labels_agree(cohort: Path) -> None:
         expected = g.onset_days if g.disease else g.end_days
         assert row.value == g.disease and abs(days - expected) < 1e-4
         dx = ev[(ev.subject_id == g.subject_id) & (ev.code == "ICD10:G30")]
-        assert len(dx) == g.disease                                          # coded once, for cases only
+        assert len(dx) == g.disease  # coded once, for cases only
         if g.disease:
             assert pd.Timestamp(dx.time.iloc[0]) >= pd.Timestamp(row.time)
 
@@ -201,7 +207,7 @@ def test_modalities_carry_the_hidden_state(cohort: Path) -> None:
     vent, neuro = [], []
     for _, row in ev[ev.modality == "mri"].iterrows():
         data = np.asanyarray(nib.load(cohort / row.path).dataobj).astype(float)
-        core = data[8:32, 10:38, 8:32]                                       # inside the brain
+        core = data[8:32, 10:38, 8:32]  # inside the brain
         vent.append(float((core < 350).sum()))
         neuro.append(_visit_state(t, row.subject_id, row.time).neuro)
     assert len(vent) >= 5 and _corr(vent, neuro) > 0.6
@@ -210,7 +216,7 @@ def test_modalities_carry_the_hidden_state(cohort: Path) -> None:
         rec = wfdb.rdrecord(str(cohort / row.path)[:-4], channel_names=["II"])
         lead = rec.p_signal[:, 0] - np.median(rec.p_signal[:, 0])
         peaks = np.flatnonzero((lead[1:-1] > 0.5) & (lead[1:-1] >= lead[:-2]) & (lead[1:-1] > lead[2:]))
-        beats = np.count_nonzero(np.diff(peaks, prepend=-1000) > 125)         # >= 250 ms apart
+        beats = np.count_nonzero(np.diff(peaks, prepend=-1000) > 125)  # >= 250 ms apart
         rate.append(beats * 6.0)
         cardio.append(_visit_state(t, row.subject_id, row.time).cardio)
     assert len(rate) >= 10 and _corr(rate, cardio) > 0.5
@@ -222,7 +228,7 @@ def test_same_seed_same_bytes_any_workers(tmp_path: Path) -> None:
     c = synthesize_cohort(tmp_path / "c", n_subjects=2, seed=4, workers=1)
     ca, cb, cc = _checksums(a.out_dir), _checksums(b.out_dir), _checksums(c.out_dir)
     assert ca == cb, _differences(a.out_dir, b.out_dir, ca, cb)
-    assert set(MODALITIES) == {m for m, n in a.counts.items() if n > 0}       # coverage is forced
+    assert set(MODALITIES) == {m for m, n in a.counts.items() if n > 0}  # coverage is forced
     assert ca["subjects.csv"] != cc["subjects.csv"] and ca["events.csv"] != cc["events.csv"]
     common = set(ca) & set(cc)
     assert all(ca[k] != cc[k] for k in common if k.startswith("files/") and not k.endswith(".hea"))
@@ -243,12 +249,30 @@ def test_cli_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_a_cohort_of_some_modalities_is_the_full_cohort_seen_through_them(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A cardiology clinic's view (clinical, ECG, wearables): the same people, labels and files as the full
     cohort of the seed, and nothing else measured."""
     full = synthesize_cohort(tmp_path / "full", n_subjects=6, seed=3, workers=1)
-    assert main(["--out", str(tmp_path / "some"), "--subjects", "6", "--seed", "3", "--workers", "1",
-                 "--modalities", "clinical", "ecg", "wearable"]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path / "some"),
+                "--subjects",
+                "6",
+                "--seed",
+                "3",
+                "--workers",
+                "1",
+                "--modalities",
+                "clinical",
+                "ecg",
+                "wearable",
+            ]
+        )
+        == 0
+    )
     ca, cs = _checksums(full.out_dir), _checksums(tmp_path / "some")
     for name in ("subjects.csv", "labels.csv", "ground_truth.csv", "states.csv"):
         assert cs[name] == ca[name], name
@@ -257,8 +281,10 @@ def test_a_cohort_of_some_modalities_is_the_full_cohort_seen_through_them(
     assert all(cs[k] == ca[k] for k in kept)
     ev_full, ev_some = (pd.read_csv(p / "events.csv") for p in (full.out_dir, tmp_path / "some"))
     assert set(ev_some.modality) == {"clinical", "ecg", "wearable"}
-    pd.testing.assert_frame_equal(ev_some.reset_index(drop=True), ev_full[ev_full.modality.isin(
-        ["clinical", "ecg", "wearable"])].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        ev_some.reset_index(drop=True),
+        ev_full[ev_full.modality.isin(["clinical", "ecg", "wearable"])].reset_index(drop=True),
+    )
     assert json.loads((tmp_path / "some" / "cohort.json").read_text())["modalities"] == ["clinical", "ecg", "wearable"]
     assert main(["--out", str(tmp_path / "bad"), "--subjects", "2", "--modalities", "ecg", "eeg"]) == 1
     assert "['eeg']; choose from" in capsys.readouterr().err

@@ -11,8 +11,8 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import pytest
-
 from conftest import train_config as config
+
 from omnimodal.pretraining.run import build, resume_path
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "experiment").glob("*.yaml"))
@@ -28,16 +28,27 @@ GPU_SIZED = {"base_gpu"}
 #: experiments that take a minute on 2 CPU cores: -m slow (CI runs them)
 SLOW = {"large_encoders"}
 CASES = [pytest.param(e, False, id=e, marks=[pytest.mark.slow] if e in SLOW else []) for e in EXPERIMENTS] + [
-    pytest.param(e, True, id=f"{e}-full", marks=pytest.mark.slow) for e in sorted(GPU_SIZED)]
+    pytest.param(e, True, id=f"{e}-full", marks=pytest.mark.slow) for e in sorted(GPU_SIZED)
+]
 
 
 @pytest.mark.parametrize(("experiment", "full_size"), CASES)
 def test_every_experiment_composes_and_trains(shards: Path, tmp_path: Path, experiment: str, full_size: bool) -> None:
     shrink = ["model/backbone=tiny"] if experiment in GPU_SIZED and not full_size else []
-    cfg = config(shards, tmp_path, f"experiment={experiment}", *shrink, "trainer.max_steps=2",
-                 "trainer.max_epochs=1", "data.batch_size=2", "data.max_events=4", "model.row_len=null",
-                 "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
-                 "callbacks.checkpoint.every_n_train_steps=2")
+    cfg = config(
+        shards,
+        tmp_path,
+        f"experiment={experiment}",
+        *shrink,
+        "trainer.max_steps=2",
+        "trainer.max_epochs=1",
+        "data.batch_size=2",
+        "data.max_events=4",
+        "model.row_len=null",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "callbacks.checkpoint.every_n_train_steps=2",
+    )
     task, dm, trainer = build(cfg)
     trainer.fit(task, datamodule=dm)
     assert trainer.global_step == 2
@@ -70,9 +81,15 @@ class StopAt(L.Callback):
 
 
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
-    common = ("trainer.max_steps=8", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
-              "callbacks.checkpoint.every_n_train_steps=3", "trainer.check_val_every_n_epoch=100",
-              "data.max_events=4", "model.row_len=null")
+    common = (
+        "trainer.max_steps=8",
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=1",
+        "callbacks.checkpoint.every_n_train_steps=3",
+        "trainer.check_val_every_n_epoch=100",
+        "data.max_events=4",
+        "model.row_len=null",
+    )
     full = tmp_path / "full"
     task, dm, trainer = build(config(shards, full, *common))
     trainer.fit(task, datamodule=dm)
@@ -100,10 +117,21 @@ def test_cli_from_any_directory_with_site_configs_and_a_sweep(shards: Path, tmp_
     site.mkdir(parents=True)
     (site / "site_tiny.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: 1\ndata:\n  batch_size: 2\n")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "omnimodal.cli.train", "-m", f"--config-dir={tmp_path / 'site'}",
-           "experiment=site_tiny", "data=shards", f"data.root={shards}", "data.num_workers=0",
-           "trainer.enable_progress_bar=false", "~logger.tensorboard", "objective.masked_weight=0.5,1.0",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "omnimodal.cli.train",
+        "-m",
+        f"--config-dir={tmp_path / 'site'}",
+        "experiment=site_tiny",
+        "data=shards",
+        f"data.root={shards}",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+        "~logger.tensorboard",
+        "objective.masked_weight=0.5,1.0",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     for job in ("0", "1"):
@@ -111,12 +139,20 @@ def test_cli_from_any_directory_with_site_configs_and_a_sweep(shards: Path, tmp_
     assert res.stdout.count("done in") == 2 and "parameters:" in res.stdout
 
 
-def test_last_checkpoint_is_the_final_state_when_the_interval_does_not_divide_the_run(shards: Path,
-                                                                                         tmp_path: Path) -> None:
+def test_last_checkpoint_is_the_final_state_when_the_interval_does_not_divide_the_run(
+    shards: Path, tmp_path: Path
+) -> None:
     from omnimodal.infra.checkpoints import load
 
-    cfg = config(shards, tmp_path, "trainer.max_steps=5", "callbacks.checkpoint.every_n_train_steps=3",
-                 "data.max_events=4", "model.row_len=null", "trainer.limit_val_batches=0")
+    cfg = config(
+        shards,
+        tmp_path,
+        "trainer.max_steps=5",
+        "callbacks.checkpoint.every_n_train_steps=3",
+        "data.max_events=4",
+        "model.row_len=null",
+        "trainer.limit_val_batches=0",
+    )
     task, dm, trainer = build(cfg)
     trainer.fit(task, datamodule=dm)
     assert load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 5  # not 3, the last interval
@@ -124,15 +160,23 @@ def test_last_checkpoint_is_the_final_state_when_the_interval_does_not_divide_th
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("tmp*last.ckpt*"))
 
 
-def test_resume_auto_takes_the_newest_checkpoint_that_loads(shards: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_resume_auto_takes_the_newest_checkpoint_that_loads(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """A kill between writing a step checkpoint and last.ckpt, or during a write: the newest complete one is
     taken (by training step, not by name), the damaged one is passed over with a note, leftovers removed."""
     from omnimodal.infra.checkpoints import load, newest_checkpoint
     from omnimodal.pretraining.run import run
 
-    cfg = config(shards, tmp_path, "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2",
-                 "data.max_events=4", "model.row_len=null", "trainer.limit_val_batches=0")
+    cfg = config(
+        shards,
+        tmp_path,
+        "trainer.max_steps=4",
+        "callbacks.checkpoint.every_n_train_steps=2",
+        "data.max_events=4",
+        "model.row_len=null",
+        "trainer.limit_val_batches=0",
+    )
     task, dm, trainer = build(cfg)
     trainer.fit(task, datamodule=dm)
     ck = tmp_path / "checkpoints"

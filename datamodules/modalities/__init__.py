@@ -17,8 +17,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..specs import DataError, Spec, replace_fields
 
@@ -56,8 +57,10 @@ class Modality:
         if not _NAME.match(self.name):
             raise ValueError(f"modality name {self.name!r}: lower case letters, digits and '_', starting with a letter")
         if not self.default_encoder.startswith(self.name + "/"):
-            raise ValueError(f"modality {self.name!r}: default_encoder {self.default_encoder!r} must be "
-                             f"'{self.name}/<variant>' (an encoder registry name)")
+            raise ValueError(
+                f"modality {self.name!r}: default_encoder {self.default_encoder!r} must be "
+                f"'{self.name}/<variant>' (an encoder registry name)"
+            )
         if not 0.0 <= self.visit_rate <= 1.0:
             raise ValueError(f"modality {self.name!r}: visit_rate {self.visit_rate} is not in [0, 1]")
 
@@ -156,5 +159,16 @@ def check_modality(modality: str, where: str = "") -> str:
     return modality
 
 
-__all__ = ["BROKEN", "DICOM_DIR", "Modality", "check_modality", "default_specs", "get", "names", "register", "registry",
-           "resolve", "unregister"]
+__all__ = [
+    "BROKEN",
+    "DICOM_DIR",
+    "Modality",
+    "check_modality",
+    "default_specs",
+    "get",
+    "names",
+    "register",
+    "registry",
+    "resolve",
+    "unregister",
+]

@@ -3,6 +3,13 @@
 from ..specs import ClinicalSpec
 from . import Modality, register
 
-CLINICAL = register(Modality(
-    name="clinical", order=90, spec=ClinicalSpec(), default_encoder="clinical/embedding", visit_rate=0.85,
-    description="diagnoses, labs, medications as code/value rows"))
+CLINICAL = register(
+    Modality(
+        name="clinical",
+        order=90,
+        spec=ClinicalSpec(),
+        default_encoder="clinical/embedding",
+        visit_rate=0.85,
+        description="diagnoses, labs, medications as code/value rows",
+    )
+)

@@ -15,7 +15,18 @@ def _render_params() -> dict:
     return {"fps": r.GAIT_FPS, "size": r.GAIT_SIZE, "duration_s": r.GAIT_SECONDS, "codec": r.VIDEO_CODEC}
 
 
-GAIT = register(Modality(
-    name="gait", order=50, spec=VideoSpec(), default_encoder="gait/conv3d", readers=VIDEO_READERS,
-    decode_hint=VIDEO_HINT, visit_rate=0.15, render="datamodules.synthetic.render_video:render_gait",
-    render_params=_render_params, preload=("av",), description="gait video (MP4 and other containers)"))
+GAIT = register(
+    Modality(
+        name="gait",
+        order=50,
+        spec=VideoSpec(),
+        default_encoder="gait/conv3d",
+        readers=VIDEO_READERS,
+        decode_hint=VIDEO_HINT,
+        visit_rate=0.15,
+        render="datamodules.synthetic.render_video:render_gait",
+        render_params=_render_params,
+        preload=("av",),
+        description="gait video (MP4 and other containers)",
+    )
+)

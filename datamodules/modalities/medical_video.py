@@ -8,9 +8,10 @@ Here too: the DICOM multi-frame reader (:func:`read_cine_dicom`) and the synthet
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,15 +46,21 @@ def read_cine_dicom(path: Path, spec: VideoSpec, options: Mapping[str, Any] | No
     where = str(path)
     ds = pydicom.dcmread(str(path))
     if "PixelData" not in ds:
-        raise DataError("DICOM file holds no image (no Pixel Data)", where=where,
-                        hint="give the multi-frame export of the cine loop")
+        raise DataError(
+            "DICOM file holds no image (no Pixel Data)",
+            where=where,
+            hint="give the multi-frame export of the cine loop",
+        )
     n = int(ds.get("NumberOfFrames", 1) or 1)
     if n < 2:
-        raise DataError("single-frame DICOM image, not a cine loop", where=where,
-                        hint="export the loop as multi-frame DICOM (Ultrasound Multi-frame Image Storage) or MP4")
+        raise DataError(
+            "single-frame DICOM image, not a cine loop",
+            where=where,
+            hint="export the loop as multi-frame DICOM (Ultrasound Multi-frame Image Storage) or MP4",
+        )
     times, last_dt = _frame_times(ds, n, options or {}, where)
     pick = sample_frames(times, last_dt, spec)
-    keep = np.unique(pick).tolist()                                    # decode only the frames shown
+    keep = np.unique(pick).tolist()  # decode only the frames shown
     frames = {i: _resize(img, spec.size) for i, img in zip(keep, _rgb_frames(ds, keep, where))}
     return np.stack([frames[int(i)] for i in pick])
 
@@ -95,12 +102,17 @@ def _frame_times(ds: Any, n: int, options: Mapping[str, Any], where: str) -> tup
     if given is not None:
         rate = _number(given)
         if rate is None:
-            raise DataError(f"frame_rate {given!r} is not a positive number", where=where,
-                            hint="give the loop's frames per second in the frame_rate column, e.g. 30")
+            raise DataError(
+                f"frame_rate {given!r} is not a positive number",
+                where=where,
+                hint="give the loop's frames per second in the frame_rate column, e.g. 30",
+            )
         return np.arange(n) / rate, 1.0 / rate
-    raise DataError("no frame rate: the DICOM file has no FrameTime, FrameTimeVector, CineRate or "
-                    "RecommendedDisplayFrameRate", where=where,
-                    hint="add a frame_rate column (frames per second) to this row of the events table")
+    raise DataError(
+        "no frame rate: the DICOM file has no FrameTime, FrameTimeVector, CineRate or RecommendedDisplayFrameRate",
+        where=where,
+        hint="add a frame_rate column (frames per second) to this row of the events table",
+    )
 
 
 def _rgb_frames(ds: Any, indices: list[int], where: str) -> Iterator[np.ndarray]:
@@ -108,12 +120,16 @@ def _rgb_frames(ds: Any, indices: list[int], where: str) -> Iterator[np.ndarray]
     converted, values scaled from the stored range (``BitsStored``, signed or not) to 0..255."""
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if pi not in ("MONOCHROME1", "MONOCHROME2", "RGB", *_YBR):
-        raise DataError(f"photometric interpretation {pi!r} is not read", where=where,
-                        hint="export the loop as MONOCHROME2 (grayscale) or RGB, or as MP4")
+        raise DataError(
+            f"photometric interpretation {pi!r} is not read",
+            where=where,
+            hint="export the loop as MONOCHROME2 (grayscale) or RGB, or as MP4",
+        )
     try:
-        from pydicom.pixels import iter_pixels                         # pydicom 3: YBR_FULL(_422) -> RGB
+        from pydicom.pixels import iter_pixels  # pydicom 3: YBR_FULL(_422) -> RGB
+
         decoded: Iterable[np.ndarray] = iter_pixels(ds, indices=indices)
-    except ImportError:                                                # pydicom 2 leaves YCbCr as it is
+    except ImportError:  # pydicom 2 leaves YCbCr as it is
         from pydicom.pixel_data_handlers.util import convert_color_space
 
         decoded = ds.pixel_array[indices]
@@ -122,18 +138,24 @@ def _rgb_frames(ds: Any, indices: list[int], where: str) -> Iterator[np.ndarray]
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     for arr in decoded:
         if arr.dtype.kind not in "ui":
-            raise DataError(f"pixel data of dtype {arr.dtype} is not read", where=where,
-                            hint="export the loop with integer pixels (8 to 16 bits)")
+            raise DataError(
+                f"pixel data of dtype {arr.dtype} is not read",
+                where=where,
+                hint="export the loop with integer pixels (8 to 16 bits)",
+            )
         if arr.ndim != (3 if colour else 2) or (colour and arr.shape[-1] != 3):
-            raise DataError(f"{pi} frames have shape {arr.shape}, expected [rows, cols{', 3' if colour else ''}]",
-                            where=where, hint="check SamplesPerPixel and PhotometricInterpretation; re-export it")
+            raise DataError(
+                f"{pi} frames have shape {arr.shape}, expected [rows, cols{', 3' if colour else ''}]",
+                where=where,
+                hint="check SamplesPerPixel and PhotometricInterpretation; re-export it",
+            )
         bits = int(ds.get("BitsStored", 0) or arr.dtype.itemsize * 8)
         if arr.dtype == np.uint8 and bits == 8 and pi != "MONOCHROME1":
             out = arr
         else:
-            top = float(2 ** bits - 1)
+            top = float(2**bits - 1)
             x = arr.astype(np.float32) + (2 ** (bits - 1) if signed else 0)  # signed: shift to 0..top
-            x = top - x if pi == "MONOCHROME1" else x                         # MONOCHROME1: 0 is white
+            x = top - x if pi == "MONOCHROME1" else x  # MONOCHROME1: 0 is white
             out = np.clip(np.round(x * (255.0 / top)), 0, 255).astype(np.uint8)
         yield out if colour else np.repeat(out[..., None], 3, axis=-1)
 
@@ -142,13 +164,13 @@ def _rgb_frames(ds: Any, indices: list[int], where: str) -> Iterator[np.ndarray]
 # Synthetic renderer: a beating left ventricle (apical view) on a dark ultrasound sector with speckle
 # ---------------------------------------------------------------------------------------------------
 
-ECHO_SIZE = (112, 112)                  # native (H, W), as EchoNet-Dynamic's clips
-ECHO_FPS = (30, 50)                     # native frame rates (one per visit), never the canonical one
+ECHO_SIZE = (112, 112)  # native (H, W), as EchoNet-Dynamic's clips
+ECHO_FPS = (30, 50)  # native frame rates (one per visit), never the canonical one
 ECHO_SECONDS = (2.0, 3.0)
-DICOM_SHARE = 1.0 / 3.0                 # share of loops written as DICOM multi-frame, the rest MP4
-LV_CENTER = (62.0, 56.0)                # (row, col) of the cavity's centre at native size
-LV_RADII = (30.0, 16.0)                 # end-diastolic cavity radii (long axis vertical, short axis)
-_APEX, _HALF_ANGLE, _DEPTH = (2.0, 56.0), 0.65, 108.0   # the sector: apex (row, col), half angle (rad), depth
+DICOM_SHARE = 1.0 / 3.0  # share of loops written as DICOM multi-frame, the rest MP4
+LV_CENTER = (62.0, 56.0)  # (row, col) of the cavity's centre at native size
+LV_RADII = (30.0, 16.0)  # end-diastolic cavity radii (long axis vertical, short axis)
+_APEX, _HALF_ANGLE, _DEPTH = (2.0, 56.0), 0.65, 108.0  # the sector: apex (row, col), half angle (rad), depth
 
 
 def fractional_shortening(cardio: float) -> float:
@@ -184,9 +206,17 @@ def echo_params(ctx: RenderContext) -> EchoParams:
     frames = int(round(fps * rng.uniform(*ECHO_SECONDS)))
     dicom = bool(rng.random() < DICOM_SHARE)
     center = (LV_CENTER[0] + float(rng.normal(0.0, 1.0)), LV_CENTER[1] + float(rng.normal(0.0, 1.0)))
-    return EchoParams(heart_rate=hr, shortening=fs, fps=fps, frames=frames, dicom=dicom,
-                      phase=float(rng.uniform(0.0, 1.0)), gain=float(rng.uniform(0.85, 1.15)), center=center,
-                      scale=float(rng.uniform(0.94, 1.06)))
+    return EchoParams(
+        heart_rate=hr,
+        shortening=fs,
+        fps=fps,
+        frames=frames,
+        dicom=dicom,
+        phase=float(rng.uniform(0.0, 1.0)),
+        gain=float(rng.uniform(0.85, 1.15)),
+        center=center,
+        scale=float(rng.uniform(0.94, 1.06)),
+    )
 
 
 def _inside(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
@@ -206,13 +236,13 @@ def echo_frames(ctx: RenderContext, p: EchoParams) -> np.ndarray:
     sector = (r < _DEPTH) & (np.abs(np.arctan2(xx - _APEX[1], yy - _APEX[0])) < _HALF_ANGLE)
     atten = np.exp(-r / 160.0)
     tissue = 38.0 * atten
-    static = rng.rayleigh(np.sqrt(2.0 / np.pi), (h, w))                # mean 1: speckle that stays with tissue
+    static = rng.rayleigh(np.sqrt(2.0 / np.pi), (h, w))  # mean 1: speckle that stays with tissue
     cy, cx = p.center
     ry0, rx0 = LV_RADII[0] * p.scale, LV_RADII[1] * p.scale
     out = np.empty((p.frames, h, w), np.uint8)
     for i in range(p.frames):
         phase = (p.phase + i / p.fps * p.heart_rate / 60.0) % 1.0
-        c = 0.5 * (1.0 - np.cos(2.0 * np.pi * phase))                  # 0 at end-diastole, 1 at end-systole
+        c = 0.5 * (1.0 - np.cos(2.0 * np.pi * phase))  # 0 at end-diastole, 1 at end-systole
         ry, rx = ry0 * (1.0 - 0.5 * p.shortening * c), rx0 * (1.0 - p.shortening * c)
         wall = 5.5 * (1.0 + 1.5 * p.shortening * c)
         cavity = _inside(yy, xx, cy, cx, ry, rx)
@@ -274,15 +304,29 @@ def render_echo(ctx: RenderContext) -> str:
 
 
 def _render_params() -> dict:
-    return {"fps": list(ECHO_FPS), "size": ECHO_SIZE, "duration_s": list(ECHO_SECONDS), "dicom_share": DICOM_SHARE,
-            "formats": ["mp4", "dcm (ultrasound multi-frame, MONOCHROME2)"]}
+    return {
+        "fps": list(ECHO_FPS),
+        "size": ECHO_SIZE,
+        "duration_s": list(ECHO_SECONDS),
+        "dicom_share": DICOM_SHARE,
+        "formats": ["mp4", "dcm (ultrasound multi-frame, MONOCHROME2)"],
+    }
 
 
 _SELF = "datamodules.modalities.medical_video"
-MEDICAL_VIDEO = register(Modality(
-    name="medical_video", order=65, spec=VideoSpec(fps=16.0, max_frames=32, size=(64, 64)),
-    default_encoder="medical_video/conv3d", readers={**VIDEO_READERS, ".dcm": f"{_SELF}:read_cine_dicom"},
-    decode_hint=BROKEN + "check that it plays (ffprobe) or opens with pydicom.dcmread, and re-export it "
-                         "(H.264 MP4, or DICOM multi-frame)",
-    visit_rate=0.10, render=f"{_SELF}:render_echo", render_params=_render_params, preload=("av", "pydicom"),
-    description="medical cine loops: echocardiography (MP4 and other containers, DICOM multi-frame)"))
+MEDICAL_VIDEO = register(
+    Modality(
+        name="medical_video",
+        order=65,
+        spec=VideoSpec(fps=16.0, max_frames=32, size=(64, 64)),
+        default_encoder="medical_video/conv3d",
+        readers={**VIDEO_READERS, ".dcm": f"{_SELF}:read_cine_dicom"},
+        decode_hint=BROKEN + "check that it plays (ffprobe) or opens with pydicom.dcmread, and re-export it "
+        "(H.264 MP4, or DICOM multi-frame)",
+        visit_rate=0.10,
+        render=f"{_SELF}:render_echo",
+        render_params=_render_params,
+        preload=("av", "pydicom"),
+        description="medical cine loops: echocardiography (MP4 and other containers, DICOM multi-frame)",
+    )
+)

@@ -11,9 +11,17 @@ def _render_params() -> dict:
 
 
 _READ = "datamodules.readers.omics:read_omics"
-OMICS = register(Modality(
-    name="omics", order=80, spec=OmicsSpec(), default_encoder="omics/mlp",
-    readers={".csv": _READ, ".parquet": _READ, ".npy": _READ},
-    decode_hint=BROKEN + "check that it opens with pandas (tables) or numpy (.npy)",
-    visit_rate=0.15, render="datamodules.synthetic.render_tables:render_omics", render_params=_render_params,
-    description="genotypes and expression on a feature panel"))
+OMICS = register(
+    Modality(
+        name="omics",
+        order=80,
+        spec=OmicsSpec(),
+        default_encoder="omics/mlp",
+        readers={".csv": _READ, ".parquet": _READ, ".npy": _READ},
+        decode_hint=BROKEN + "check that it opens with pandas (tables) or numpy (.npy)",
+        visit_rate=0.15,
+        render="datamodules.synthetic.render_tables:render_omics",
+        render_params=_render_params,
+        description="genotypes and expression on a feature panel",
+    )
+)

@@ -16,7 +16,18 @@ def _render_params() -> dict:
     return {"rate_hz": r.VOICE_RATE_HZ, "channels": 1, "duration_s": [2.0, 4.0], "format": "flac"}
 
 
-VOICE = register(Modality(
-    name="voice", order=30, spec=AudioSpec(), default_encoder="voice/conv", readers=AUDIO_READERS,
-    decode_hint=AUDIO_HINT, visit_rate=0.20, render="datamodules.synthetic.render_audio:render_voice",
-    render_params=_render_params, preload=AUDIO_PRELOAD, description="voice recordings (WAV, FLAC)"))
+VOICE = register(
+    Modality(
+        name="voice",
+        order=30,
+        spec=AudioSpec(),
+        default_encoder="voice/conv",
+        readers=AUDIO_READERS,
+        decode_hint=AUDIO_HINT,
+        visit_rate=0.20,
+        render="datamodules.synthetic.render_audio:render_voice",
+        render_params=_render_params,
+        preload=AUDIO_PRELOAD,
+        description="voice recordings (WAV, FLAC)",
+    )
+)

@@ -11,8 +11,17 @@ def _render_params() -> dict:
 
 
 _READ = "datamodules.readers.wearable:read_wearable"
-WEARABLE = register(Modality(
-    name="wearable", order=70, spec=WearableSpec(), default_encoder="wearable/conv1d",
-    readers={".csv": _READ, ".parquet": _READ}, decode_hint=BROKEN + "check that it opens with pandas",
-    visit_rate=0.40, render="datamodules.synthetic.render_tables:render_wearable", render_params=_render_params,
-    description="wearable time series (CSV, Parquet)"))
+WEARABLE = register(
+    Modality(
+        name="wearable",
+        order=70,
+        spec=WearableSpec(),
+        default_encoder="wearable/conv1d",
+        readers={".csv": _READ, ".parquet": _READ},
+        decode_hint=BROKEN + "check that it opens with pandas",
+        visit_rate=0.40,
+        render="datamodules.synthetic.render_tables:render_wearable",
+        render_params=_render_params,
+        description="wearable time series (CSV, Parquet)",
+    )
+)

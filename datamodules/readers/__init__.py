@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,9 @@ def supported(modality: str) -> tuple[str, ...]:
     return get(modality).suffixes
 
 
-def read_measurement(modality: str, path: str | os.PathLike, spec: Spec,
-                     options: Mapping[str, Any] | None = None) -> np.ndarray:
+def read_measurement(
+    modality: str, path: str | os.PathLike, spec: Spec, options: Mapping[str, Any] | None = None
+) -> np.ndarray:
     """Read one measurement file into its modality's canonical array (validated against ``spec``).
 
     ``options`` holds extra columns of the events-table row (e.g. ``sampling_rate``, ``leads``) that
@@ -38,20 +40,32 @@ def read_measurement(modality: str, path: str | os.PathLike, spec: Spec,
     where = str(path)
     decl = get(modality, where)
     if not decl.has_files:
-        raise DataError(f"{modality} measurements have no file", where=where,
-                        hint=f"give {modality} events as code/value columns of the events table, not a path")
+        raise DataError(
+            f"{modality} measurements have no file",
+            where=where,
+            hint=f"give {modality} events as code/value columns of the events table, not a path",
+        )
     p = Path(path)
     if not p.exists():
-        raise DataError("file not found", where=where,
-                        hint="check the events table's path column (relative paths are resolved from "
-                             "the current directory) and that the file was copied")
+        raise DataError(
+            "file not found",
+            where=where,
+            hint="check the events table's path column (relative paths are resolved from "
+            "the current directory) and that the file was copied",
+        )
     if type(spec) is not type(decl.spec):
-        raise DataError(f"{modality} needs a {type(decl.spec).__name__}, got {type(spec).__name__}", where=where,
-                        hint="pass the cohort's spec for this modality (default_specs()[modality])")
+        raise DataError(
+            f"{modality} needs a {type(decl.spec).__name__}, got {type(spec).__name__}",
+            where=where,
+            hint="pass the cohort's spec for this modality (default_specs()[modality])",
+        )
     suffix = DICOM_DIR if p.is_dir() else file_suffix(p)
     if suffix not in decl.readers:
-        raise DataError(f"unsupported {modality} file type {suffix or '(no extension)'!r}", where=where,
-                        hint=f"convert it to one of: {', '.join(decl.suffixes)}")
+        raise DataError(
+            f"unsupported {modality} file type {suffix or '(no extension)'!r}",
+            where=where,
+            hint=f"convert it to one of: {', '.join(decl.suffixes)}",
+        )
     reader = decl.reader(suffix)
     try:
         arr = reader(p, spec, {} if options is None else options)
@@ -59,8 +73,9 @@ def read_measurement(modality: str, path: str | os.PathLike, spec: Spec,
         raise
     except Exception as e:  # any decoding-library failure -> a DataError naming the file
         detail = " ".join(str(e).split()).rstrip(". ")  # one line, for logs
-        raise DataError(f"cannot decode {modality} file: {type(e).__name__}: {detail}", where=where,
-                        hint=decl.decode_hint) from e
+        raise DataError(
+            f"cannot decode {modality} file: {type(e).__name__}: {detail}", where=where, hint=decl.decode_hint
+        ) from e
     if isinstance(arr, tuple):  # (array, notes): input used, but not all of it -> the build report
         arr, notes = arr
         for note in notes:

@@ -8,8 +8,9 @@ mono by averaging channels, resampled with ``torchaudio.functional.resample``, a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -11,8 +11,9 @@ Formats that do not describe themselves take ``options`` (events-table columns):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +30,12 @@ _ALIASES = {"MLI": "I", "MLII": "II", "MLIII": "III", "DI": "I", "DII": "II", "D
 def read_ecg(path: Path, spec: WaveformSpec, options: Mapping[str, Any] | None = None) -> np.ndarray:
     """Read one ECG recording -> ``[len(spec.leads), spec.samples]`` float32 in ``spec.units``."""
     loaders: dict[str, Callable[[Path, Mapping[str, Any]], Loaded]] = {
-        ".hea": _load_wfdb, ".dat": _load_wfdb, ".dcm": _load_dicom,
-        ".npy": _load_numpy, ".npz": _load_numpy, ".csv": _load_csv,
+        ".hea": _load_wfdb,
+        ".dat": _load_wfdb,
+        ".dcm": _load_dicom,
+        ".npy": _load_numpy,
+        ".npz": _load_numpy,
+        ".csv": _load_csv,
     }
     signal, fs, names = loaders[file_suffix(path)](path, {} if options is None else options)
     return to_canonical(signal, fs, names, spec, where=str(path))
@@ -44,8 +49,9 @@ def lead_key(name: object) -> str:
     return _ALIASES.get(s, s)
 
 
-def to_canonical(signal: np.ndarray, fs: float, names: Sequence[str], spec: WaveformSpec,
-                 where: str = "") -> np.ndarray:
+def to_canonical(
+    signal: np.ndarray, fs: float, names: Sequence[str], spec: WaveformSpec, where: str = ""
+) -> np.ndarray:
     """Map ``signal [n, samples]`` (mV, named leads, ``fs`` Hz) onto the spec's leads, rate and length."""
     target = {lead_key(lead): i for i, lead in enumerate(spec.leads)}
     rows: list[np.ndarray] = []
@@ -55,16 +61,25 @@ def to_canonical(signal: np.ndarray, fs: float, names: Sequence[str], spec: Wave
         if i is None or np.isnan(x).all():  # off-spec lead, or a lead the recording lacks
             continue
         if not np.isfinite(x).all():
-            raise DataError(f"ECG lead {name!r} holds NaN or Inf samples", where=where,
-                            hint="fix or drop the recording; an absent lead must be left out (or all-NaN)")
+            raise DataError(
+                f"ECG lead {name!r} holds NaN or Inf samples",
+                where=where,
+                hint="fix or drop the recording; an absent lead must be left out (or all-NaN)",
+            )
         if i in index:
-            raise DataError(f"two ECG leads map to {spec.leads[i]!r} (names {list(names)})", where=where,
-                            hint="rename or drop the duplicate lead")
+            raise DataError(
+                f"two ECG leads map to {spec.leads[i]!r} (names {list(names)})",
+                where=where,
+                hint="rename or drop the duplicate lead",
+            )
         rows.append(x)
         index.append(i)
     if not index:
-        raise DataError(f"none of the ECG leads {list(names)} is one of the spec's leads {list(spec.leads)}",
-                        where=where, hint="name the leads like I, II, aVR, V1 (e.g. via the 'leads' column)")
+        raise DataError(
+            f"none of the ECG leads {list(names)} is one of the spec's leads {list(spec.leads)}",
+            where=where,
+            hint="name the leads like I, II, aVR, V1 (e.g. via the 'leads' column)",
+        )
     x = resample(np.stack(rows), fs, spec.rate_hz) / _per_mv(spec.units, where)
     out = np.full(spec.shape(), np.nan, dtype=np.float32)
     out[index] = fit_length(x, spec.samples, 0.0)
@@ -82,8 +97,11 @@ def _per_mv(unit: str | None, where: str) -> float:
 def _rate(options: Mapping[str, Any], where: str) -> float:
     v = option(options, "sampling_rate")
     if v is None:
-        raise DataError("ECG sampling rate unknown for this format", where=where,
-                        hint="add a 'sampling_rate' column (Hz) to the events table for this row")
+        raise DataError(
+            "ECG sampling rate unknown for this format",
+            where=where,
+            hint="add a 'sampling_rate' column (Hz) to the events table for this row",
+        )
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -102,8 +120,11 @@ def _load_wfdb(path: Path, options: Mapping[str, Any]) -> Loaded:
 
     record = path.with_suffix("")
     if not record.with_suffix(".hea").exists():
-        raise DataError("WFDB header (.hea) not found beside the .dat file", where=str(path),
-                        hint="copy the record's .hea file into the same folder")
+        raise DataError(
+            "WFDB header (.hea) not found beside the .dat file",
+            where=str(path),
+            hint="copy the record's .hea file into the same folder",
+        )
     rec = wfdb.rdrecord(str(record))
     scale = np.array([_per_mv(u, str(path)) for u in (rec.units or [None] * rec.n_sig)])
     return np.asarray(rec.p_signal, dtype=np.float64).T * scale[:, None], float(rec.fs), list(rec.sig_name)
@@ -114,8 +135,11 @@ def _load_dicom(path: Path, options: Mapping[str, Any]) -> Loaded:
 
     ds = pydicom.dcmread(path)
     if "WaveformSequence" not in ds:
-        raise DataError("DICOM file has no WaveformSequence (not an ECG waveform)", where=str(path),
-                        hint="give a DICOM ECG (12-lead or general waveform) file")
+        raise DataError(
+            "DICOM file has no WaveformSequence (not an ECG waveform)",
+            where=str(path),
+            hint="give a DICOM ECG (12-lead or general waveform) file",
+        )
     groups = ds.WaveformSequence  # prefer the rhythm group over median beats
     k = next((i for i, g in enumerate(groups) if "RHYTHM" in str(g.get("MultiplexGroupLabel", "")).upper()), 0)
     group = groups[k]
@@ -124,8 +148,11 @@ def _load_dicom(path: Path, options: Mapping[str, Any]) -> Loaded:
         source = ch.get("ChannelSourceSequence")
         names.append(str(source[0].CodeMeaning if source else ch.get("ChannelLabel", "")))
         if "ChannelSensitivity" not in ch:
-            raise DataError(f"DICOM channel {names[-1]!r} has no ChannelSensitivity", where=str(path),
-                            hint="re-export the ECG with channel sensitivity so values can be put in mV")
+            raise DataError(
+                f"DICOM channel {names[-1]!r} has no ChannelSensitivity",
+                where=str(path),
+                hint="re-export the ECG with channel sensitivity so values can be put in mV",
+            )
         units = ch.get("ChannelSensitivityUnitsSequence")
         scale.append(_per_mv(str(units[0].CodeValue) if units else None, str(path)))
     signal = np.asarray(ds.waveform_array(k), dtype=np.float64).T * np.array(scale)[:, None]
@@ -138,8 +165,11 @@ def _load_numpy(path: Path, options: Mapping[str, Any]) -> Loaded:
     if file_suffix(path) == ".npz":
         with np.load(path, allow_pickle=False) as z:
             if "signal" not in z:
-                raise DataError(f".npz has no 'signal' array (keys: {sorted(z)})", where=where,
-                                hint="save it with np.savez(path, signal=..., fs=..., leads=...)")
+                raise DataError(
+                    f".npz has no 'signal' array (keys: {sorted(z)})",
+                    where=where,
+                    hint="save it with np.savez(path, signal=..., fs=..., leads=...)",
+                )
             signal = z["signal"]
             fs = float(z["fs"]) if "fs" in z else _rate(options, where)
             names = [str(n) for n in z["leads"]] if "leads" in z else None
@@ -152,13 +182,19 @@ def _load_numpy(path: Path, options: Mapping[str, Any]) -> Loaded:
         raise DataError(f"ECG array has shape {signal.shape}, expected [leads, samples]", where=where)
     if names is None:
         if 12 not in signal.shape:
-            raise DataError(f"ECG array of shape {signal.shape} has no lead names", where=where,
-                            hint="add a 'leads' column (comma-separated, e.g. I,II,V1) to the events table")
+            raise DataError(
+                f"ECG array of shape {signal.shape} has no lead names",
+                where=where,
+                hint="add a 'leads' column (comma-separated, e.g. I,II,V1) to the events table",
+            )
         names = list(STANDARD_12_LEADS)
     if signal.shape[0] != len(names):
         if signal.shape[1] != len(names):
-            raise DataError(f"ECG array of shape {signal.shape} does not match its {len(names)} lead names",
-                            where=where, hint="check the 'leads' column against the array")
+            raise DataError(
+                f"ECG array of shape {signal.shape} does not match its {len(names)} lead names",
+                where=where,
+                hint="check the 'leads' column against the array",
+            )
         signal = signal.T  # [samples, leads]
     return signal * _per_mv(option(options, "units"), where), fs, names
 
@@ -175,11 +211,17 @@ def _load_csv(path: Path, options: Mapping[str, Any]) -> Loaded:
         t = pd.to_numeric(df[time_col], errors="coerce").to_numpy(np.float64)
         dt = np.diff(t)
         if len(t) < 2 or not np.isfinite(t).all() or (dt <= 0).any() or np.ptp(dt) > 0.01 * dt.mean():
-            raise DataError("ECG 'time' column is not evenly spaced, increasing seconds", where=where,
-                            hint="fix the time column, or drop it and give a 'sampling_rate' column")
+            raise DataError(
+                "ECG 'time' column is not evenly spaced, increasing seconds",
+                where=where,
+                hint="fix the time column, or drop it and give a 'sampling_rate' column",
+            )
         fs = (len(t) - 1) / (t[-1] - t[0])
         fs = float(round(fs)) if abs(fs - round(fs)) < 1e-4 * fs else fs
     cols = [c for c in df.columns if c != time_col]
-    signal = np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in cols]) \
-        if cols else np.zeros((0, len(df)))
+    signal = (
+        np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in cols])
+        if cols
+        else np.zeros((0, len(df)))
+    )
     return signal * _per_mv(option(options, "units"), where), fs, [str(c) for c in cols]

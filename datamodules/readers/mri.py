@@ -13,8 +13,9 @@ mixing series. On a well-formed series both agree (tested).
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,20 +34,25 @@ def read_mri(path: Path, spec: VolumeSpec, options: Mapping[str, Any] | None = N
     img = _load_dicom_series(path) if is_dicom else _load_nifti(path)
     where = str(path)
     if img.ndim != 4 or img.shape[0] != 1:
-        raise DataError(f"MRI is not a single 3-D volume (loaded shape {tuple(img.shape)})", where=where,
-                        hint="give one 3-D volume per row; split 4-D series (fMRI, DWI) and pick a volume")
+        raise DataError(
+            f"MRI is not a single 3-D volume (loaded shape {tuple(img.shape)})",
+            where=where,
+            hint="give one 3-D volume per row; split 4-D series (fMRI, DWI) and pick a volume",
+        )
     if not torch.isfinite(img).all():
         raise DataError("MRI holds NaN or Inf voxels", where=where, hint="fix or re-export the volume")
     if not (img != 0).any():
         raise DataError("MRI is all zeros", where=where, hint="check the export; the volume holds no signal")
-    pipeline = Compose([
-        # z-score on the native voxels: after resampling, which voxels are "non-zero" at the edge of a
-        # zero background would depend on float rounding of the affine (e.g. NIfTI's float32 sform)
-        NormalizeIntensity(nonzero=True),
-        Orientation(axcodes=spec.orientation, labels=None),
-        Spacing(pixdim=spec.spacing_mm, mode="bilinear"),
-        ResizeWithPadOrCrop(spatial_size=spec.size),
-    ])
+    pipeline = Compose(
+        [
+            # z-score on the native voxels: after resampling, which voxels are "non-zero" at the edge of a
+            # zero background would depend on float rounding of the affine (e.g. NIfTI's float32 sform)
+            NormalizeIntensity(nonzero=True),
+            Orientation(axcodes=spec.orientation, labels=None),
+            Spacing(pixdim=spec.spacing_mm, mode="bilinear"),
+            ResizeWithPadOrCrop(spatial_size=spec.size),
+        ]
+    )
     out = pipeline(img)
     return np.ascontiguousarray(torch.as_tensor(out).numpy(), dtype=np.float32)
 
@@ -57,8 +63,11 @@ def _load_nifti(path: Path) -> torch.Tensor:
 
     shape = nib.load(str(path)).shape  # header only
     if len(shape) < 3 or any(d != 1 for d in shape[3:]):
-        raise DataError(f"MRI must be a 3-D volume, this NIfTI has shape {tuple(shape)}", where=str(path),
-                        hint="give one 3-D volume per row; split 4-D series (fMRI, DWI) and pick a volume")
+        raise DataError(
+            f"MRI must be a 3-D volume, this NIfTI has shape {tuple(shape)}",
+            where=str(path),
+            hint="give one 3-D volume per row; split 4-D series (fMRI, DWI) and pick a volume",
+        )
     return _nifti_loader()(str(path))
 
 
@@ -80,16 +89,22 @@ def _load_dicom_series(path: Path) -> torch.Tensor:
     files, headers = _series_files(path)
     for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if any(tag not in h for h in headers):
-            raise DataError(f"DICOM slice without {tag}", where=where,
-                            hint="export the series with its geometry tags, or convert it with dcm2niix")
+            raise DataError(
+                f"DICOM slice without {tag}",
+                where=where,
+                hint="export the series with its geometry tags, or convert it with dcm2niix",
+            )
     affine, order = _geometry(headers, where)
     planes = []
     for k in order:
         ds = pydicom.dcmread(files[k])
         px = ds.pixel_array
         if px.ndim != 2:
-            raise DataError(f"DICOM slice has pixel shape {px.shape}, expected 2-D grey", where=where,
-                            hint="multi-frame or colour DICOM is not supported; convert it with dcm2niix")
+            raise DataError(
+                f"DICOM slice has pixel shape {px.shape}, expected 2-D grey",
+                where=where,
+                hint="multi-frame or colour DICOM is not supported; convert it with dcm2niix",
+            )
         planes.append(np.asarray(apply_modality_lut(px, ds), dtype=np.float32).T)  # [cols, rows]
     if len({p.shape for p in planes}) > 1:
         raise DataError("DICOM slices have different sizes", where=where, hint="give one series per row")
@@ -104,8 +119,11 @@ def _series_files(path: Path) -> tuple[list[Path], list[Any]]:
     folder = path if path.is_dir() else path.parent
     files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() == ".dcm")
     if not files:
-        raise DataError("no .dcm files in this directory", where=str(path),
-                        hint="point the path at a DICOM series folder or one of its .dcm files")
+        raise DataError(
+            "no .dcm files in this directory",
+            where=str(path),
+            hint="point the path at a DICOM series folder or one of its .dcm files",
+        )
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     if not path.is_dir():
         uid = pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID")
@@ -113,8 +131,11 @@ def _series_files(path: Path) -> tuple[list[Path], list[Any]]:
         files, headers = [files[k] for k in keep], [headers[k] for k in keep]
     uids = {h.get("SeriesInstanceUID") for h in headers}
     if len(uids) > 1:
-        raise DataError(f"the directory holds {len(uids)} DICOM series", where=str(path),
-                        hint="give the path of one .dcm file of the series you want")
+        raise DataError(
+            f"the directory holds {len(uids)} DICOM series",
+            where=str(path),
+            hint="give the path of one .dcm file of the series you want",
+        )
     return files, headers
 
 
@@ -124,16 +145,22 @@ def _geometry(headers: list[Any], where: str) -> tuple[np.ndarray, np.ndarray]:
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
     if any(not np.allclose(h.ImageOrientationPatient, iop, atol=1e-4) for h in headers):
-        raise DataError("DICOM slices have different orientations", where=where,
-                        hint="give one series per row (a localizer may be mixed in)")
+        raise DataError(
+            "DICOM slices have different orientations",
+            where=where,
+            hint="give one series per row (a localizer may be mixed in)",
+        )
     pos = np.asarray([h.ImagePositionPatient for h in headers], dtype=np.float64)
     order = np.argsort(pos @ normal)
     pos = pos[order]
     if len(pos) > 1:
         gaps = np.diff(pos @ normal)
         if gaps.min() < 1e-4 or np.ptp(gaps) > 0.05 * gaps.mean():
-            raise DataError("DICOM slice positions are duplicated or unevenly spaced (missing slices?)",
-                            where=where, hint="check that the series is complete and holds one volume")
+            raise DataError(
+                "DICOM slice positions are duplicated or unevenly spaced (missing slices?)",
+                where=where,
+                hint="check that the series is complete and holds one volume",
+            )
         slice_vec = (pos[-1] - pos[0]) / (len(pos) - 1)
     else:
         h = headers[0]

@@ -11,8 +11,9 @@ ignored and counted, so the caller can report them.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -20,17 +21,17 @@ from datamodules.readers import file_suffix
 from datamodules.schema import DataError, OmicsSpec
 
 
-def read_omics(path: Path, spec: OmicsSpec,
-               options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, list[str]]:
+def read_omics(path: Path, spec: OmicsSpec, options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, list[str]]:
     """Read an omics file -> (``[len(spec.features)]`` float32 with NaN = missing, notes for the report)."""
     where = str(path)
     if file_suffix(path) == ".npy":
         vec = np.load(path, allow_pickle=False)
         if vec.ndim != 1 or vec.shape[0] != len(spec.features):
-            raise DataError(f"omics .npy has shape {vec.shape}, expected ({len(spec.features)},) "
-                            "in the panel's feature order", where=where,
-                            hint="save a 1-D vector ordered like OmicsSpec.features, or use a "
-                                 "feature_id,value table")
+            raise DataError(
+                f"omics .npy has shape {vec.shape}, expected ({len(spec.features)},) in the panel's feature order",
+                where=where,
+                hint="save a 1-D vector ordered like OmicsSpec.features, or use a feature_id,value table",
+            )
         out, off_panel = vec.astype(np.float32), 0
     else:
         ids, values = _table(path, where)
@@ -38,10 +39,16 @@ def read_omics(path: Path, spec: OmicsSpec,
     if np.isinf(out).any():
         raise DataError("omics values hold Inf", where=where, hint="fix the export; leave unmeasured values empty")
     if np.isnan(out).all():
-        raise DataError(f"none of the {len(spec.features)} panel features is measured in this file", where=where,
-                        hint="check the feature ids (e.g. rs1000, GENE000) against OmicsSpec.features")
-    notes = [f"{off_panel} omics feature(s) not on the panel were ignored (add them to OmicsSpec.features to "
-             "keep them)"] if off_panel else []
+        raise DataError(
+            f"none of the {len(spec.features)} panel features is measured in this file",
+            where=where,
+            hint="check the feature ids (e.g. rs1000, GENE000) against OmicsSpec.features",
+        )
+    notes = (
+        [f"{off_panel} omics feature(s) not on the panel were ignored (add them to OmicsSpec.features to keep them)"]
+        if off_panel
+        else []
+    )
     return out, notes
 
 
@@ -61,8 +68,11 @@ def _table(path: Path, where: str) -> tuple[list[str], list[Any]]:
         ids, values = [str(r[i]).strip() for r in rows], [r[j] for r in rows]
     else:
         if len(rows) != 1:
-            raise DataError(f"wide omics table has {len(rows)} rows, expected 1", where=where,
-                            hint="give one row per file, or use long format with feature_id,value columns")
+            raise DataError(
+                f"wide omics table has {len(rows)} rows, expected 1",
+                where=where,
+                hint="give one row per file, or use long format with feature_id,value columns",
+            )
         ids, values = header, rows[0]
     dup = sorted(f for f, n in Counter(ids).items() if n > 1)
     if dup:
@@ -80,7 +90,10 @@ def _on_panel(ids: list[str], values: list[Any], spec: OmicsSpec, where: str) ->
     bad = num.isna() & raw.notna() & on_panel  # off-panel columns (e.g. a sample id) may hold text
     if bad.any():
         fid = bad[bad].index[0]
-        raise DataError(f"omics feature {fid!r} has non-numeric value {raw[fid]!r}", where=where,
-                        hint="numbers only; leave unmeasured values empty")
+        raise DataError(
+            f"omics feature {fid!r} has non-numeric value {raw[fid]!r}",
+            where=where,
+            hint="numbers only; leave unmeasured values empty",
+        )
     out = num.reindex(list(spec.features)).to_numpy(np.float32)
     return out, int((~on_panel).sum())

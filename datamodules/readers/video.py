@@ -1,4 +1,5 @@
-"""Video (gait, face, medical cine loops): anything PyAV opens -> ``[T, 3, H, W]`` uint8 RGB at ``spec.fps``, ``T <= max_frames``.
+"""Video (gait, face, medical cine loops): anything PyAV opens -> ``[T, 3, H, W]`` uint8 RGB at ``spec.fps``,
+``T <= max_frames``.
 
 Output frame ``k`` is the latest decoded frame whose presentation time (from the first frame) is
 ``<= k / spec.fps``; frames are produced while ``k / fps`` lies inside the clip. Each frame is turned
@@ -8,8 +9,9 @@ resized with antialiased bilinear interpolation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +54,11 @@ def read_video(path: Path, spec: VideoSpec, options: Mapping[str, Any] | None = 
             while len(out) < spec.max_frames and len(out) / spec.fps + _EPS < current[0] + dt:
                 out.append(img)
     if not out:
-        raise DataError("video has no decodable frames", where=where,
-                        hint="check that it plays; re-encode it (e.g. ffmpeg -c:v libx264)")
+        raise DataError(
+            "video has no decodable frames",
+            where=where,
+            hint="check that it plays; re-encode it (e.g. ffmpeg -c:v libx264)",
+        )
     return np.stack(out)
 
 
@@ -70,10 +75,10 @@ def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     H, W = size
     if w * H > h * W:  # too wide: crop columns
         cw = max(1, round(h * W / H))
-        img = img[:, (w - cw) // 2:(w - cw) // 2 + cw]
+        img = img[:, (w - cw) // 2 : (w - cw) // 2 + cw]
     else:  # too tall: crop rows
         ch = max(1, round(w * H / W))
-        img = img[(h - ch) // 2:(h - ch) // 2 + ch]
+        img = img[(h - ch) // 2 : (h - ch) // 2 + ch]
     x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
     if tuple(x.shape[-2:]) != (H, W):
         x = F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False)

@@ -9,8 +9,9 @@ a channel the table lacks, is NaN (a gap).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,11 @@ def read_wearable(path: Path, spec: WearableSpec, options: Mapping[str, Any] | N
     df = pd.read_parquet(path) if file_suffix(path) == ".parquet" else pd.read_csv(path)
     columns = {str(c).strip().lower(): c for c in df.columns}
     if "timestamp" not in columns:
-        raise DataError(f"wearable table has no 'timestamp' column (columns: {[str(c) for c in df.columns]})",
-                        where=where, hint="name the time column 'timestamp' (ISO datetime or seconds)")
+        raise DataError(
+            f"wearable table has no 'timestamp' column (columns: {[str(c) for c in df.columns]})",
+            where=where,
+            hint="name the time column 'timestamp' (ISO datetime or seconds)",
+        )
     minute = _minutes(df[columns["timestamp"]], where)
     keep = minute < spec.window_minutes
     n_bins = int(minute[keep].max()) + 1 if keep.any() else 1
@@ -42,11 +46,17 @@ def read_wearable(path: Path, spec: WearableSpec, options: Mapping[str, Any] | N
         found = True
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
         if (np.isnan(values) & df[col].notna().to_numpy()).any():
-            raise DataError(f"wearable channel {name!r} holds non-numeric values", where=where,
-                            hint="leave missing values empty; numbers only")
+            raise DataError(
+                f"wearable channel {name!r} holds non-numeric values",
+                where=where,
+                hint="leave missing values empty; numbers only",
+            )
         if np.isinf(values).any():
-            raise DataError(f"wearable channel {name!r} holds Inf values", where=where,
-                            hint="fix the export; leave missing values empty (NaN)")
+            raise DataError(
+                f"wearable channel {name!r} holds Inf values",
+                where=where,
+                hint="fix the export; leave missing values empty (NaN)",
+            )
         ok = keep & ~np.isnan(values)
         count = np.bincount(minute[ok], minlength=n_bins)
         total = np.bincount(minute[ok], weights=values[ok], minlength=n_bins)
@@ -54,9 +64,11 @@ def read_wearable(path: Path, spec: WearableSpec, options: Mapping[str, Any] | N
             per_minute = total if name in spec.sum_channels else total / count
         out[i] = fit_length(np.where(count > 0, per_minute, np.nan), spec.window_minutes, np.nan)
     if not found:
-        raise DataError(f"wearable table has none of the channels {list(spec.channels)} "
-                        f"(columns: {[str(c) for c in df.columns]})", where=where,
-                        hint="name the channel columns as in the spec (e.g. heart_rate, steps)")
+        raise DataError(
+            f"wearable table has none of the channels {list(spec.channels)} (columns: {[str(c) for c in df.columns]})",
+            where=where,
+            hint="name the channel columns as in the spec (e.g. heart_rate, steps)",
+        )
     return out
 
 
@@ -75,8 +87,11 @@ def _minutes(ts: Any, where: str) -> np.ndarray:
         sec = np.where(bad, np.nan, (ns - floor) / 1e9)
     if bad.any():
         first = ts[bad].iloc[0] if hasattr(ts, "iloc") else "?"
-        raise DataError(f"{int(bad.sum())} unparseable timestamp(s), e.g. {first!r}", where=where,
-                        hint="use ISO datetimes (2024-01-31T08:00:00) or seconds from the recording start")
+        raise DataError(
+            f"{int(bad.sum())} unparseable timestamp(s), e.g. {first!r}",
+            where=where,
+            hint="use ISO datetimes (2024-01-31T08:00:00) or seconds from the recording start",
+        )
     if sec.size == 0:
         raise DataError("wearable table has no rows", where=where, hint="drop the row or re-export")
     origin = np.floor(sec.min() / 60.0) * 60.0

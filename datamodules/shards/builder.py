@@ -124,10 +124,13 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
     if not report.samples:
         (out / INDEX_NAME).unlink(missing_ok=True)  # nothing to train on: no index a loader could open
         report.write(out)
-        raise DataError(f"0 samples written: of {report.subjects_in_table} subjects, {len(report.withdrawn)} withdrew "
-                        f"consent and {len(report.no_events)} have no valid event; {len(report.rejected)} rows were "
-                        "rejected", where=str(out),
-                        hint=f"{out / 'report.md'} lists every rejected row with its reason")
+        raise DataError(
+            f"0 samples written: of {report.subjects_in_table} subjects, {len(report.withdrawn)} withdrew "
+            f"consent and {len(report.no_events)} have no valid event; {len(report.rejected)} rows were "
+            "rejected",
+            where=str(out),
+            hint=f"{out / 'report.md'} lists every rejected row with its reason",
+        )
     index = {
         "schema_version": SCHEMA_VERSION,
         "specs": specs_to_json(specs),
@@ -188,8 +191,11 @@ def _plan(cfg: BuildConfig, secret: bytes, report: BuildReport) -> list[_Subject
         rows = [] if evs is None else evs.drop(columns=["subject_id"]).to_dict("records")
         labs = lab_by.get(r.subject_id)
         lab_rows = [] if labs is None else labs.drop(columns=["subject_id"]).to_dict("records")
-        jobs.append(_SubjectJob(r.key, split, r.birth, {"sex_male": float(r.sex_male)}, rows, lab_rows,
-                                r.subject_id, int(r.row)))
+        jobs.append(
+            _SubjectJob(
+                r.key, split, r.birth, {"sex_male": float(r.sex_male)}, rows, lab_rows, r.subject_id, int(r.row)
+            )
+        )
     report.subjects_in_table = len(subj)
     jobs.sort(key=lambda j: j.key)
     return jobs
@@ -199,8 +205,11 @@ def _birth_problem(birth: pd.Timestamp, year_only: bool, time_format: str | None
     """Why a birth date cannot be used: missing, not a date, in the future or before 1900 (the report names the
     subjects row, never the date itself: no date leaves the builder)."""
     if pd.isna(birth):
-        return "birth_year missing or not a year" if year_only else \
-            f"birth_date missing or not a date [{tables.accepted_times(time_format)}]"
+        return (
+            "birth_year missing or not a year"
+            if year_only
+            else f"birth_date missing or not a date [{tables.accepted_times(time_format)}]"
+        )
     now = pd.Timestamp.now("UTC").tz_localize(None)
     if (birth.year > now.year) if year_only else birth > now:
         return "birth date is in the future: check the birth_date/birth_year column"
@@ -231,16 +240,22 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) ->
     seen: set[tuple[Any, ...]] = set()
     for row in sorted(job.events, key=lambda r: r["row"]):
         m = row["modality"]
-        ident = tuple(None if _missing(v) else v
-                      for v in (row["time"], m, row.get("path"), row.get("code"), row.get("numeric_value")))
+        ident = tuple(
+            None if _missing(v) else v
+            for v in (row["time"], m, row.get("path"), row.get("code"), row.get("numeric_value"))
+        )
         if m not in MODALITIES:
             reject("events", row, f"unknown modality {m!r} (use one of {', '.join(MODALITIES)})")
         elif pd.isna(row["time"]):
             reject("events", row, tables.time_problem(row.get("raw_time"), time_format))
         elif row["time"] < job.birth:
             days = (job.birth - row["time"]).total_seconds() / DAY_S
-            reject("events", row, f"event before birth [{days:.0f} days before the birth date of subjects row "
-                                  f"{job.row}: fix the event's time or the birth date]")
+            reject(
+                "events",
+                row,
+                f"event before birth [{days:.0f} days before the birth date of subjects row "
+                f"{job.row}: fix the event's time or the birth date]",
+            )
         elif ident in seen:
             reject("events", row, "duplicate event row (same time, modality and file/code)")
         elif m == "clinical":
@@ -256,8 +271,9 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) ->
                     warnings.simplefilter("ignore")
                     warnings.simplefilter("always", DataWarning)
                     arr = read_measurement(m, row["path"], specs[m], _options(row))
-                res.notes.extend(f"events row {row['row']} (key {job.key}): {job.scrub(str(w.message), row['path'])}"
-                                 for w in caught)
+                res.notes.extend(
+                    f"events row {row['row']} (key {job.key}): {job.scrub(str(w.message), row['path'])}" for w in caught
+                )
                 accepted.append((row["time"], row["row"], row, arr))
             except DataError as exc:
                 reject("events", row, job.scrub(exc.reason, row["path"]))
@@ -271,25 +287,42 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) ->
     events: list[dict[str, Any]] = []
     for i, (t, _, row, arr) in enumerate(accepted):
         if not events or events[-1]["_t"] != t:
-            events.append({"_t": t, "time_days": (t - first).total_seconds() / DAY_S,
-                           "age_days": (t - job.birth).total_seconds() / DAY_S, "measurements": []})
+            events.append(
+                {
+                    "_t": t,
+                    "time_days": (t - first).total_seconds() / DAY_S,
+                    "age_days": (t - job.birth).total_seconds() / DAY_S,
+                    "measurements": [],
+                }
+            )
         m = row["modality"]
         res.counts[m] += 1
         if arr is None:
             value = row.get("numeric_value")
             events[-1]["measurements"].append(
-                {"modality": m, "code": row["code"].strip(), "value": None if pd.isna(value) else float(value)})
+                {"modality": m, "code": row["code"].strip(), "value": None if pd.isna(value) else float(value)}
+            )
             res.codes[row["code"].strip()] += 1
             continue
         name = member_name(i, m)
         members[name] = encode_array(arr, specs[m].storage_dtype)
-        inventory[name] = {"modality": m, "shape": list(arr.shape), "dtype": specs[m].storage_dtype,
-                           "crc32": checksum(members[name])}
+        inventory[name] = {
+            "modality": m,
+            "shape": list(arr.shape),
+            "dtype": specs[m].storage_dtype,
+            "crc32": checksum(members[name]),
+        }
         events[-1]["measurements"].append({"modality": m, "member": name})
     for ev in events:
         del ev["_t"]
-    meta = {"schema_version": SCHEMA_VERSION, "key": job.key, "static": _nan_to_none(job.static),
-            "events": events, "inventory": inventory, "labels": _labels(job, first, reject, time_format)}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "key": job.key,
+        "static": _nan_to_none(job.static),
+        "events": events,
+        "inventory": inventory,
+        "labels": _labels(job, first, reject, time_format),
+    }
     meta["crc32"] = checksum(dumps(meta))  # the loader checks it against the rest of meta.json
     members["meta.json"] = dumps(meta)
     res.members = members

@@ -25,9 +25,18 @@ from .builder import BuildConfig, build_shards
 
 #: the type each BuildConfig field must have in a config file
 _TYPES: dict[str, tuple[type, ...]] = {
-    "subjects": (str,), "events": (str,), "out": (str,), "labels": (str, type(None)), "secret": (str, type(None)),
-    "specs": (dict,), "strict": (bool,), "workers": (int,), "max_samples_per_shard": (int,),
-    "max_shard_bytes": (int,), "split_fractions": (list, tuple), "time_format": (str, type(None)),
+    "subjects": (str,),
+    "events": (str,),
+    "out": (str,),
+    "labels": (str, type(None)),
+    "secret": (str, type(None)),
+    "specs": (dict,),
+    "strict": (bool,),
+    "workers": (int,),
+    "max_samples_per_shard": (int,),
+    "max_shard_bytes": (int,),
+    "split_fractions": (list, tuple),
+    "time_format": (str, type(None)),
 }
 
 
@@ -66,13 +75,15 @@ def check_config(values: dict[str, Any], where: str) -> None:
     for k, v in values.items():
         types = _TYPES.get(k, (object,))
         if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-            raise DataError(f"{k} = {v!r} is a {type(v).__name__}, expected "
-                            f"{' or '.join(t.__name__ for t in types)}", where=where)
+            raise DataError(
+                f"{k} = {v!r} is a {type(v).__name__}, expected {' or '.join(t.__name__ for t in types)}", where=where
+            )
     specs = values.get("specs", {})
     bad = [m for m, f in specs.items() if not isinstance(f, dict)]
     if bad:
-        raise DataError(f"specs.{bad[0]} must map field names to values", where=where,
-                        hint="e.g. specs: {ecg: {rate_hz: 500}}")
+        raise DataError(
+            f"specs.{bad[0]} must map field names to values", where=where, hint="e.g. specs: {ecg: {rate_hz: 500}}"
+        )
     try:
         default_specs(**specs)  # type-checks each field (datamodules.specs.replace_fields)
     except DataError as err:
@@ -80,8 +91,11 @@ def check_config(values: dict[str, Any], where: str) -> None:
 
 
 def config_from_args(argv: list[str] | None = None) -> BuildConfig:
-    p = argparse.ArgumentParser(prog="omnimodal-shard", description=__doc__.split("\n\n")[0],
-                                epilog="omnimodal-shard verify DIR checks a shard folder (see verify --help)")
+    p = argparse.ArgumentParser(
+        prog="omnimodal-shard",
+        description=__doc__.split("\n\n")[0],
+        epilog="omnimodal-shard verify DIR checks a shard folder (see verify --help)",
+    )
     p.add_argument("--config", help="YAML/JSON file with any BuildConfig field (subjects, events, specs, secret, ...)")
     p.add_argument("--subjects")
     p.add_argument("--events")
@@ -90,10 +104,17 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
     p.add_argument("--workers", type=int)
     p.add_argument("--max-samples-per-shard", type=int)
     p.add_argument("--strict", action="store_true", default=None, help="stop at the first bad row")
-    p.add_argument("--time-format", help="a strftime format times may have besides ISO 8601, e.g. "
-                                         "'%%d/%%m/%%Y %%H:%%M' (nothing else is guessed)")
-    p.add_argument("--spec", action="append", default=[], metavar="MODALITY.FIELD=VALUE",
-                   help="override a canonical spec field, e.g. ecg.rate_hz=500 (repeatable; values as JSON)")
+    p.add_argument(
+        "--time-format",
+        help="a strftime format times may have besides ISO 8601, e.g. '%%d/%%m/%%Y %%H:%%M' (nothing else is guessed)",
+    )
+    p.add_argument(
+        "--spec",
+        action="append",
+        default=[],
+        metavar="MODALITY.FIELD=VALUE",
+        help="override a canonical spec field, e.g. ecg.rate_hz=500 (repeatable; values as JSON)",
+    )
     a = p.parse_args(argv)
     values: dict[str, Any] = {}
     if a.config:
@@ -148,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"omnimodal-shard: error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
-    print(f"wrote {report.samples} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s "
-          f"(index.json, report.md)")
+    print(f"wrote {report.samples} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s (index.json, report.md)")
     return 0
 
 

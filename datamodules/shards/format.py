@@ -14,8 +14,9 @@ import json
 import os
 import tarfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -24,20 +25,26 @@ from ..schema import DataError
 SECRET_ENV = "OMNIMODAL_SHARD_SECRET"
 INDEX_NAME = "index.json"
 KEY_HEX_CHARS = 24  # 96 bits: collisions are negligible for any cohort
-REBUILD = ("rebuild the shards with omnimodal-shard (or restore this shard from the build); "
-           "`omnimodal-shard verify DIR` lists every problem")
+REBUILD = (
+    "rebuild the shards with omnimodal-shard (or restore this shard from the build); "
+    "`omnimodal-shard verify DIR` lists every problem"
+)
 
 
 def resolve_secret(secret: str | None = None) -> bytes:
     """The pseudonymisation secret: given explicitly (config) or from ``$OMNIMODAL_SHARD_SECRET``."""
     secret = secret if secret else os.environ.get(SECRET_ENV)
     if not secret:
-        raise DataError("no pseudonymisation secret",
-                        hint=f"set {SECRET_ENV} (or 'secret' in the build config) to a long random string "
-                             "kept outside the shards; the same secret gives the same keys on a rebuild")
+        raise DataError(
+            "no pseudonymisation secret",
+            hint=f"set {SECRET_ENV} (or 'secret' in the build config) to a long random string "
+            "kept outside the shards; the same secret gives the same keys on a rebuild",
+        )
     if len(secret) < 16:
-        raise DataError("pseudonymisation secret is shorter than 16 characters",
-                        hint="use a long random string, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`")
+        raise DataError(
+            "pseudonymisation secret is shorter than 16 characters",
+            hint="use a long random string, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`",
+        )
     return secret.encode()
 
 
@@ -64,11 +71,13 @@ def decode_array(data: bytes, where: str = "") -> np.ndarray:
         if "allow_pickle" in str(exc):  # numpy's advice to unpickle it: never followed for data from disk
             what = "it holds Python objects (pickled)" if data.startswith(b"\x93NUMPY") else "not .npy data"
             raise DataError(f"not a numeric array ({what})", where=where, hint=REBUILD) from None
-        raise DataError(f"cannot decode member: not a valid .npy array ({type(exc).__name__}: {exc})",
-                        where=where, hint=REBUILD) from None
+        raise DataError(
+            f"cannot decode member: not a valid .npy array ({type(exc).__name__}: {exc})", where=where, hint=REBUILD
+        ) from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise DataError(f"not a numeric array (dtype {getattr(arr, 'dtype', type(arr).__name__)})", where=where,
-                        hint=REBUILD)
+        raise DataError(
+            f"not a numeric array (dtype {getattr(arr, 'dtype', type(arr).__name__)})", where=where, hint=REBUILD
+        )
     return arr
 
 
@@ -124,8 +133,9 @@ class TarShardWriter:
         self._file.close()
         path = self._path()
         os.replace(path.with_suffix(".tar.tmp"), path)
-        self.shards.append({"name": path.name, "samples": self._count, "bytes": path.stat().st_size,
-                            "sha256": sha256_file(path)})
+        self.shards.append(
+            {"name": path.name, "samples": self._count, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        )
         self._tar = self._file = None
 
 
@@ -141,13 +151,15 @@ def load_index(root: str | os.PathLike) -> dict[str, Any]:
     """Read ``index.json`` of a shard folder (sample counts, sizes, checksums, specs, vocabulary)."""
     path = Path(root) / INDEX_NAME
     if not path.is_file():
-        raise DataError("shard index not found", where=str(path),
-                        hint="point the loader at a folder written by `omnimodal-shard`")
+        raise DataError(
+            "shard index not found", where=str(path), hint="point the loader at a folder written by `omnimodal-shard`"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise DataError(f"shard index is not valid JSON ({exc})", where=str(path),
-                        hint="rebuild the shards with `omnimodal-shard`") from exc
+        raise DataError(
+            f"shard index is not valid JSON ({exc})", where=str(path), hint="rebuild the shards with `omnimodal-shard`"
+        ) from exc
 
 
 def index_problems(index: dict[str, Any], split: str) -> list[str]:
@@ -167,8 +179,10 @@ def index_problems(index: dict[str, Any], split: str) -> list[str]:
         if bad:
             problems.append(f"{what}: missing or invalid {', '.join(repr(k) for k in bad)}")
     if not problems and sum(e["samples"] for e in info["shards"]) != info["samples"]:
-        problems.append(f"split {split!r} lists {info['samples']} samples but its shards hold "
-                        f"{sum(e['samples'] for e in info['shards'])}")
+        problems.append(
+            f"split {split!r} lists {info['samples']} samples but its shards hold "
+            f"{sum(e['samples'] for e in info['shards'])}"
+        )
     return problems
 
 
@@ -182,8 +196,13 @@ def _sha256(v: Any) -> bool:
 
 def unlisted_shards(root: str | os.PathLike, index: dict[str, Any]) -> list[str]:
     """``.tar`` files in the folder that no split of ``index.json`` lists (their samples would go unread)."""
-    listed = {e.get("name") for info in index.get("splits", {}).values() if isinstance(info, dict)
-              for e in info.get("shards", []) if isinstance(e, dict)}
+    listed = {
+        e.get("name")
+        for info in index.get("splits", {}).values()
+        if isinstance(info, dict)
+        for e in info.get("shards", [])
+        if isinstance(e, dict)
+    }
     return sorted(p.name for p in Path(root).glob("*.tar") if p.name not in listed)
 
 
@@ -205,8 +224,10 @@ def verify_shards(root: str | os.PathLike, index: dict[str, Any] | None = None) 
     root = Path(root)
     index = index or load_index(root)
     problems = [f"{root / INDEX_NAME}: {p}" for s in index.get("splits", {}) for p in index_problems(index, s)]
-    problems += [f"{root / name}: not listed in {INDEX_NAME} (its samples would never be read)"
-                 for name in unlisted_shards(root, index)]
+    problems += [
+        f"{root / name}: not listed in {INDEX_NAME} (its samples would never be read)"
+        for name in unlisted_shards(root, index)
+    ]
     if problems:
         return problems
     for info in index["splits"].values():
@@ -255,8 +276,11 @@ def tar_samples(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
         f.seek(tar.offset)
         rest = f.read()
         if len(rest) < 2 * tarfile.BLOCKSIZE or rest.count(0) != len(rest):
-            what = ("ends without the end-of-archive marker (truncated)" if not rest.strip(b"\0") else
-                    f"has unreadable data at byte {tar.offset} (a corrupt tar header)")
+            what = (
+                "ends without the end-of-archive marker (truncated)"
+                if not rest.strip(b"\0")
+                else f"has unreadable data at byte {tar.offset} (a corrupt tar header)"
+            )
             after = f" after key {sample['__key__']}" if sample else ""
             raise DataError(f"{what}{after}", where=name, hint=REBUILD)
         if sample is not None:

@@ -61,9 +61,10 @@ class BuildReport:
             + " ".join(f"{k}={v}" for k, v in sorted(self.splits.items())),
             "measurements: " + ", ".join(f"{m}={n}" for m, n in sorted(self.modalities.items())),
             f"excluded for withdrawn consent: {len(self.withdrawn)}; without a valid event: {len(self.no_events)}",
-            f"rejected rows: {len(self.rejected)}" + "".join(
-                f"\n  {kind}: {n} (first: {first[kind].table} row {first[kind].row})"
-                for kind, n in kinds.most_common()),
+            f"rejected rows: {len(self.rejected)}"
+            + "".join(
+                f"\n  {kind}: {n} (first: {first[kind].table} row {first[kind].row})" for kind, n in kinds.most_common()
+            ),
         ]
         return "\n".join(lines)
 
@@ -73,9 +74,17 @@ class BuildReport:
         if self.withdrawn:
             md += ["## Excluded: withdrawn consent", "", *[f"- `{k}`" for k in sorted(self.withdrawn)], ""]
         if self.rejected:
-            md += ["## Rejected rows", "", "Rows are data rows, the header not counted (row 1 is line 2 of a CSV).", "",
-                   "| table | row | subject key | modality | reason |", "|---|---|---|---|---|"]
-            md += [f"| {r.table} | {r.row} | `{r.key or '-'}` | {r.modality or '-'} | {r.reason} |" for r in self.rejected]
+            md += [
+                "## Rejected rows",
+                "",
+                "Rows are data rows, the header not counted (row 1 is line 2 of a CSV).",
+                "",
+                "| table | row | subject key | modality | reason |",
+                "|---|---|---|---|---|",
+            ]
+            md += [
+                f"| {r.table} | {r.row} | `{r.key or '-'}` | {r.modality or '-'} | {r.reason} |" for r in self.rejected
+            ]
             md.append("")
         if self.notes:
             md += ["## Notes", "", *[f"- {n}" for n in self.notes], ""]

@@ -10,13 +10,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .cohort import EVENT_COLUMNS, TABLES, CohortInfo, synthesize_cohort
-    from .state import GENERATOR_VERSION, STATE_NAMES, Subject, simulate_subject
+if TYPE_CHECKING:  # the names __getattr__ below imports on first use
+    from .cohort import EVENT_COLUMNS, TABLES, CohortInfo, synthesize_cohort  # noqa: F401
+    from .state import GENERATOR_VERSION, STATE_NAMES, Subject, simulate_subject  # noqa: F401
 
 _EXPORTS = {
-    "CohortInfo": "cohort", "synthesize_cohort": "cohort", "TABLES": "cohort", "EVENT_COLUMNS": "cohort",
-    "simulate_subject": "state", "Subject": "state", "STATE_NAMES": "state", "GENERATOR_VERSION": "state",
+    "CohortInfo": "cohort",
+    "synthesize_cohort": "cohort",
+    "TABLES": "cohort",
+    "EVENT_COLUMNS": "cohort",
+    "simulate_subject": "state",
+    "Subject": "state",
+    "STATE_NAMES": "state",
+    "GENERATOR_VERSION": "state",
 }
 __all__ = sorted(_EXPORTS)
 

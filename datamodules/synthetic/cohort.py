@@ -18,11 +18,11 @@ import json
 import multiprocessing as mp
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -44,11 +44,11 @@ class CohortInfo:
     seed: int
     n_subjects: int
     generator_version: str
-    counts: dict[str, int]          # measurements per modality (clinical: code/lab rows)
+    counts: dict[str, int]  # measurements per modality (clinical: code/lab rows)
     n_visits: int
-    n_events: int                   # rows of events.csv
-    n_cases: int                    # subjects with disease onset during follow-up
-    n_withdrawn: int                # subjects with consent = false
+    n_events: int  # rows of events.csv
+    n_cases: int  # subjects with disease onset during follow-up
+    n_withdrawn: int  # subjects with consent = false
     splits: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     size_bytes: int = 0
@@ -60,9 +60,11 @@ class CohortInfo:
     def summary(self) -> str:
         counts = " ".join(f"{m}={n}" for m, n in self.counts.items())
         plural = "" if self.n_subjects == 1 else "s"
-        return (f"{self.n_subjects} subject{plural} ({self.n_cases} develop the disease, {self.n_withdrawn} withdrew "
-                f"consent), {self.n_visits} visits, {self.n_events} events, "
-                f"{self.size_bytes / 2**20:.1f} MiB in {self.elapsed_s:.1f} s\n  {counts}")
+        return (
+            f"{self.n_subjects} subject{plural} ({self.n_cases} develop the disease, {self.n_withdrawn} withdrew "
+            f"consent), {self.n_visits} visits, {self.n_events} events, "
+            f"{self.size_bytes / 2**20:.1f} MiB in {self.elapsed_s:.1f} s\n  {counts}"
+        )
 
 
 def _prepare(out_dir: Path, overwrite: bool) -> None:
@@ -110,20 +112,24 @@ def _render_all(seed: int, subjects: list[Subject], root: Path, workers: int) ->
             for i, rows in zip(order, pool.map(render_task, [tasks[i] for i in order])):
                 out[i] = rows
     except BrokenProcessPool as exc:
-        raise RuntimeError("a rendering worker died (out of memory, or it could not start: spawned workers "
-                           "re-import the main script, so call synthesize_cohort from a file guarded by "
-                           "`if __name__ == '__main__':`, or pass workers=1)") from exc
+        raise RuntimeError(
+            "a rendering worker died (out of memory, or it could not start: spawned workers "
+            "re-import the main script, so call synthesize_cohort from a file guarded by "
+            "`if __name__ == '__main__':`, or pass workers=1)"
+        ) from exc
     return out
 
 
 def _subjects_table(subjects: list[Subject]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "subject_id": [s.subject_id for s in subjects],
-        "birth_date": [s.birth_date.isoformat() for s in subjects],
-        "sex": [s.sex for s in subjects],
-        "split": [s.split for s in subjects],
-        "consent": ["true" if s.consent else "false" for s in subjects],
-    })
+    return pd.DataFrame(
+        {
+            "subject_id": [s.subject_id for s in subjects],
+            "birth_date": [s.birth_date.isoformat() for s in subjects],
+            "sex": [s.sex for s in subjects],
+            "split": [s.split for s in subjects],
+            "consent": ["true" if s.consent else "false" for s in subjects],
+        }
+    )
 
 
 def _labels_table(subjects: list[Subject]) -> pd.DataFrame:
@@ -138,10 +144,16 @@ def _ground_truth_table(subjects: list[Subject]) -> pd.DataFrame:
     rows = []
     for s in subjects:
         row: dict[str, object] = {
-            "subject_id": s.subject_id, "sex": s.sex, "age_at_first_visit": s.visits[0].age_years,
-            "prs": s.prs, "onset_days": s.onset_days, "end_days": s.end_days,
-            "disease": int(s.onset_days == s.onset_days), "n_visits": len(s.visits),
-            "split": s.split, "consent": "true" if s.consent else "false",
+            "subject_id": s.subject_id,
+            "sex": s.sex,
+            "age_at_first_visit": s.visits[0].age_years,
+            "prs": s.prs,
+            "onset_days": s.onset_days,
+            "end_days": s.end_days,
+            "disease": int(s.onset_days == s.onset_days),
+            "n_visits": len(s.visits),
+            "split": s.split,
+            "consent": "true" if s.consent else "false",
         }
         row.update({f"baseline_{n}": float(v) for n, v in zip(STATE_NAMES, s.baseline)})
         row.update({f"drift_{n}": float(v) for n, v in zip(STATE_NAMES, s.drift)})
@@ -150,10 +162,19 @@ def _ground_truth_table(subjects: list[Subject]) -> pd.DataFrame:
 
 
 def _states_table(subjects: list[Subject]) -> pd.DataFrame:
-    rows = [{"subject_id": s.subject_id, "visit": v.index, "time": iso(v.time), "days": v.days,
-             "age_years": v.age_years, "diseased": int(v.diseased),
-             **{n: float(x) for n, x in zip(STATE_NAMES, v.state)}}
-            for s in subjects for v in s.visits]
+    rows = [
+        {
+            "subject_id": s.subject_id,
+            "visit": v.index,
+            "time": iso(v.time),
+            "days": v.days,
+            "age_years": v.age_years,
+            "diseased": int(v.diseased),
+            **{n: float(x) for n, x in zip(STATE_NAMES, v.state)},
+        }
+        for s in subjects
+        for v in s.visits
+    ]
     return pd.DataFrame(rows)
 
 
@@ -161,12 +182,20 @@ def render_parameters() -> dict[str, object]:
     """The native formats and parameters the renderers use (recorded in cohort.json): each modality's
     declaration says its own."""
     mods = registry()
-    return {"visit_rates": visit_rates(),
-            **{m: d.render_params() for m, d in mods.items() if d.render_params is not None}}
+    return {
+        "visit_rates": visit_rates(),
+        **{m: d.render_params() for m, d in mods.items() if d.render_params is not None},
+    }
 
 
-def synthesize_cohort(out_dir: str | Path, n_subjects: int = 128, seed: int = 0, workers: int = 2,
-                      overwrite: bool = False, modalities: Sequence[str] | None = None) -> CohortInfo:
+def synthesize_cohort(
+    out_dir: str | Path,
+    n_subjects: int = 128,
+    seed: int = 0,
+    workers: int = 2,
+    overwrite: bool = False,
+    modalities: Sequence[str] | None = None,
+) -> CohortInfo:
     """Generate a synthetic omnimodal cohort in ``out_dir`` (see the module docstring for the layout).
 
     The output depends only on ``seed`` and ``n_subjects`` (not on ``workers``); subject ``i`` is the
@@ -200,17 +229,25 @@ def synthesize_cohort(out_dir: str | Path, n_subjects: int = 128, seed: int = 0,
     _states_table(subjects).to_csv(out / "states.csv", index=False, float_format="%.10g")
     counts = events["modality"].value_counts()
     info = CohortInfo(
-        out_dir=out, seed=seed, n_subjects=n_subjects, generator_version=GENERATOR_VERSION,
+        out_dir=out,
+        seed=seed,
+        n_subjects=n_subjects,
+        generator_version=GENERATOR_VERSION,
         counts={m: int(counts.get(m, 0)) for m in order},
-        n_visits=sum(len(s.visits) for s in subjects), n_events=len(events),
+        n_visits=sum(len(s.visits) for s in subjects),
+        n_events=len(events),
         n_cases=sum(int(s.onset_days == s.onset_days) for s in subjects),
         n_withdrawn=sum(not s.consent for s in subjects),
         splits={k: sum(s.split == k for s in subjects) for k in ("train", "val", "test")},
     )
     meta = {k: v for k, v in dataclasses.asdict(info).items() if k not in ("out_dir", "elapsed_s", "size_bytes")}
-    meta.update(generator="omnimodal.synthetic", state_names=STATE_NAMES, modalities=keep, render=render_parameters(),
-                specs=specs_to_json(default_specs()))
+    meta.update(
+        generator="omnimodal.synthetic",
+        state_names=STATE_NAMES,
+        modalities=keep,
+        render=render_parameters(),
+        specs=specs_to_json(default_specs()),
+    )
     (out / "cohort.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return dataclasses.replace(info, elapsed_s=time.perf_counter() - start, size_bytes=size)
-

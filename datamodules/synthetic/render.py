@@ -21,8 +21,7 @@ EventRow = tuple[str, str, str, str, str, float]
 
 def context(seed: int, subject: Subject, visit_index: int, modality: str, root: Path) -> RenderContext:
     rng = subject_rng(seed, subject.index, STREAM_FILES, visit_index, modality_stream(modality))
-    return RenderContext(subject=subject, visit=subject.visits[visit_index], rng=rng, root=root,
-                         modality=modality)
+    return RenderContext(subject=subject, visit=subject.visits[visit_index], rng=rng, root=root, modality=modality)
 
 
 def render_subject(seed: int, subject: Subject, root: Path) -> list[EventRow]:
@@ -30,8 +29,9 @@ def render_subject(seed: int, subject: Subject, root: Path) -> list[EventRow]:
     in visit order, then the registry's order within a visit. Each modality's renderer is its
     declaration's ``render``; a modality without one is rows of the events table (clinical)."""
     mods = registry()
-    clinical_ctx = {v.index: context(seed, subject, v.index, "clinical", root)
-                    for v in subject.visits if "clinical" in v.modalities}
+    clinical_ctx = {
+        v.index: context(seed, subject, v.index, "clinical", root) for v in subject.visits if "clinical" in v.modalities
+    }
     clinical = clinical_rows(subject, clinical_ctx)
     rows: list[EventRow] = []
     nan = float(np.nan)

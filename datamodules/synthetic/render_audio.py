@@ -17,7 +17,7 @@ from .state import RenderContext, sigmoid
 VOICE_RATE_HZ = 22050
 BREATH_RATE_HZ = 16000
 BREATH_STEREO_RATE_HZ = 44100
-_FORMANTS = ((730.0, 90.0, 1.0), (1090.0, 110.0, 0.5), (2440.0, 160.0, 0.25))   # /a/: Hz, bandwidth, gain
+_FORMANTS = ((730.0, 90.0, 1.0), (1090.0, 110.0, 0.5), (2440.0, 160.0, 0.25))  # /a/: Hz, bandwidth, gain
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, knots_per_s: float, rate: int) -> np.ndarray:
@@ -28,7 +28,7 @@ def _smooth_noise(rng: np.random.Generator, n: int, knots_per_s: float, rate: in
 
 def band_noise(rng: np.random.Generator, n: int, rate: int, lo: float, hi: float) -> np.ndarray:
     """White noise band-limited to ``[lo, hi]`` Hz (smooth spectral window, via the FFT)."""
-    size = 1 << (n - 1).bit_length()                                    # a fast FFT length
+    size = 1 << (n - 1).bit_length()  # a fast FFT length
     f = np.fft.rfftfreq(size, 1.0 / rate)
     gain = 1.0 / (1.0 + (lo / np.maximum(f, 1e-3)) ** 4) / (1.0 + (f / hi) ** 4)
     return np.fft.irfft(np.fft.rfft(rng.standard_normal(size)) * gain, size)[:n]
@@ -38,7 +38,7 @@ def _envelope(n: int, rate: int, ramp_s: float) -> np.ndarray:
     r = int(ramp_s * rate)
     env = np.ones(n)
     env[:r] = np.linspace(0.0, 1.0, r)
-    env[n - r:] = np.linspace(1.0, 0.0, r)
+    env[n - r :] = np.linspace(1.0, 0.0, r)
     return env
 
 
@@ -66,10 +66,14 @@ def voice_wave(ctx: RenderContext) -> np.ndarray:
     shimmer = 0.03 + 0.15 * sigmoid(1.5 * (neuro - 1.0))
     tremor = 0.003 + 0.03 * sigmoid(2.0 * (neuro - 1.5))
     t = np.arange(n) / rate
-    pitch = f0 * (1.0 + tremor * np.sin(2 * np.pi * rng.uniform(4.0, 6.0) * t)
-                  + jitter * _smooth_noise(rng, n, f0, rate) + 0.01 * _smooth_noise(rng, n, 2.0, rate))
-    phase = np.cumsum(pitch) / rate                                      # in cycles
-    out = np.interp(phase % 1.0, *_glottal_period(f0), period=1.0)      # one period as a wavetable
+    pitch = f0 * (
+        1.0
+        + tremor * np.sin(2 * np.pi * rng.uniform(4.0, 6.0) * t)
+        + jitter * _smooth_noise(rng, n, f0, rate)
+        + 0.01 * _smooth_noise(rng, n, 2.0, rate)
+    )
+    phase = np.cumsum(pitch) / rate  # in cycles
+    out = np.interp(phase % 1.0, *_glottal_period(f0), period=1.0)  # one period as a wavetable
     amp = 1.0 + shimmer * _smooth_noise(rng, n, f0, rate)
     breathy = (0.02 + 0.1 * sigmoid(neuro + 0.5 * resp - 1.5)) * rng.standard_normal(n)
     return (out * amp + breathy * np.abs(out).mean() * 3.0) * _envelope(n, rate, 0.08)
@@ -85,7 +89,7 @@ def breath_wave(ctx: RenderContext, rate: int) -> np.ndarray:
     n = int(rng.uniform(3.0, 4.0) * rate)
     t = np.arange(n) / rate
     period = 60.0 / breathing_rate(ctx)
-    cycle = ((t + rng.uniform(0, period)) % period) / period            # 0..1 within a breath
+    cycle = ((t + rng.uniform(0, period)) % period) / period  # 0..1 within a breath
     inhale = cycle < 0.4
     env = np.where(inhale, np.sin(np.pi * cycle / 0.4) ** 2, 0.8 * np.sin(np.pi * (cycle - 0.4) / 0.6) ** 2)
     noise = band_noise(rng, n, rate, 150.0, 1500.0)
@@ -100,7 +104,7 @@ def render_voice(ctx: RenderContext) -> str:
 
 
 def render_breath(ctx: RenderContext) -> str:
-    if ctx.subject.index % 4 == 2:                                       # a different recorder: stereo
+    if ctx.subject.index % 4 == 2:  # a different recorder: stereo
         rate = BREATH_STEREO_RATE_HZ
         mono = breath_wave(ctx, rate)
         right = 0.85 * np.roll(mono, 7) + 0.15 * np.std(mono) * ctx.rng.standard_normal(len(mono))

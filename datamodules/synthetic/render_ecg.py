@@ -14,7 +14,7 @@ from .state import RenderContext
 
 ECG_RATE_HZ = 500
 ECG_SECONDS = 10.0
-ECG_ADC_GAIN = 200.0   # digital units per mV (WFDB's usual gain)
+ECG_ADC_GAIN = 200.0  # digital units per mV (WFDB's usual gain)
 LEADS_12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 #: reduced lead sets used by ~10% of records (the readers must mask the missing leads)
 REDUCED_LEADS = (("I", "II", "V1", "V2", "V3", "V4", "V5", "V6"), ("I", "II", "III"))
@@ -51,7 +51,7 @@ def ecg_signal(ctx: RenderContext) -> tuple[np.ndarray, float]:
     gaps = rr * (1.0 + hrv * rng.standard_normal(int(ECG_SECONDS / rr) + 4))
     beats = rng.uniform(0.05, rr) + np.concatenate([[0.0], np.cumsum(gaps)])
     beats = beats[beats < ECG_SECONDS + 0.5]
-    qt = (0.40 + 0.018 * cardio + rng.normal(0, 0.008)) * np.sqrt(rr)   # Bazett: QTc * sqrt(RR)
+    qt = (0.40 + 0.018 * cardio + rng.normal(0, 0.008)) * np.sqrt(rr)  # Bazett: QTc * sqrt(RR)
     axis = np.deg2rad(55.0 - 12.0 * metabolic + rng.normal(0, 5.0))
     t_scale = float(np.clip(1.0 - 0.18 * cardio, 0.2, 1.3))
     sig = np.zeros((n, 12))
@@ -62,13 +62,14 @@ def ecg_signal(ctx: RenderContext) -> tuple[np.ndarray, float]:
         amp = _lead_amplitudes(mag, axis, prec_arr) * rng.uniform(0.9, 1.1)
         bump = np.exp(-0.5 * ((t[:, None] - beats[None] - offset) / width) ** 2).sum(1)
         sig += bump[:, None] * amp[None]
-    st = -0.05 * max(cardio - 0.5, 0.0)                                 # ST depression, lateral leads
+    st = -0.05 * max(cardio - 0.5, 0.0)  # ST depression, lateral leads
     st_amp = _lead_amplitudes(st, axis, st * np.array([-0.3, 0.0, 0.4, 0.8, 1.0, 1.0]))
     plateau = np.exp(-0.5 * ((t[:, None] - beats[None] - 0.1 - 0.3 * (qt - 0.4)) / 0.04) ** 2).sum(1)
     sig += plateau[:, None] * st_amp[None]
     f = rng.uniform(0.15, 0.45, 2)
-    wander = sum(rng.uniform(0.03, 0.12, 12)[None] * np.sin(2 * np.pi * fk * t[:, None] + rng.uniform(0, 6.3, 12))
-                 for fk in f)
+    wander = sum(
+        rng.uniform(0.03, 0.12, 12)[None] * np.sin(2 * np.pi * fk * t[:, None] + rng.uniform(0, 6.3, 12)) for fk in f
+    )
     sig += wander + 0.01 * np.sin(2 * np.pi * 50.0 * t)[:, None] + rng.normal(0, 0.012, sig.shape)
     return sig, hr
 
@@ -84,9 +85,18 @@ def render_ecg(ctx: RenderContext) -> str:
     leads = lead_set(ctx)
     sig, _ = ecg_signal(ctx)
     cols = [LEADS_12.index(name) for name in leads]
-    digital = np.round(sig[:, cols] * ECG_ADC_GAIN).astype(np.int32)   # quantise exactly once
+    digital = np.round(sig[:, cols] * ECG_ADC_GAIN).astype(np.int32)  # quantise exactly once
     n = len(leads)
-    wfdb.wrsamp(path.name[:-4], fs=ECG_RATE_HZ, units=["mV"] * n, sig_name=list(leads),
-                d_signal=digital, fmt=["16"] * n, adc_gain=[ECG_ADC_GAIN] * n, baseline=[0] * n,
-                base_datetime=ctx.visit.time, write_dir=str(path.parent))
+    wfdb.wrsamp(
+        path.name[:-4],
+        fs=ECG_RATE_HZ,
+        units=["mV"] * n,
+        sig_name=list(leads),
+        d_signal=digital,
+        fmt=["16"] * n,
+        adc_gain=[ECG_ADC_GAIN] * n,
+        baseline=[0] * n,
+        base_datetime=ctx.visit.time,
+        write_dir=str(path.parent),
+    )
     return rel

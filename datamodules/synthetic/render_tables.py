@@ -31,7 +31,7 @@ def wearable_frame(ctx: RenderContext) -> pd.DataFrame:
     secs = np.cumsum(rng.uniform(20.0, 120.0, 1500))
     secs = secs[secs < 86400.0]
     keep = np.ones(len(secs), bool)
-    for prob, lo, hi in ((0.6, 1.0, 5.0), (0.5, 0.5, 2.0)):             # off-wrist, charging (hours)
+    for prob, lo, hi in ((0.6, 1.0, 5.0), (0.5, 0.5, 2.0)):  # off-wrist, charging (hours)
         if rng.random() < prob:
             start = rng.uniform(0.0, 86400.0)
             keep &= ~((secs >= start) & (secs < start + rng.uniform(lo, hi) * 3600.0))
@@ -48,13 +48,15 @@ def wearable_frame(ctx: RenderContext) -> pd.DataFrame:
     hr = rest - 7.0 * asleep + 35.0 * active * rng.uniform(0.5, 1.0, len(secs)) + rng.normal(0, 2.5, len(secs))
     temp = 33.2 + 0.25 * metabolic + 0.9 * asleep + rng.normal(0, 0.15, len(secs))
     ts = pd.Timestamp(ctx.visit.time) + pd.to_timedelta(np.round(secs), unit="s")
-    frame = pd.DataFrame({
-        "timestamp": ts.strftime(ISO),
-        "heart_rate": np.round(hr, 1),
-        "steps": pd.array(steps, dtype="Int64"),
-        "skin_temp": np.round(temp, 2),
-    })
-    for col in WEARABLE_COLUMNS:                                         # sensor dropouts
+    frame = pd.DataFrame(
+        {
+            "timestamp": ts.strftime(ISO),
+            "heart_rate": np.round(hr, 1),
+            "steps": pd.array(steps, dtype="Int64"),
+            "skin_temp": np.round(temp, 2),
+        }
+    )
+    for col in WEARABLE_COLUMNS:  # sensor dropouts
         frame.loc[rng.random(len(frame)) < 0.015, col] = pd.NA if col == "steps" else np.nan
     return frame
 
@@ -88,7 +90,7 @@ def render_omics(ctx: RenderContext) -> str:
     values: list[float] = [float(d) for d in ctx.subject.snps] if first else []
     if with_expr:
         expr = expression(ctx)
-        measured = rng.random(len(GENE_IDS)) >= 0.03                    # a few genes fail QC
+        measured = rng.random(len(GENE_IDS)) >= 0.03  # a few genes fail QC
         ids += [g for g, ok in zip(GENE_IDS, measured) if ok]
         values += [round(float(v), 4) for v, ok in zip(expr, measured) if ok]
     fmt = omics_format(ctx.subject.index)
@@ -99,7 +101,7 @@ def render_omics(ctx: RenderContext) -> str:
         rel, path = ctx.target("npy")
         np.save(path, vec, allow_pickle=False)
         return rel
-    if rng.random() < 0.3:                                               # features off the panel
+    if rng.random() < 0.3:  # features off the panel
         extra = rng.choice(len(OFF_PANEL_FEATURES), size=int(rng.integers(1, 3)), replace=False)
         ids += [OFF_PANEL_FEATURES[k] for k in sorted(extra)]
         values += [round(float(rng.normal(1.0, 0.5)), 4) for _ in extra]
@@ -135,9 +137,9 @@ def _labs(ctx: RenderContext) -> dict[str, float]:
         "LOINC:39156-5": weight / tr["height_m"] ** 2,
     }
     if rng.random() < 0.5:
-        labs["LOINC:4548-4"] = 5.4 + 0.45 * s("metabolic") + rng.normal(0, 0.2)       # HbA1c %
-        labs["LOINC:13457-7"] = 118.0 + 12.0 * s("cardio") + rng.normal(0, 15)         # LDL mg/dL
-    if rng.random() < 0.4:                                               # MoCA cognitive score
+        labs["LOINC:4548-4"] = 5.4 + 0.45 * s("metabolic") + rng.normal(0, 0.2)  # HbA1c %
+        labs["LOINC:13457-7"] = 118.0 + 12.0 * s("cardio") + rng.normal(0, 15)  # LDL mg/dL
+    if rng.random() < 0.4:  # MoCA cognitive score
         moca = 28.0 - 2.0 * max(s("neuro"), 0.0) - 1.5 * ctx.visit.diseased + rng.normal(0, 1.0)
         labs["LOINC:72172-0"] = float(np.clip(np.round(moca), 0, 30))
     return {k: round(float(v), 1) for k, v in labs.items()}

@@ -53,7 +53,7 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     sub = 0.25 * (rgb[:, 0::2, 0::2] + rgb[:, 1::2, 0::2] + rgb[:, 0::2, 1::2] + rgb[:, 1::2, 1::2])
     u = -0.148 * sub[..., 0] - 0.291 * sub[..., 1] + 0.439 * sub[..., 2] + 128.0
     v = 0.439 * sub[..., 0] - 0.368 * sub[..., 1] - 0.071 * sub[..., 2] + 128.0
-    chroma = np.stack([u, v], 1).reshape(t, h // 2, w)                 # U plane, then V plane
+    chroma = np.stack([u, v], 1).reshape(t, h // 2, w)  # U plane, then V plane
     return np.clip(np.round(np.concatenate([y, chroma], 1)), 0, 255).astype(np.uint8)
 
 
@@ -70,11 +70,16 @@ def _crop(img: np.ndarray, y0: float, y1: float, x0: float, x1: float) -> tuple[
 def _draw_segments(img: np.ndarray, seg: np.ndarray, width: float, color: np.ndarray | float) -> None:
     """Paint pixels within ``width`` of any segment ``seg [S, 4]`` = (x0, y0, x1, y1), working only
     inside the segments' bounding box."""
-    view, yy, xx = _crop(img, seg[:, [1, 3]].min() - width, seg[:, [1, 3]].max() + width,
-                         seg[:, [0, 2]].min() - width, seg[:, [0, 2]].max() + width)
+    view, yy, xx = _crop(
+        img,
+        seg[:, [1, 3]].min() - width,
+        seg[:, [1, 3]].max() + width,
+        seg[:, [0, 2]].min() - width,
+        seg[:, [0, 2]].max() + width,
+    )
     if view.size == 0:
         return
-    ax, ay, bx, by = (seg[:, k, None, None] for k in range(4))        # [S, 1, 1]
+    ax, ay, bx, by = (seg[:, k, None, None] for k in range(4))  # [S, 1, 1]
     abx, aby = bx - ax, by - ay
     t = np.clip(((xx - ax) * abx + (yy - ay) * aby) / np.maximum(abx * abx + aby * aby, 1e-6), 0.0, 1.0)
     d2 = ((xx - ax - t * abx) ** 2 + (yy - ay - t * aby) ** 2).min(0)
@@ -119,7 +124,7 @@ def gait_frames(ctx: RenderContext) -> np.ndarray:
         psi = phase0 + np.pi * cadence * t
         x = w / 2 + direction * cadence * step_px * (t - GAIT_SECONDS / 2)
         hip_y = 50 + 1.5 * np.cos(2 * psi)
-        segs = [(x, hip_y, x, hip_y - 20)]                             # trunk
+        segs = [(x, hip_y, x, hip_y - 20)]  # trunk
         for side, amp in ((0.0, 0.5), (np.pi, 0.5 * (1.0 - asym))):
             th = direction * amp * np.sin(psi + side)
             kx, ky = _limb(x, hip_y, th, 13)
@@ -139,7 +144,7 @@ def face_frames(ctx: RenderContext) -> np.ndarray:
     mood, neuro = ctx.s("mood"), ctx.s("neuro")
     smile = float(np.clip(0.9 - 0.55 * mood - 0.2 * neuro + rng.normal(0, 0.1), -1.5, 1.5))
     mobility = float(np.exp(-0.35 * max(neuro, 0.0)))
-    blink_rate = float(np.clip(20.0 * mobility + 3.0 * mood, 4.0, 40.0)) / 60.0      # per second
+    blink_rate = float(np.clip(20.0 * mobility + 3.0 * mood, 4.0, 40.0)) / 60.0  # per second
     n = int(FACE_FPS * FACE_SECONDS)
     blinks = np.cumsum(rng.exponential(1.0 / blink_rate, 8)) - rng.uniform(0, 1.0 / blink_rate)
     h, w = FACE_SIZE
@@ -159,11 +164,12 @@ def face_frames(ctx: RenderContext) -> np.ndarray:
             _fill_ellipse(img, cy - 10, ex, 4.5 * (1.0 - 0.95 * closing), 6.5, 250.0)
             _fill_ellipse(img, cy - 10, ex, 2.5 * (1.0 - closing), 2.5, 30.0)
             brow = 0.25 * mood * side
-            _draw_segments(img, np.array([[ex - 7, cy - 19 - brow * 5, ex + 7, cy - 19 + brow * 5]],
-                                         np.float32), 1.2, 60.0)
+            _draw_segments(
+                img, np.array([[ex - 7, cy - 19 - brow * 5, ex + 7, cy - 19 + brow * 5]], np.float32), 1.2, 60.0
+            )
         talk = mobility * 2.0 * max(0.0, np.sin(2 * np.pi * 3.0 * t))
         view, my, mx = _crop(img, cy + 6, cy + 28, cx - 12, cx + 12)
-        bend = 1.0 - ((mx - cx) / 12.0) ** 2                          # mouth: a parabola per lip
+        bend = 1.0 - ((mx - cx) / 12.0) ** 2  # mouth: a parabola per lip
         upper = cy + 16 - smile * 6 * bend
         view[(bend >= 0) & ((np.abs(my - upper) <= 1.4) | (np.abs(my - upper - talk * bend) <= 1.4))] = [150, 40, 50]
         frames[i] = img.astype(np.uint8)

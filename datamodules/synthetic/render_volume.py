@@ -56,15 +56,15 @@ def mri_volume(ctx: RenderContext, aff: np.ndarray) -> np.ndarray:
     atrophy = float(np.clip(1.0 - 0.035 * neuro, 0.85, 1.04))
     r_brain = _ellipsoid(xyz, (0.0, -4.0, 2.0), tuple(0.82 * atrophy * h for h in head))
     vol = np.zeros(MRI_SHAPE, np.float32)
-    vol[r_head < 1.0] = 900.0                                          # scalp and skull
-    vol[r_head < 0.9] = 180.0                                          # CSF between skull and brain
+    vol[r_head < 1.0] = 900.0  # scalp and skull
+    vol[r_head < 0.9] = 180.0  # CSF between skull and brain
     brain = r_brain < 1.0
-    vol[brain] = 520.0 + 180.0 * np.clip(1.0 - r_brain[brain], 0.0, 1.0) * 1.6   # cortex -> white matter
+    vol[brain] = 520.0 + 180.0 * np.clip(1.0 - r_brain[brain], 0.0, 1.0) * 1.6  # cortex -> white matter
     v = ventricle_scale(neuro) * rng.uniform(0.95, 1.05)
     for side in (-1.0, 1.0):
         vent = _ellipsoid(xyz, (side * 9.0 * min(v, 1.6), -2.0, 8.0), (6.0 * v, 22.0 * v, 9.0 * v))
         vol[(vent < 1.0) & brain] = 160.0
-    vol *= rng.uniform(0.9, 1.1)                                       # scanner gain
+    vol *= rng.uniform(0.9, 1.1)  # scanner gain
     vol += rng.normal(0.0, 25.0, MRI_SHAPE).astype(np.float32)
     return np.abs(vol)
 

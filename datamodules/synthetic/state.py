@@ -32,6 +32,7 @@ N_GENES = 32
 SNP_IDS: tuple[str, ...] = tuple(f"rs{1000 + i}" for i in range(N_SNPS))
 GENE_IDS: tuple[str, ...] = tuple(f"GENE{i:03d}" for i in range(N_GENES))
 
+
 #: sub-stream of a modality's draws: a stable number from its name, so that declaring a new modality never
 #: changes the draws (visits, files) of the others
 def modality_stream(modality: str) -> int:
@@ -48,10 +49,10 @@ def visit_rates() -> dict[str, float]:
 
 YEAR_DAYS = 365.25
 _GRID_YEARS = 1.0 / 12.0
-_SIGMA = 0.22                      # diffusion of the state per sqrt(year)
+_SIGMA = 0.22  # diffusion of the state per sqrt(year)
 _HAZARD_W = np.array([0.55, 0.85, 0.1, 0.45, 0.2, 0.15])  # log-hazard weights on the state
 _HAZARD_PRS = 0.45
-_LOG_H0 = -3.55                   # baseline log-hazard per year (gives ~30% incidence)
+_LOG_H0 = -3.55  # baseline log-hazard per year (gives ~30% incidence)
 _ONSET_BOOST = np.array([0.35, 0.6, 0.05, 0.25, 0.3, 0.25])  # extra drift per year after onset
 _FIRST_VISIT = (dt.date(2008, 1, 1), dt.date(2015, 12, 31))
 
@@ -60,11 +61,11 @@ _FIRST_VISIT = (dt.date(2008, 1, 1), dt.date(2015, 12, 31))
 class Biology:
     """Cohort-independent model parameters (the same for every seed of a generator version)."""
 
-    maf: np.ndarray            # [N_SNPS] minor allele frequencies
-    snp_weight: np.ndarray     # [N_SNPS] effect sizes of the genetic risk score
-    prs_load: np.ndarray       # [N_STATE] how the genetic risk score loads on baseline and drift
-    gene_base: np.ndarray      # [N_GENES] mean log-expression
-    gene_load: np.ndarray      # [N_GENES, N_STATE] expression loadings on the state
+    maf: np.ndarray  # [N_SNPS] minor allele frequencies
+    snp_weight: np.ndarray  # [N_SNPS] effect sizes of the genetic risk score
+    prs_load: np.ndarray  # [N_STATE] how the genetic risk score loads on baseline and drift
+    gene_base: np.ndarray  # [N_GENES] mean log-expression
+    gene_load: np.ndarray  # [N_GENES, N_STATE] expression loadings on the state
 
 
 def biology() -> Biology:
@@ -74,9 +75,12 @@ def biology() -> Biology:
     load = rng.normal(0.0, 0.15, (N_GENES, N_STATE))
     load[np.arange(N_GENES), np.arange(N_GENES) % N_STATE] += rng.uniform(0.5, 1.0, N_GENES)
     return Biology(
-        maf=rng.uniform(0.1, 0.5, N_SNPS), snp_weight=np.abs(weight),
+        maf=rng.uniform(0.1, 0.5, N_SNPS),
+        snp_weight=np.abs(weight),
         prs_load=np.array([0.5, 0.7, 0.2, 0.5, 0.3, 0.2]),
-        gene_base=rng.uniform(4.0, 10.0, N_GENES), gene_load=load)
+        gene_base=rng.uniform(4.0, 10.0, N_GENES),
+        gene_load=load,
+    )
 
 
 BIOLOGY = biology()
@@ -87,11 +91,11 @@ class Visit:
     """One visit: when, the hidden state then, and which modalities are measured."""
 
     index: int
-    days: float                 # since the first visit
+    days: float  # since the first visit
     time: dt.datetime
     age_years: float
-    state: np.ndarray           # [N_STATE]
-    diseased: bool              # onset happened at or before this visit
+    state: np.ndarray  # [N_STATE]
+    diseased: bool  # onset happened at or before this visit
     modalities: list[str] = field(default_factory=list)
 
 
@@ -103,15 +107,15 @@ class Subject:
     subject_id: str
     sex: str
     birth_date: dt.date
-    snps: np.ndarray            # [N_SNPS] dosages 0/1/2
-    prs: float                  # standardized genetic risk score
-    baseline: np.ndarray        # [N_STATE] state at the first visit
-    drift: np.ndarray           # [N_STATE] personal drift per year before onset
-    onset_days: float           # NaN when no onset during follow-up
-    end_days: float             # end of follow-up (= last visit)
+    snps: np.ndarray  # [N_SNPS] dosages 0/1/2
+    prs: float  # standardized genetic risk score
+    baseline: np.ndarray  # [N_STATE] state at the first visit
+    drift: np.ndarray  # [N_STATE] personal drift per year before onset
+    onset_days: float  # NaN when no onset during follow-up
+    end_days: float  # end of follow-up (= last visit)
     split: str
     consent: bool
-    traits: dict[str, float] = field(default_factory=dict)   # stable looks: height, voice, colours
+    traits: dict[str, float] = field(default_factory=dict)  # stable looks: height, voice, colours
     visits: list[Visit] = field(default_factory=list)
 
     @property
@@ -140,7 +144,7 @@ def subject_id(index: int) -> str:
 def genetic_risk(snps: np.ndarray, bio: Biology = BIOLOGY) -> float:
     """Standardized weighted dosage sum (mean 0, sd 1 in the population)."""
     mean = 2.0 * bio.maf
-    sd = np.sqrt(np.sum(bio.snp_weight ** 2 * 2.0 * bio.maf * (1.0 - bio.maf)))
+    sd = np.sqrt(np.sum(bio.snp_weight**2 * 2.0 * bio.maf * (1.0 - bio.maf)))
     return float(np.dot(bio.snp_weight, snps - mean) / sd)
 
 
@@ -162,8 +166,9 @@ def _visit_days(rng: np.random.Generator, hour0: float) -> np.ndarray:
     return days + (hours - hour0) / 24.0
 
 
-def _simulate(rng: np.random.Generator, x0: np.ndarray, drift: np.ndarray, risk0: float,
-              visit_days: np.ndarray) -> tuple[np.ndarray, float]:
+def _simulate(
+    rng: np.random.Generator, x0: np.ndarray, drift: np.ndarray, risk0: float, visit_days: np.ndarray
+) -> tuple[np.ndarray, float]:
     """Drift-diffusion of the state on a monthly grid plus the visit times; returns the state at
     each visit and the onset day (NaN if none before the last visit)."""
     grid = np.union1d(np.arange(0.0, visit_days[-1], _GRID_YEARS * YEAR_DAYS), visit_days)
@@ -199,7 +204,7 @@ def _plan_modalities(seed: int, index: int, n_visits: int) -> list[list[str]]:
     plans = []
     for v in range(n_visits):
         mods = [m for m, rate in rates.items() if draws[m][v] < rate]
-        if v == 0 and "omics" in rates and "omics" not in mods:   # genotype at the first visit
+        if v == 0 and "omics" in rates and "omics" not in mods:  # genotype at the first visit
             mods.append("omics")
         plans.append([m for m in rates if m in mods])  # may be empty: a visit at which nothing is measured
     return plans
@@ -211,7 +216,9 @@ def _traits(rng: np.random.Generator, sex: str) -> dict[str, float]:
         "height_m": rng.normal(1.77 if male else 1.64, 0.07),
         "weight_kg": rng.normal(80.0 if male else 66.0, 9.0),
         "f0_hz": rng.normal(118.0 if male else 205.0, 12.0),
-        "skin": rng.uniform(0.0, 1.0), "hue": rng.uniform(0.0, 1.0), "direction": float(rng.random() < 0.5),
+        "skin": rng.uniform(0.0, 1.0),
+        "hue": rng.uniform(0.0, 1.0),
+        "direction": float(rng.random() < 0.5),
     }
 
 
@@ -228,26 +235,51 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
     prs = genetic_risk(snps, bio)
     aging = (age0 - 60.0) / 10.0
     shared = rng.normal(0.0, 0.4)
-    baseline = (0.35 * prs * bio.prs_load + 0.3 * aging + shared
-                + rng.normal(0.0, 0.5, N_STATE) + (0.15 if sex == "M" else -0.1) * np.eye(N_STATE)[CARDIO])
+    baseline = (
+        0.35 * prs * bio.prs_load
+        + 0.3 * aging
+        + shared
+        + rng.normal(0.0, 0.5, N_STATE)
+        + (0.15 if sex == "M" else -0.1) * np.eye(N_STATE)[CARDIO]
+    )
     drift = 0.04 + 0.06 * prs * bio.prs_load + 0.03 * aging + rng.normal(0.0, 0.08, N_STATE)
     days = _visit_days(rng, hour0)
     risk0 = _HAZARD_PRS * prs + 0.25 * aging
     states, onset = _simulate(rng, baseline, drift, risk0, days)
     plans = _plan_modalities(seed, index, len(days))
     split = _split(rng.random())
-    consent = not (rng.random() < 0.005 or index % 64 == 17)   # ~2%, and always one when n >= 18
-    subj = Subject(index=index, subject_id=subject_id(index), sex=sex, birth_date=birth, snps=snps,
-                   prs=prs, baseline=baseline, drift=drift, onset_days=onset, end_days=float(days[-1]),
-                   split=split, consent=consent, traits=_traits(subject_rng(seed, index, STREAM_TRAITS), sex))
+    consent = not (rng.random() < 0.005 or index % 64 == 17)  # ~2%, and always one when n >= 18
+    subj = Subject(
+        index=index,
+        subject_id=subject_id(index),
+        sex=sex,
+        birth_date=birth,
+        snps=snps,
+        prs=prs,
+        baseline=baseline,
+        drift=drift,
+        onset_days=onset,
+        end_days=float(days[-1]),
+        split=split,
+        consent=consent,
+        traits=_traits(subject_rng(seed, index, STREAM_TRAITS), sex),
+    )
     if onset == onset:  # the diagnosis is recorded at the first visit at or after onset
         first_ill = int(np.searchsorted(days, onset))
         plans[first_ill] = [m for m in visit_rates() if m == "clinical" or m in plans[first_ill]]
     for v, (d, x, mods) in enumerate(zip(days, states, plans)):
         time = first + dt.timedelta(minutes=round(d * 1440.0))
-        subj.visits.append(Visit(index=v, days=float(d), time=time,
-                                 age_years=(time.date() - birth).days / YEAR_DAYS, state=x,
-                                 diseased=bool(onset <= d), modalities=mods))
+        subj.visits.append(
+            Visit(
+                index=v,
+                days=float(d),
+                time=time,
+                age_years=(time.date() - birth).days / YEAR_DAYS,
+                state=x,
+                diseased=bool(onset <= d),
+                modalities=mods,
+            )
+        )
     return subj
 
 

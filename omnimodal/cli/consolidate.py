@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..pretraining.consolidate import consolidate
 
@@ -14,7 +14,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="omnimodal-consolidate",
         description="Turn a training checkpoint (DeepSpeed ZeRO folder, FSDP folder or Lightning file) into one "
-                    "file of fp32 weights + hyper-parameters, the input of omnimodal-export and init_from=.")
+        "file of fp32 weights + hyper-parameters, the input of omnimodal-export and init_from=.",
+    )
     ap.add_argument("checkpoint", help="e.g. outputs/<date>/<time>/checkpoints/last.ckpt (a file or a folder)")
     ap.add_argument("out", help="single-file checkpoint to write, e.g. weights.ckpt")
     args = ap.parse_args(list(argv) if argv is not None else None)

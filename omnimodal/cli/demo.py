@@ -7,8 +7,8 @@ import argparse
 import time
 from collections import Counter
 
-from datamodules.datamodule import OmniDataModule
 from datamodules.builtin_cohort import demo_shards
+from datamodules.datamodule import OmniDataModule
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
             if batches == 1:
                 print(f"[{split}] first batch: {batch.summary()}")
         dt = time.perf_counter() - t1
-        print(f"[{split}] {n} timelines in {batches} batches, {dt:.1f}s ({batches / max(dt, 1e-9):.1f} batches/s); "
-              + ", ".join(f"{m}={c}" for m, c in sorted(counts.items())))
+        print(
+            f"[{split}] {n} timelines in {batches} batches, {dt:.1f}s ({batches / max(dt, 1e-9):.1f} batches/s); "
+            + ", ".join(f"{m}={c}" for m, c in sorted(counts.items()))
+        )
     return 0
 
 

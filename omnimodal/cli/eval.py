@@ -16,8 +16,11 @@ from ..release import ReleaseError
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="omnimodal-eval", description="Evaluate fine-tuned checkpoints; write a report "
-                                "(markdown table, ROC / calibration / modality-ablation PNGs, metrics.json).")
+    p = argparse.ArgumentParser(
+        prog="omnimodal-eval",
+        description="Evaluate fine-tuned checkpoints; write a report "
+        "(markdown table, ROC / calibration / modality-ablation PNGs, metrics.json).",
+    )
     p.add_argument("checkpoints", nargs="+", help="omnimodal-finetune checkpoint(s)")
     p.add_argument("--data", required=True, help="shard folder of the cohort to evaluate on")
     p.add_argument("--split", default="test")
@@ -34,14 +37,22 @@ def main(argv: list[str] | None = None) -> None:
         reports = []
         for i, (ckpt, name) in enumerate(zip(a.checkpoints, names)):
             task = load_finetuned(ckpt)
-            reports.append(evaluate(task, name, a.data, a.split, n_boot=a.n_boot, ablation=not a.no_ablation and i == 0,
-                                    landmark_days=a.landmark_days))
+            reports.append(
+                evaluate(
+                    task,
+                    name,
+                    a.data,
+                    a.split,
+                    n_boot=a.n_boot,
+                    ablation=not a.no_ablation and i == 0,
+                    landmark_days=a.landmark_days,
+                )
+            )
     except ReleaseError as err:
         raise SystemExit(f"omnimodal-eval: {err}") from None
     path = write_report(reports, a.out, a.split)
     print(path.read_text())
     print(f"report: {path}")
-
 
 
 if __name__ == "__main__":

@@ -8,18 +8,24 @@ from ..release import ReleaseError, export
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="omnimodal-export", description="Turn a training checkpoint into a release "
-                                "folder (config.json, model.safetensors, preprocessing.json, README.md model card).")
+    p = argparse.ArgumentParser(
+        prog="omnimodal-export",
+        description="Turn a training checkpoint into a release "
+        "folder (config.json, model.safetensors, preprocessing.json, README.md model card).",
+    )
     p.add_argument("checkpoint", help="single-file checkpoint (e.g. outputs/.../checkpoints/last.ckpt)")
     p.add_argument("out", help="release folder to write")
-    p.add_argument("--shards", help="shard folder the model was trained on (only for checkpoints that do not record "
-                   "their preprocessing)")
+    p.add_argument(
+        "--shards",
+        help="shard folder the model was trained on (only for checkpoints that do not record their preprocessing)",
+    )
     p.add_argument("--name", help="model name in the card (default: the folder name)")
     p.add_argument("--data-note", default="", help="one line on the training data for the model card")
     a = p.parse_args(argv)
     prep = None
     if a.shards:
         from datamodules.shards.format import load_index
+
         index = load_index(a.shards)
         prep = {"specs": index["specs"], "clinical_codes": index["clinical_codes"]}
     try:
@@ -27,7 +33,6 @@ def main(argv: list[str] | None = None) -> None:
     except ReleaseError as err:
         raise SystemExit(f"omnimodal-export: {err}") from None
     print(f"release written to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
-
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ from ..release import ReleaseError
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="omnimodal-forecast", description="One person's forecast as events are added, "
-                                "and a PNG of their timeline with the forecast beneath.")
+    p = argparse.ArgumentParser(
+        prog="omnimodal-forecast",
+        description="One person's forecast as events are added, and a PNG of their timeline with the forecast beneath.",
+    )
     p.add_argument("checkpoint", help="omnimodal-finetune checkpoint")
     p.add_argument("--data", required=True, help="shard folder")
     p.add_argument("--split", default="test")
@@ -34,14 +36,19 @@ def main(argv: list[str] | None = None) -> None:
     if a.upto_days is not None:
         tl = Timeline(tl.key, tl.static, [ev for ev in tl.events if ev.time_days <= a.upto_days], tl.labels)
     label = tl.labels.get(f.task.head_cfg.label)
-    onset = label.time_days if label is not None and label.value >= 1 and label.time_days <= tl.events[-1].time_days + f.horizon_days else None
-    print(f"person {tl.key[:12]}...: {len(tl.events)} events over {tl.events[-1].time_days / 365.25:.1f} years; "
-          f"forecast within {f.horizon_days / 365.25:.1f} years after each event:")
+    onset = (
+        label.time_days
+        if label is not None and label.value >= 1 and label.time_days <= tl.events[-1].time_days + f.horizon_days
+        else None
+    )
+    print(
+        f"person {tl.key[:12]}...: {len(tl.events)} events over {tl.events[-1].time_days / 365.25:.1f} years; "
+        f"forecast within {f.horizon_days / 365.25:.1f} years after each event:"
+    )
     print(f"{'years':>7}  {'risk':>6}  measurements")
     for ev, (t, r) in zip(tl.events, f.trajectory(tl)):
         print(f"{t / 365.25:7.2f}  {r:6.3f}  {', '.join(m.modality for m in ev.measurements)}")
     print(f"plot: {f.plot(tl, a.out, onset_days=onset)}")
-
 
 
 if __name__ == "__main__":

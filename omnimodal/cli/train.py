@@ -1,10 +1,10 @@
 """``omnimodal-train``: pretrain an omnimodal model from Hydra configs (:mod:`omnimodal.pretraining.run`).
 
-    omnimodal-train                                  # default experiment on the built-in synthetic cohort
-    omnimodal-train experiment=quick trainer.max_steps=50
-    omnimodal-train data=shards data.root=/data/shards model/backbone=small
-    omnimodal-train -m objective.masked_weight=0.5,1.0
-    omnimodal-train --config-dir /site/configs experiment=my_site_experiment
+omnimodal-train                                  # default experiment on the built-in synthetic cohort
+omnimodal-train experiment=quick trainer.max_steps=50
+omnimodal-train data=shards data.root=/data/shards model/backbone=small
+omnimodal-train -m objective.masked_weight=0.5,1.0
+omnimodal-train --config-dir /site/configs experiment=my_site_experiment
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ fit first; :func:`fit_logistic` does it with cross-validated L2 strength (scikit
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,14 +18,16 @@ from datamodules.schema import MODALITIES, Spec, Timeline
 
 def _summary(modality: str, data: np.ndarray, spec: Spec) -> np.ndarray:
     x = np.asarray(data, dtype=np.float64)
-    if spec.kind == "vector":                       # omics panel: the values themselves
+    if spec.kind == "vector":  # omics panel: the values themselves
         return x.reshape(-1)
-    if spec.kind in ("waveform", "timeseries"):     # per channel mean and std over time
-        return np.concatenate([np.nanmean(x, -1), np.nanstd(x, -1)]) if np.isfinite(x).any() else np.zeros(2 * x.shape[0])
-    if spec.kind == "video":                        # per colour channel mean and std, and frame count
+    if spec.kind in ("waveform", "timeseries"):  # per channel mean and std over time
+        return (
+            np.concatenate([np.nanmean(x, -1), np.nanstd(x, -1)]) if np.isfinite(x).any() else np.zeros(2 * x.shape[0])
+        )
+    if spec.kind == "video":  # per colour channel mean and std, and frame count
         x = x.astype(np.float64) / 255.0
         return np.array([*x.mean((0, 2, 3)), *x.std((0, 2, 3)), len(x)])
-    flat = x[np.isfinite(x)]                        # volume, audio: mean, std, quantiles, length
+    flat = x[np.isfinite(x)]  # volume, audio: mean, std, quantiles, length
     if flat.size == 0:
         return np.zeros(6)
     return np.array([flat.mean(), flat.std(), *np.quantile(flat, [0.1, 0.5, 0.9]), flat.size])
@@ -83,14 +85,18 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, seed: int = 0):
     import sklearn
 
     # pure L2, said explicitly where scikit-learn >= 1.9 warns about its coming defaults
-    quiet = {"l1_ratios": (0.0,), "use_legacy_attributes": False} \
-        if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 9) else {}
-    model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-3, 1, 9), cv=folds, scoring="neg_log_loss",
-                                                                 max_iter=2000, random_state=seed, **quiet))
+    quiet = (
+        {"l1_ratios": (0.0,), "use_legacy_attributes": False}
+        if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 9)
+        else {}
+    )
+    model = make_pipeline(
+        StandardScaler(),
+        LogisticRegressionCV(
+            Cs=np.logspace(-3, 1, 9), cv=folds, scoring="neg_log_loss", max_iter=2000, random_state=seed, **quiet
+        ),
+    )
     return model.fit(x, y.astype(int))
-
-
-
 
 
 def last_visit_logistic(task, root, train_split: str = "train", test_split: str = "test", seed: int = 0):
@@ -118,7 +124,9 @@ def last_visit_logistic(task, root, train_split: str = "train", test_split: str 
         y = e.astype(float)
     model = fit_logistic(x, y, seed)
     x_te, t_te, e_te = arrays(te)
-    target = {"time": t_te, "event": e_te.astype(float)} if task.head_cfg.kind == "survival" else {"y": e_te.astype(float)}
+    target = (
+        {"time": t_te, "event": e_te.astype(float)} if task.head_cfg.kind == "survival" else {"y": e_te.astype(float)}
+    )
     return Predictions(target, model.predict_proba(x_te)[:, 1], None, excluded), model
 
 

@@ -34,7 +34,7 @@ class Forecaster:
     task: FinetuneTask
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "Forecaster":
+    def from_checkpoint(cls, path: str | Path) -> Forecaster:
         return cls(load_finetuned(path))
 
     @property
@@ -45,15 +45,20 @@ class Forecaster:
         events = tl.events[: None if upto is None else upto + 1]
         if not events:
             raise ValueError("the timeline has no events: nothing to forecast from")
-        return crop_timeline(Timeline(tl.key, tl.static, events, {}),
-                             CropConfig(max_events=self.task.landmark.max_events, random=False), np.random.default_rng(0))
+        return crop_timeline(
+            Timeline(tl.key, tl.static, events, {}),
+            CropConfig(max_events=self.task.landmark.max_events, random=False),
+            np.random.default_rng(0),
+        )
 
     @torch.no_grad()
     def _risks(self, histories: list[Timeline], batch_size: int = 16) -> np.ndarray:
         self.task.eval()
         collate = self.task.prep.collator()
-        out = [self.task.predict_risk(collate(histories[i:i + batch_size])).float().numpy()
-               for i in range(0, len(histories), batch_size)]
+        out = [
+            self.task.predict_risk(collate(histories[i : i + batch_size])).float().numpy()
+            for i in range(0, len(histories), batch_size)
+        ]
         return np.concatenate(out)
 
     @torch.no_grad()
@@ -76,13 +81,20 @@ class Forecaster:
         events = [(ev.time_days, m.modality) for ev in tl.events for m in ev.measurements]
         mods = [m for m in MODALITIES if any(e[1] == m for e in events)]
         kind = "risk" if self.task.head_cfg.kind != "regression" else "prediction"
-        return plot_person(events, mods, traj, self.horizon_days, path,
-                           title or f"Timeline and forecast {kind} within {self.horizon_days / 365.25:.1f} years",
-                           onset_days=onset_days)
+        return plot_person(
+            events,
+            mods,
+            traj,
+            self.horizon_days,
+            path,
+            title or f"Timeline and forecast {kind} within {self.horizon_days / 365.25:.1f} years",
+            onset_days=onset_days,
+        )
 
 
-def find_person(root: str | Path, split: str, person: int | None = None, key: str | None = None,
-                modalities: list[str] | None = None) -> Timeline:
+def find_person(
+    root: str | Path, split: str, person: int | None = None, key: str | None = None, modalities: list[str] | None = None
+) -> Timeline:
     ds = ShardDataset(root, split, shuffle=False, crop=CropConfig(random=False), modalities=modalities)
     for i, tl in enumerate(ds):
         if (key is not None and tl.key == key) or (key is None and i == person):

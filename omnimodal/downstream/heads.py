@@ -40,12 +40,12 @@ class HeadConfig:
     kind: str = "survival"
     label: str = "disease"
     horizon_days: float = 5 * 365.25
-    num_classes: int = 2      # classification without a label time
-    bins: int = 10            # survival
-    causes: int = 1           # survival: label values 1..causes
-    center: float = 0.0       # regression
-    scale: float = 1.0        # regression
-    hidden: int = 0           # 0: linear head; else one hidden layer
+    num_classes: int = 2  # classification without a label time
+    bins: int = 10  # survival
+    causes: int = 1  # survival: label values 1..causes
+    center: float = 0.0  # regression
+    scale: float = 1.0  # regression
+    hidden: int = 0  # 0: linear head; else one hidden layer
     dropout: float = 0.1
     covariates: tuple[str, ...] = ()  # "age" and/or static covariates ("sex_male") next to the embedding
 
@@ -108,8 +108,10 @@ def covariates(names: tuple[str, ...], batch: OmniBatch) -> Tensor | None:
         elif name in batch.static:
             cols.append(torch.nan_to_num(batch.static[name].float(), nan=0.0))
         else:
-            raise ValueError(f"config key head.covariates: {name!r} is neither 'age' nor a static covariate of the "
-                             f"data (it has {sorted(batch.static)})")
+            raise ValueError(
+                f"config key head.covariates: {name!r} is neither 'age' nor a static covariate of the "
+                f"data (it has {sorted(batch.static)})"
+            )
     return torch.stack(cols, -1)
 
 
@@ -158,17 +160,20 @@ class Head(nn.Module):
 
     def bin_of(self, time: Tensor) -> Tensor:
         """Bin index of each time; ``bins`` for times past the horizon."""
-        return torch.bucketize(time, self.edges[1:-1].to(time), right=True).clamp(max=self.cfg.bins - 1) \
+        return (
+            torch.bucketize(time, self.edges[1:-1].to(time), right=True)
+            .clamp(max=self.cfg.bins - 1)
             .masked_fill(time > self.cfg.horizon_days, self.cfg.bins)
+        )
 
     def survival_nll(self, logits: Tensor, time: Tensor, event: Tensor) -> Tensor:
         """Discrete-time competing-risks likelihood: survive every bin before the event's (or censoring's)
         bin, then the event's cause in its bin. A subject censored in a bin counts as at risk only
         before it; beyond the horizon, as surviving every bin."""
-        logp = logits.float().log_softmax(-1)                       # [B, bins, 1 + causes]
-        j = self.bin_of(time.float())                                # [B]
+        logp = logits.float().log_softmax(-1)  # [B, bins, 1 + causes]
+        j = self.bin_of(time.float())  # [B]
         bins = torch.arange(self.cfg.bins, device=logits.device)
-        survived = (bins[None, :] < j[:, None]).float()             # bins fully survived
+        survived = (bins[None, :] < j[:, None]).float()  # bins fully survived
         ll = (logp[..., 0] * survived).sum(1)
         has_event = (event > 0) & (j < self.cfg.bins)
         jj = j.clamp(max=self.cfg.bins - 1)
@@ -184,7 +189,7 @@ class Head(nn.Module):
             return out.squeeze(-1) * self.cfg.scale + self.cfg.center
         if kind == "classification":
             return torch.sigmoid(out.squeeze(-1)) if out.shape[-1] == 1 else out.softmax(-1)
-        p = out.float().softmax(-1)                                  # [B, bins, 1 + causes]
+        p = out.float().softmax(-1)  # [B, bins, 1 + causes]
         alive_before = torch.cumprod(torch.cat([torch.ones_like(p[:, :1, 0]), p[:, :-1, 0]], 1), 1)
         return torch.cumsum(alive_before[..., None] * p[..., 1:], 1)
 

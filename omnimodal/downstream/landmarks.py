@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import lightning as L
-import torch
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.loader import CropConfig, ShardDataset, _seed, crop_timeline
@@ -31,9 +32,9 @@ log = logging.getLogger("omnimodal.finetune")
 
 @dataclass
 class LandmarkConfig:
-    eval_days: float = 365.25      # fixed landmark (val/test/eval): days after the first event
-    train: str = "random"          # "random": a random eligible event per person and epoch; "fixed": eval_days
-    max_events: int = 16           # history window: the most recent events up to the landmark
+    eval_days: float = 365.25  # fixed landmark (val/test/eval): days after the first event
+    train: str = "random"  # "random": a random eligible event per person and epoch; "fixed": eval_days
+    max_events: int = 16  # history window: the most recent events up to the landmark
 
 
 def at_landmark(tl: Timeline, landmark_days: float, max_events: int | None) -> Timeline | None:
@@ -41,12 +42,19 @@ def at_landmark(tl: Timeline, landmark_days: float, max_events: int | None) -> T
     before = [ev for ev in tl.events if ev.time_days <= landmark_days]
     if not before:
         return None
-    return crop_timeline(Timeline(tl.key, tl.static, before, {}), CropConfig(max_events=max_events, random=False),
-                         np.random.default_rng(0))
+    return crop_timeline(
+        Timeline(tl.key, tl.static, before, {}),
+        CropConfig(max_events=max_events, random=False),
+        np.random.default_rng(0),
+    )
 
 
-def landmark_sample(tl: Timeline, head: HeadConfig, lm: LandmarkConfig, rng: np.random.Generator | None,
-                    ) -> tuple[tuple[Timeline, dict[str, float]] | None, str]:
+def landmark_sample(
+    tl: Timeline,
+    head: HeadConfig,
+    lm: LandmarkConfig,
+    rng: np.random.Generator | None,
+) -> tuple[tuple[Timeline, dict[str, float]] | None, str]:
     """(history, target) for one person; ``rng`` given: a random eligible landmark (training)."""
     label = tl.labels.get(head.label)
     if rng is None:
@@ -86,8 +94,11 @@ class LandmarkDataset(IterableDataset):
         self.excluded.clear()
         self.included = 0
         for tl in self.shards:
-            rng = np.random.default_rng(_seed(self.shards.seed, self.shards.epoch, tl.key, "landmark")) \
-                if self.random_landmark else None
+            rng = (
+                np.random.default_rng(_seed(self.shards.seed, self.shards.epoch, tl.key, "landmark"))
+                if self.random_landmark
+                else None
+            )
             sample, why = landmark_sample(tl, self.head, self.lm, rng)
             if sample is None:
                 self.excluded[why] += 1
@@ -120,9 +131,18 @@ class _EpochLoader(DataLoader):
 
 
 class LandmarkData(L.LightningDataModule):
-    def __init__(self, root: str | Path, prep: Preprocessing, head: HeadConfig, landmark: LandmarkConfig,
-                 batch_size: int = 16, num_workers: int = 0, seed: int = 0, modalities: list[str] | None = None,
-                 shuffle_buffer: int = 64) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        prep: Preprocessing,
+        head: HeadConfig,
+        landmark: LandmarkConfig,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        modalities: list[str] | None = None,
+        shuffle_buffer: int = 64,
+    ) -> None:
         super().__init__()
         self.root, self.prep, self.head, self.lm = Path(root), prep, head, landmark
         self.batch_size, self.num_workers, self.seed, self.modalities = batch_size, num_workers, seed, modalities
@@ -133,13 +153,24 @@ class LandmarkData(L.LightningDataModule):
 
     def dataset(self, split: str, train: bool | None = None) -> LandmarkDataset:
         train = split == "train" if train is None else train
-        shards = ShardDataset(self.root, split, shuffle=train, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
-                              crop=CropConfig(random=False), modalities=self.modalities)
+        shards = ShardDataset(
+            self.root,
+            split,
+            shuffle=train,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            crop=CropConfig(random=False),
+            modalities=self.modalities,
+        )
         return LandmarkDataset(shards, self.head, self.lm, random_landmark=train and self.lm.train == "random")
 
     def loader(self, split: str, train: bool | None = None) -> DataLoader:
-        return _EpochLoader(self.dataset(split, train), batch_size=self.batch_size, num_workers=self.num_workers,
-                            collate_fn=LandmarkCollator(self.prep))
+        return _EpochLoader(
+            self.dataset(split, train),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=LandmarkCollator(self.prep),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")

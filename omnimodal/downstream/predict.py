@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,23 +40,29 @@ def without(tl: Timeline, modality: str) -> Timeline:
     return Timeline(tl.key, tl.static, events, tl.labels)
 
 
-def landmark_items(task: FinetuneTask, root: str | Path, split: str, lm: LandmarkConfig
-                   ) -> tuple[list[tuple[Timeline, dict[str, float]]], dict[str, int]]:
-    shards = ShardDataset(root, split, shuffle=False, crop=CropConfig(random=False),
-                          modalities=task.hparams.get("modalities"))
+def landmark_items(
+    task: FinetuneTask, root: str | Path, split: str, lm: LandmarkConfig
+) -> tuple[list[tuple[Timeline, dict[str, float]]], dict[str, int]]:
+    shards = ShardDataset(
+        root, split, shuffle=False, crop=CropConfig(random=False), modalities=task.hparams.get("modalities")
+    )
     ds = LandmarkDataset(shards, task.head_cfg, lm, random_landmark=False)
     items = list(ds)
     return items, dict(ds.excluded)
 
 
 @torch.no_grad()
-def predict(task: FinetuneTask, items: Sequence[tuple[Timeline, dict[str, float]]], withhold: str | None = None,
-            batch_size: int = 16) -> Predictions:
+def predict(
+    task: FinetuneTask,
+    items: Sequence[tuple[Timeline, dict[str, float]]],
+    withhold: str | None = None,
+    batch_size: int = 16,
+) -> Predictions:
     task.eval()
     collate = task.prep.collator()
     kept, risks, cifs, skipped = [], [], [], 0
     for i in range(0, len(items), batch_size):
-        chunk = [(without(h, withhold) if withhold else h, t) for h, t in items[i:i + batch_size]]
+        chunk = [(without(h, withhold) if withhold else h, t) for h, t in items[i : i + batch_size]]
         chunk2 = [(h, t) for h, t in chunk if h.events]
         skipped += len(chunk) - len(chunk2)
         if not chunk2:
@@ -68,8 +74,9 @@ def predict(task: FinetuneTask, items: Sequence[tuple[Timeline, dict[str, float]
         kept += [t for _, t in chunk2]
     target = {k: np.array([t[k] for t in kept]) for k in (kept[0] if kept else {})}
     excluded = {f"no measurement left without {withhold}": skipped} if skipped else {}
-    return Predictions(target, np.concatenate(risks) if risks else np.zeros(0),
-                       np.concatenate(cifs) if cifs else None, excluded)
+    return Predictions(
+        target, np.concatenate(risks) if risks else np.zeros(0), np.concatenate(cifs) if cifs else None, excluded
+    )
 
 
 __all__ = ["Predictions", "landmark_items", "predict", "without"]

@@ -47,20 +47,36 @@ def build(cfg: DictConfig) -> tuple[FinetuneTask, LandmarkData, L.Trainer]:
         raise ReleaseError("config key data.root: set data.root=/path/to/shards of the downstream cohort")
     head = OmegaConf.to_container(cfg.head, resolve=True)
     modalities = list(cfg.get("modalities") or []) or None
-    task = FinetuneTask.from_release(cfg.release, head, init=cfg.init, mode=cfg.mode,
-                                     lora=OmegaConf.to_container(cfg.lora, resolve=True), modalities=modalities,
-                                     optim=OmegaConf.to_container(cfg.optim, resolve=True), seed=int(cfg.seed),
-                                     landmark=OmegaConf.to_container(cfg.landmark, resolve=True))
+    task = FinetuneTask.from_release(
+        cfg.release,
+        head,
+        init=cfg.init,
+        mode=cfg.mode,
+        lora=OmegaConf.to_container(cfg.lora, resolve=True),
+        modalities=modalities,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        seed=int(cfg.seed),
+        landmark=OmegaConf.to_container(cfg.landmark, resolve=True),
+    )
     # the checkpoint records the landmark design: omnimodal-eval and forecasts use the one it was trained for
-    dm = LandmarkData(cfg.data.root, task.prep, task.head_cfg, task.landmark, batch_size=int(cfg.data.batch_size),
-                      num_workers=int(cfg.data.num_workers), seed=int(cfg.seed), modalities=modalities)
+    dm = LandmarkData(
+        cfg.data.root,
+        task.prep,
+        task.head_cfg,
+        task.landmark,
+        batch_size=int(cfg.data.batch_size),
+        num_workers=int(cfg.data.num_workers),
+        seed=int(cfg.seed),
+        modalities=modalities,
+    )
     trainer = make_trainer(cfg)
     if trainer.world_size > 1:
         raise ValueError(
             f"omnimodal-finetune runs on one process; this config asks for {trainer.world_size} (config keys "
             "trainer.devices, trainer.num_nodes): people not at risk at a landmark are left out, so processes would "
             "get different numbers of batches and DDP would hang at the epoch end. A downstream cohort fits one "
-            "device: set trainer.devices=1 trainer.num_nodes=1 (and a larger data.batch_size for throughput)")
+            "device: set trainer.devices=1 trainer.num_nodes=1 (and a larger data.batch_size for throughput)"
+        )
     return task, dm, trainer
 
 
@@ -68,13 +84,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     t0 = time.perf_counter()
     task, dm, trainer = build(cfg)
     n = task.trainable_parameters()
-    print(f"fine-tuning ({cfg.mode}, init={cfg.init}, head={task.head_cfg.kind}): {n['model'] + n['head']:,} trainable "
-          f"of {n['total']:,} parameters (model {n['model']:,}, head {n['head']:,})")
+    print(
+        f"fine-tuning ({cfg.mode}, init={cfg.init}, head={task.head_cfg.kind}): {n['model'] + n['head']:,} trainable "
+        f"of {n['total']:,} parameters (model {n['model']:,}, head {n['head']:,})"
+    )
     trainer.fit(task, datamodule=dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ds = dm.dataset("val")
-    print(f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "
-          + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss")))
-    print(f"checkpoints: {cfg.run_dir}/checkpoints (evaluate with omnimodal-eval <checkpoint> data.root=... ); "
-          f"landmark at {ds.lm.eval_days:g} days for val/test")
+    print(
+        f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "
+        + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss"))
+    )
+    print(
+        f"checkpoints: {cfg.run_dir}/checkpoints (evaluate with omnimodal-eval <checkpoint> data.root=... ); "
+        f"landmark at {ds.lm.eval_days:g} days for val/test"
+    )
     return metrics

@@ -40,10 +40,20 @@ class FinetuneTask(L.LightningModule):
     """A released model + a head. Rebuilt from plain-data hparams (a checkpoint never needs the release
     folder: ``model_config`` and ``preprocessing`` travel with it)."""
 
-    def __init__(self, model_config: dict[str, Any], preprocessing: dict[str, Any], head: dict[str, Any],
-                 mode: str = "frozen", lora: dict[str, Any] | None = None, modalities: list[str] | None = None,
-                 optim: dict[str, Any] | None = None, seed: int = 0, release_path: str | None = None,
-                 load_release_weights: bool = False, landmark: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        preprocessing: dict[str, Any],
+        head: dict[str, Any],
+        mode: str = "frozen",
+        lora: dict[str, Any] | None = None,
+        modalities: list[str] | None = None,
+        optim: dict[str, Any] | None = None,
+        seed: int = 0,
+        release_path: str | None = None,
+        load_release_weights: bool = False,
+        landmark: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if mode not in MODES:
@@ -62,7 +72,9 @@ class FinetuneTask(L.LightningModule):
                 raise ValueError("load_release_weights needs release_path")
             release = load_release(release_path)
             if release.model.config.model_dict() != self.model.config.model_dict():
-                raise ReleaseError(f"{release_path}: config.json differs from the model config this task was built with")
+                raise ReleaseError(
+                    f"{release_path}: config.json differs from the model config this task was built with"
+                )
             self.model.load_state_dict(release.model.state_dict())
         if modalities:
             for m in list(self.model.omni.encoders):
@@ -70,8 +82,10 @@ class FinetuneTask(L.LightningModule):
                     del self.model.omni.encoders[m]  # a cohort without them: no compute, no parameters to train
             missing = set(modalities) - set(self.model.omni.encoders)
             if missing:
-                raise ReleaseError(f"config key modalities: {sorted(missing)} not in the release "
-                                   f"(it has {sorted(self.model.config.encoders)})")
+                raise ReleaseError(
+                    f"config key modalities: {sorted(missing)} not in the release "
+                    f"(it has {sorted(self.model.config.encoders)})"
+                )
         self.head = Head(self.head_cfg, self.model.omni.d_model)
         if mode == "frozen":
             self.model.requires_grad_(False)
@@ -99,14 +113,24 @@ class FinetuneTask(L.LightningModule):
 
     def trainable_parameters(self) -> dict[str, int]:
         count = lambda mod: sum(p.numel() for p in mod.parameters() if p.requires_grad)  # noqa: E731
-        return {"model": count(self.model), "head": count(self.head),
-                "total": sum(p.numel() for p in self.parameters())}
+        return {
+            "model": count(self.model),
+            "head": count(self.head),
+            "total": sum(p.numel() for p in self.parameters()),
+        }
 
     def _step(self, batch: tuple[OmniBatch, dict[str, torch.Tensor]], stage: str) -> torch.Tensor:
         x, tgt = batch
         loss = self.head.loss(self(x), tgt)
-        self.log(f"{stage}/loss", loss.detach(), prog_bar=True, batch_size=len(x), on_step=stage == "train",
-                 on_epoch=stage != "train", sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss.detach(),
+            prog_bar=True,
+            batch_size=len(x),
+            on_step=stage == "train",
+            on_epoch=stage != "train",
+            sync_dist=stage != "train",
+        )
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -121,20 +145,28 @@ class FinetuneTask(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         model_params = [p for p in self.model.parameters() if p.requires_grad]
         ratio = 1.0 if self.mode == "lora" else self.backbone_lr_ratio
-        groups = [{"params": list(self.head.parameters()), "weight_decay": self.optim_cfg.weight_decay},
-                  {"params": model_params, "weight_decay": self.optim_cfg.weight_decay, "lr_ratio": ratio}]
+        groups = [
+            {"params": list(self.head.parameters()), "weight_decay": self.optim_cfg.weight_decay},
+            {"params": model_params, "weight_decay": self.optim_cfg.weight_decay, "lr_ratio": ratio},
+        ]
         return adamw_cosine(groups, self.optim_cfg, schedule_length(self.trainer))
 
     configure_gradient_clipping = PretrainTask.configure_gradient_clipping  # clip by optim.grad_clip
 
     @classmethod
-    def from_release(cls, release: str | Path, head: dict[str, Any], init: str = "release", **kw: Any) -> "FinetuneTask":
+    def from_release(cls, release: str | Path, head: dict[str, Any], init: str = "release", **kw: Any) -> FinetuneTask:
         """``init="release"``: the released weights; ``"scratch"``: the same architecture, freshly initialised."""
         if init not in ("release", "scratch"):
             raise ValueError(f"config key init: {init!r}; use 'release' or 'scratch'")
         config, prep = check_release(release)
-        return cls(config.model_dict(), prep.to_json(), head, release_path=str(release),
-                   load_release_weights=init == "release", **kw)
+        return cls(
+            config.model_dict(),
+            prep.to_json(),
+            head,
+            release_path=str(release),
+            load_release_weights=init == "release",
+            **kw,
+        )
 
 
 def load_finetuned(path: str | Path) -> FinetuneTask:

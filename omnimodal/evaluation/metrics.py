@@ -14,18 +14,31 @@ comparable pairs) raises :class:`MetricUndefinedError`, which the bootstrap coun
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
-    "MetricUndefinedError", "Estimate", "CalibrationBins", "format_ci", "bootstrap_ci",
-    "auroc", "auprc", "binary_metrics", "regression_metrics", "status_at",
-    "kaplan_meier", "cumulative_incidence", "concordance_index", "time_dependent_auroc",
-    "time_to_event_metrics", "calibration_bins", "survival_calibration_bins",
+    "MetricUndefinedError",
+    "Estimate",
+    "CalibrationBins",
+    "format_ci",
+    "bootstrap_ci",
+    "auroc",
+    "auprc",
+    "binary_metrics",
+    "regression_metrics",
+    "status_at",
+    "kaplan_meier",
+    "cumulative_incidence",
+    "concordance_index",
+    "time_dependent_auroc",
+    "time_to_event_metrics",
+    "calibration_bins",
+    "survival_calibration_bins",
 ]
 
 
@@ -77,11 +90,14 @@ def _vector(name: str, x, n: int | None = None) -> np.ndarray:
     a = a.astype(float)
     bad = ~np.isfinite(a)
     if bad.any():
-        raise ValueError(f"{name} has {int(bad.sum())} NaN/inf value(s) (first at index "
-                         f"{int(np.flatnonzero(bad)[0])}); drop or impute those subjects first")
+        raise ValueError(
+            f"{name} has {int(bad.sum())} NaN/inf value(s) (first at index "
+            f"{int(np.flatnonzero(bad)[0])}); drop or impute those subjects first"
+        )
     if n is not None and len(a) != n:
-        raise ValueError(f"{name} has {len(a)} values but the first array has {n}: "
-                         "pass one value per subject, in the same order")
+        raise ValueError(
+            f"{name} has {len(a)} values but the first array has {n}: pass one value per subject, in the same order"
+        )
     return a
 
 
@@ -101,23 +117,27 @@ def _binary(name: str, y: np.ndarray) -> np.ndarray:
 def _both_classes(y: np.ndarray, what: str) -> None:
     n_pos = int(y.sum())
     if n_pos in (0, len(y)):
-        raise MetricUndefinedError(f"{what} is undefined: all {len(y)} labels are {int(y[0])} "
-                                   "(need both classes; evaluate on a set with cases and controls)")
+        raise MetricUndefinedError(
+            f"{what} is undefined: all {len(y)} labels are {int(y[0])} "
+            "(need both classes; evaluate on a set with cases and controls)"
+        )
 
 
 def _events(time, event, *others: tuple[str, object]) -> list[np.ndarray]:
     arrays = _vectors(time=time, event=event, **dict(others))
     e = arrays[1]
     if (e < 0).any() or (e != np.round(e)).any():
-        raise ValueError("event must be integer codes: 0 = censored, k >= 1 = cause k; got "
-                         f"{np.unique(e)[:10].tolist()}")
+        raise ValueError(
+            f"event must be integer codes: 0 = censored, k >= 1 = cause k; got {np.unique(e)[:10].tolist()}"
+        )
     arrays[1] = e.astype(int)
     return arrays
 
 
 # ----------------------------------------------------------------------------- bootstrap
-def bootstrap_ci(metric_fn: Callable[..., float], *arrays, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05, stratify=None) -> Estimate:
+def bootstrap_ci(
+    metric_fn: Callable[..., float], *arrays, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, stratify=None
+) -> Estimate:
     """Percentile bootstrap over subjects: ``metric_fn(*arrays)`` and its ``1 - alpha`` interval.
 
     Each array's first axis is the subject. ``stratify`` (labels, one per subject) resamples within
@@ -153,8 +173,11 @@ def bootstrap_ci(metric_fn: Callable[..., float], *arrays, n_boot: int = 1000, s
     if not stats:
         raise MetricUndefinedError(f"{name} was undefined in all {n_boot} bootstrap resamples")
     if skipped:
-        warnings.warn(f"bootstrap of {name}: undefined in {skipped} of {n_boot} resamples "
-                      f"(skipped); the interval comes from the other {len(stats)}", stacklevel=2)
+        warnings.warn(
+            f"bootstrap of {name}: undefined in {skipped} of {n_boot} resamples "
+            f"(skipped); the interval comes from the other {len(stats)}",
+            stacklevel=2,
+        )
     lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return Estimate(value, float(lo), float(hi), len(stats), skipped)
 
@@ -250,8 +273,10 @@ def _pearson(y, pred):
 def regression_metrics(y, pred, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
     """MAE, RMSE, R^2 and Pearson r of ``pred`` [N] against ``y`` [N], each with a bootstrap CI."""
     y, pred = _vectors(y=y, pred=pred)
-    out = {name: bootstrap_ci(fn, y, pred, n_boot=n_boot, seed=seed, alpha=alpha)
-           for name, fn in (("mae", _mae), ("rmse", _rmse), ("r2", _r2), ("pearson_r", _pearson))}
+    out = {
+        name: bootstrap_ci(fn, y, pred, n_boot=n_boot, seed=seed, alpha=alpha)
+        for name, fn in (("mae", _mae), ("rmse", _rmse), ("r2", _r2), ("pearson_r", _pearson))
+    }
     out["n"] = len(y)
     return out
 
@@ -306,14 +331,16 @@ def concordance_index(time, event, risk, cause: int = 1) -> float:
     concordant = tied = total = 0.0
     chunk = max(1, 4_000_000 // len(time))
     for start in range(0, len(cases), chunk):
-        i = cases[start:start + chunk, None]
+        i = cases[start : start + chunk, None]
         comparable = (time > time[i]) | ((time == time[i]) & not_cause)
         concordant += np.sum(comparable & (risk < risk[i]))
         tied += np.sum(comparable & (risk == risk[i]))
         total += np.sum(comparable)
     if total == 0:
-        raise MetricUndefinedError(f"C-index is undefined: no comparable pairs (no subject had a "
-                                   f"cause-{cause} event before another subject's follow-up ended)")
+        raise MetricUndefinedError(
+            f"C-index is undefined: no comparable pairs (no subject had a "
+            f"cause-{cause} event before another subject's follow-up ended)"
+        )
     return float((concordant + 0.5 * tied) / total)
 
 
@@ -323,8 +350,10 @@ def _ipcw(time: np.ndarray, event: np.ndarray, horizon: float, cause: int):
     event-free get 1/G(horizon), those censored before ``horizon`` get 0."""
     by_h = time <= horizon
     if by_h.all():
-        raise MetricUndefinedError(f"no subject was followed beyond {horizon:g} days (longest "
-                                   f"follow-up {time.max():g} days); choose a shorter horizon")
+        raise MetricUndefinedError(
+            f"no subject was followed beyond {horizon:g} days (longest "
+            f"follow-up {time.max():g} days); choose a shorter horizon"
+        )
     u, g, _, _ = _km_steps(time, event == 0)
     case = by_h & (event == cause)
     competing = by_h & (event > 0) & (event != cause)
@@ -335,8 +364,7 @@ def _ipcw(time: np.ndarray, event: np.ndarray, horizon: float, cause: int):
     return case, competing, survivor, w
 
 
-def time_dependent_auroc(time, event, risk_at_t, horizons, cause: int = 1,
-                         controls: str = "not_case"):
+def time_dependent_auroc(time, event, risk_at_t, horizons, cause: int = 1, controls: str = "not_case"):
     """Cumulative/dynamic AUROC at each horizon (days) with IPCW (Uno 2007; Blanche 2013).
 
     Cases at t: a ``cause`` event by t. Controls (``controls="not_case"``, Blanche's definition 2):
@@ -353,8 +381,9 @@ def time_dependent_auroc(time, event, risk_at_t, horizons, cause: int = 1,
     risk = np.asarray(risk_at_t, float)
     risk = np.repeat(risk[:, None], len(hs), 1) if risk.ndim == 1 else risk
     if risk.ndim != 2 or risk.shape[1] != len(hs):
-        raise ValueError(f"risk_at_t must be [N] or [N, {len(hs)}] (one column per horizon); "
-                         f"got shape {np.shape(risk_at_t)}")
+        raise ValueError(
+            f"risk_at_t must be [N] or [N, {len(hs)}] (one column per horizon); got shape {np.shape(risk_at_t)}"
+        )
     time, event, *_ = _events(time, event, *((f"risk_at_t[:, {k}]", risk[:, k]) for k in range(len(hs))))
     out = np.empty(len(hs))
     for k, h in enumerate(hs):
@@ -364,15 +393,25 @@ def time_dependent_auroc(time, event, risk_at_t, horizons, cause: int = 1,
             raise MetricUndefinedError(f"time-dependent AUROC at {h:g} days is undefined: {err}") from None
         ctrl = survivor | competing if controls == "not_case" else survivor
         if not case.any():
-            raise MetricUndefinedError(f"time-dependent AUROC at {h:g} days is undefined: no "
-                                       f"cause-{cause} event by then (choose a later horizon)")
+            raise MetricUndefinedError(
+                f"time-dependent AUROC at {h:g} days is undefined: no "
+                f"cause-{cause} event by then (choose a later horizon)"
+            )
         out[k] = _weighted_auc(risk[case, k], w[case], risk[ctrl, k], w[ctrl])
     return float(out[0]) if scalar else out
 
 
-def time_to_event_metrics(time, event, risk, cause: int = 1, horizons: Sequence[float] = (),
-                          risk_at_t=None, n_boot: int = 1000, seed: int = 0,
-                          alpha: float = 0.05) -> dict:
+def time_to_event_metrics(
+    time,
+    event,
+    risk,
+    cause: int = 1,
+    horizons: Sequence[float] = (),
+    risk_at_t=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict:
     """C-index and time-dependent AUROC per horizon (days), each with a bootstrap CI, and counts.
 
     ``risk`` [N] ranks subjects for the C-index; ``risk_at_t`` ([N] or [N, H], default ``risk``)
@@ -385,8 +424,10 @@ def time_to_event_metrics(time, event, risk, cause: int = 1, horizons: Sequence[
     r_t = np.asarray(risk if risk_at_t is None else risk_at_t, float)
     r_t = np.repeat(r_t[:, None], len(hs), 1) if r_t.ndim == 1 else r_t
     if r_t.shape != (len(time), len(hs)):
-        raise ValueError(f"risk_at_t must be [N] or [N, {len(hs)}] (N = {len(time)} subjects, one "
-                         f"column per horizon); got shape {np.shape(risk_at_t)}")
+        raise ValueError(
+            f"risk_at_t must be [N] or [N, {len(hs)}] (N = {len(time)} subjects, one "
+            f"column per horizon); got shape {np.shape(risk_at_t)}"
+        )
     kw = dict(n_boot=n_boot, seed=seed, alpha=alpha)
 
     def c_index(t, e, r):
@@ -394,16 +435,21 @@ def time_to_event_metrics(time, event, risk, cause: int = 1, horizons: Sequence[
 
     out = {"c_index": bootstrap_ci(c_index, time, event, risk, **kw), "td_auroc": {}}
     for k, h in enumerate(hs):
+
         def td_auroc(t, e, r, h=h):
             return time_dependent_auroc(t, e, r, h, cause)
+
         try:
             out["td_auroc"][float(h)] = bootstrap_ci(td_auroc, time, event, r_t[:, k], **kw)
         except MetricUndefinedError as err:  # a horizon the data cannot support stays in the report
             warnings.warn(str(err), stacklevel=2)
             out["td_auroc"][float(h)] = Estimate(float("nan"), float("nan"), float("nan"))
-    out.update(n=len(time), n_events=int((event == cause).sum()),
-               n_competing=int(((event > 0) & (event != cause)).sum()),
-               n_censored=int((event == 0).sum()))
+    out.update(
+        n=len(time),
+        n_events=int((event == cause).sum()),
+        n_competing=int(((event > 0) & (event != cause)).sum()),
+        n_censored=int((event == 0).sum()),
+    )
     return out
 
 
@@ -440,8 +486,10 @@ def _quantile_bins(prob: np.ndarray, n_bins: int) -> list[np.ndarray]:
 
 def _probabilities(name: str, p: np.ndarray) -> np.ndarray:
     if (p < 0).any() or (p > 1).any():
-        raise ValueError(f"{name} must be probabilities in [0, 1]; got range "
-                         f"[{p.min():.3g}, {p.max():.3g}] (apply a sigmoid to logits first)")
+        raise ValueError(
+            f"{name} must be probabilities in [0, 1]; got range "
+            f"[{p.min():.3g}, {p.max():.3g}] (apply a sigmoid to logits first)"
+        )
     return p
 
 
@@ -462,8 +510,9 @@ def _logistic_fit(y: np.ndarray, x: np.ndarray, fit_slope: bool) -> np.ndarray:
         beta += step
         if np.abs(step).max() < 1e-9:
             return beta
-    raise MetricUndefinedError("logistic recalibration did not converge (the predictions "
-                               "separate the classes perfectly)")
+    raise MetricUndefinedError(
+        "logistic recalibration did not converge (the predictions separate the classes perfectly)"
+    )
 
 
 def calibration_bins(y, prob, n_bins: int = 10, alpha: float = 0.05) -> CalibrationBins:
@@ -490,14 +539,20 @@ def calibration_bins(y, prob, n_bins: int = 10, alpha: float = 0.05) -> Calibrat
     except MetricUndefinedError as err:
         warnings.warn(f"calibration slope and intercept set to NaN: {err}", stacklevel=2)
         slope = intercept = float("nan")
-    return CalibrationBins(predicted, observed, count, lo, hi,
-                           ece=float(np.sum(count * np.abs(observed - predicted)) / len(y)),
-                           brier=float(np.mean((prob - y) ** 2)),
-                           slope=float(slope), intercept=float(intercept))
+    return CalibrationBins(
+        predicted,
+        observed,
+        count,
+        lo,
+        hi,
+        ece=float(np.sum(count * np.abs(observed - predicted)) / len(y)),
+        brier=float(np.mean((prob - y) ** 2)),
+        slope=float(slope),
+        intercept=float(intercept),
+    )
 
 
-def survival_calibration_bins(time, event, pred, horizon: float, cause: int = 1,
-                              n_bins: int = 10) -> CalibrationBins:
+def survival_calibration_bins(time, event, pred, horizon: float, cause: int = 1, n_bins: int = 10) -> CalibrationBins:
     """Calibration at ``horizon`` (days): predicted cumulative incidence of ``cause`` by then
     (``pred`` [N]) vs the Aalen-Johansen estimate in each quantile bin of ``pred``; ECE weighted
     by bin size; IPCW Brier score (subjects censored before ``horizon`` weigh 0)."""
@@ -509,10 +564,18 @@ def survival_calibration_bins(time, event, pred, horizon: float, cause: int = 1,
     observed = np.array([cumulative_incidence(time[b], event[b], cause, [horizon])[0] for b in bins])
     case, _, _, w = _ipcw(time, event, horizon, cause)
     nan = np.full(len(bins), np.nan)
-    return CalibrationBins(predicted, observed, count, nan, nan.copy(),
-                           ece=float(np.sum(count * np.abs(observed - predicted)) / len(time)),
-                           brier=float(np.mean(w * (case - pred) ** 2)),
-                           slope=float("nan"), intercept=float("nan"), horizon_days=float(horizon))
+    return CalibrationBins(
+        predicted,
+        observed,
+        count,
+        nan,
+        nan.copy(),
+        ece=float(np.sum(count * np.abs(observed - predicted)) / len(time)),
+        brier=float(np.mean(w * (case - pred) ** 2)),
+        slope=float("nan"),
+        intercept=float("nan"),
+        horizon_days=float(horizon),
+    )
 
 
 def status_at(time: np.ndarray, event: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:

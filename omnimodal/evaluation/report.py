@@ -39,16 +39,21 @@ def compute_metrics(kind: str, p: Predictions, horizon: float, n_boot: int, seed
         return {"regression": M.regression_metrics(p.target["y"], p.risk, n_boot=n_boot, seed=seed)}
     if kind == "classification":
         y = p.target["y"]
-        return {"binary": M.binary_metrics(y, p.risk, n_boot=n_boot, seed=seed),
-                "calibration": M.calibration_bins(y, p.risk, n_bins=5)}
+        return {
+            "binary": M.binary_metrics(y, p.risk, n_boot=n_boot, seed=seed),
+            "calibration": M.calibration_bins(y, p.risk, n_bins=5),
+        }
     time, event = p.target["time"], p.target["event"].astype(int)
     horizons = [horizon / 2, horizon]
     assert p.cif is not None
     bins = p.cif.shape[1]
     at = [p.cif[:, max(int(round(bins * h / horizon)) - 1, 0)] for h in horizons]
-    out = {"survival": M.time_to_event_metrics(time, event, p.risk, cause=1, horizons=horizons,
-                                               risk_at_t=np.stack(at, 1), n_boot=n_boot, seed=seed),
-           "calibration": M.survival_calibration_bins(time, event, np.clip(p.risk, 0, 1), horizon, cause=1, n_bins=5)}
+    out = {
+        "survival": M.time_to_event_metrics(
+            time, event, p.risk, cause=1, horizons=horizons, risk_at_t=np.stack(at, 1), n_boot=n_boot, seed=seed
+        ),
+        "calibration": M.survival_calibration_bins(time, event, np.clip(p.risk, 0, 1), horizon, cause=1, n_bins=5),
+    }
     known, y = status_at(time, event, horizon)
     if known.sum() and 0 < y[known].sum() < known.sum():
         out["binary"] = M.binary_metrics(y[known], p.risk[known], n_boot=n_boot, seed=seed)
@@ -74,13 +79,24 @@ class ModelReport:
     landmark_days: float
 
 
-def evaluate(task: FinetuneTask, name: str, root: str | Path, split: str = "test", *, n_boot: int = 1000,
-             ablation: bool = True, landmark_days: float | None = None, seed: int = 0) -> ModelReport:
+def evaluate(
+    task: FinetuneTask,
+    name: str,
+    root: str | Path,
+    split: str = "test",
+    *,
+    n_boot: int = 1000,
+    ablation: bool = True,
+    landmark_days: float | None = None,
+    seed: int = 0,
+) -> ModelReport:
     lm = task.landmark if landmark_days is None else dataclasses.replace(task.landmark, eval_days=landmark_days)
     items, excluded = landmark_items(task, root, split, lm)
     if not items:
-        raise ReleaseError(f"{root} split {split!r}: nobody is at risk at the landmark ({excluded}); "
-                           "choose another split or landmark (--landmark-days)")
+        raise ReleaseError(
+            f"{root} split {split!r}: nobody is at risk at the landmark ({excluded}); "
+            "choose another split or landmark (--landmark-days)"
+        )
     kind, horizon = task.head_cfg.kind, task.head_cfg.horizon_days
     preds = predict(task, items)
     mets = compute_metrics(kind, preds, horizon, n_boot, seed)
@@ -143,14 +159,21 @@ def write_report(reports: list[ModelReport], out: str | Path, split: str) -> Pat
     kind = reports[0].kind
     rows = [_row(r, display=True) for r in reports]
     columns = [c for c in rows[0] if any(c in r for r in rows)]
-    lines = [f"# Evaluation ({split} split)", "",
-             f"Landmark: {reports[0].landmark_days:g} days after each person's first event; head: {kind}. "
-             "Intervals: 95% percentile bootstrap over people.", ""]
+    lines = [
+        f"# Evaluation ({split} split)",
+        "",
+        f"Landmark: {reports[0].landmark_days:g} days after each person's first event; head: {kind}. "
+        "Intervals: 95% percentile bootstrap over people.",
+        "",
+    ]
     if any(isinstance(v, str) and v.startswith("n/e") for row in rows for v in row.values()):
-        lines += [f"**Some figures are not estimable (n/e)**: a metric needs at least {MIN_EVENTS} events (survival), "
-                  f"or {MIN_EVENTS} positives and {MIN_EVENTS} negatives (AUROC, AUPRC), or {MIN_EVENTS} people "
-                  "(R², r); with fewer, its value and interval describe a handful of people. The numbers are "
-                  "in metrics.json (`not_estimable` lists them). Evaluate on a larger split or cohort.", ""]
+        lines += [
+            f"**Some figures are not estimable (n/e)**: a metric needs at least {MIN_EVENTS} events (survival), "
+            f"or {MIN_EVENTS} positives and {MIN_EVENTS} negatives (AUROC, AUPRC), or {MIN_EVENTS} people "
+            "(R², r); with fewer, its value and interval describe a handful of people. The numbers are "
+            "in metrics.json (`not_estimable` lists them). Evaluate on a larger split or cohort.",
+            "",
+        ]
     lines += [P.markdown_table(rows, columns), ""]
     for r in reports:
         if r.excluded:
@@ -166,20 +189,37 @@ def write_report(reports: list[ModelReport], out: str | Path, split: str) -> Pat
         images.append(P.plot_roc(curves, out / "roc.png", f"ROC: {what} ({split} split)"))
     cal = {r.name: r.metrics["calibration"] for r in reports if "calibration" in r.metrics}
     if cal:
-        label = (f"cumulative incidence at {reports[0].metrics['calibration'].horizon_days:g} days"
-                 if kind == "survival" else "predicted probability")
+        label = (
+            f"cumulative incidence at {reports[0].metrics['calibration'].horizon_days:g} days"
+            if kind == "survival"
+            else "predicted probability"
+        )
         images.append(P.plot_calibration(cal, out / "calibration.png", f"Calibration: {label} ({split} split)"))
     main = reports[0]
     name = MAIN_METRIC[kind]
     if main.ablation:
         full = main_metric(kind, main.metrics)
         full_shown = _row(main, display=True).get(name, full)
-        images.append(P.plot_ablation(full, {m: tuple(e) for m, e in main.ablation.items()}, name,
-                                      out / "ablation.png", f"{main.name}: {name} with each modality withheld ({split})"))
-        lines += ["", f"## Modality ablation ({main.name})", "",
-                  P.markdown_table([{"withheld": "none", name: full_shown}] +
-                                   [{"withheld": m, name: e if full_shown is full else full_shown}
-                                    for m, e in main.ablation.items()], ["withheld", name]), ""]
+        images.append(
+            P.plot_ablation(
+                full,
+                {m: tuple(e) for m, e in main.ablation.items()},
+                name,
+                out / "ablation.png",
+                f"{main.name}: {name} with each modality withheld ({split})",
+            )
+        )
+        lines += [
+            "",
+            f"## Modality ablation ({main.name})",
+            "",
+            P.markdown_table(
+                [{"withheld": "none", name: full_shown}]
+                + [{"withheld": m, name: e if full_shown is full else full_shown} for m, e in main.ablation.items()],
+                ["withheld", name],
+            ),
+            "",
+        ]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "metrics.json").write_text(json.dumps(_jsonable([_row(r) for r in reports]), indent=1))

@@ -27,8 +27,9 @@ import os
 import pickle
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -73,7 +74,8 @@ def refusal(path: str | Path, name: str) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
         f"{path}: refused: it holds the Python global `{name}`, which no omnimodal checkpoint contains; reading it "
         "could run code stored in the file, so nothing in it was read. Use checkpoints written by omnimodal-train "
-        "or omnimodal-finetune; a model trained elsewhere enters as plain tensors (torch.save(model.state_dict())).")
+        "or omnimodal-finetune; a model trained elsewhere enters as plain tensors (torch.save(model.state_dict()))."
+    )
 
 
 def _resolve(name: str) -> Any:
@@ -133,8 +135,10 @@ def load(path: str | Path, *, mmap: bool = True, what: str = "checkpoint") -> An
             raise refusal(path, m.group(1)) from None
         raise CheckpointError(f"{path}: not a readable {what} ({_first_line(err)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable {what}: damaged or cut short ({_first_line(err)}); "
-                              "use an earlier checkpoint of the run") from None
+        raise CheckpointError(
+            f"{path}: not a readable {what}: damaged or cut short ({_first_line(err)}); "
+            "use an earlier checkpoint of the run"
+        ) from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -154,7 +158,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         full = f"{module}.{name}"
         if full in _ALLOWED:
             return _resolve(full)
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
+        if module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+        ):
             return getattr(torch, name)
         raise refusal(self.where, full)
 
@@ -248,8 +254,10 @@ def checkpoint_kind(path: str | Path) -> str:
         return "dcp"
     if not p.exists():
         raise FileNotFoundError(f"no checkpoint at {p}")
-    raise ValueError(f"{p} is a folder but neither a DeepSpeed ZeRO checkpoint (no 'latest' file) nor a torch "
-                     f"distributed checkpoint (no '.metadata'); pass the checkpoint itself, e.g. checkpoints/last.ckpt")
+    raise ValueError(
+        f"{p} is a folder but neither a DeepSpeed ZeRO checkpoint (no 'latest' file) nor a torch "
+        f"distributed checkpoint (no '.metadata'); pass the checkpoint itself, e.g. checkpoints/last.ckpt"
+    )
 
 
 def _deepspeed_states_file(path: Path) -> Path:
@@ -291,8 +299,8 @@ def check_resume(path: str | Path, world_size: int) -> None:
         f"Each process's place in the data (and a DeepSpeed ZeRO optimizer partition) belongs to that number. "
         f"Either resume with {n} processes (trainer.devices x trainer.num_nodes = {n}), or continue training "
         f"from its weights with a fresh optimizer: `omnimodal-consolidate {path} weights.ckpt`, then "
-        f"`omnimodal-train ... resume=null init_from=weights.ckpt`.")
-
+        f"`omnimodal-train ... resume=null init_from=weights.ckpt`."
+    )
 
 
 def newest_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[str]]:
@@ -323,5 +331,20 @@ def newest_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[str]]:
     return None, notes
 
 
-__all__ = ["ALLOWED", "WORLD_SIZE_KEY", "CheckpointError", "UnsafeCheckpointError", "newest_checkpoint", "RestrictedUnpickler", "check_resume", "checkpoint_kind",
-           "checkpoint_meta", "load", "no_code_from_checkpoints", "pickles_in", "restricted_load", "verify", "written_by"]
+__all__ = [
+    "ALLOWED",
+    "WORLD_SIZE_KEY",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "newest_checkpoint",
+    "RestrictedUnpickler",
+    "check_resume",
+    "checkpoint_kind",
+    "checkpoint_meta",
+    "load",
+    "no_code_from_checkpoints",
+    "pickles_in",
+    "restricted_load",
+    "verify",
+    "written_by",
+]

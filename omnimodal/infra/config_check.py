@@ -13,8 +13,8 @@ import dataclasses
 import inspect
 import types
 import typing
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Literal, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -28,8 +28,11 @@ def _hints(target: type | Callable[..., Any]) -> dict[str, Any]:
     try:
         hints = typing.get_type_hints(fn)
     except (NameError, TypeError):  # a hint that names what its module imports only for type checking
-        hints = {k: p.annotation for k, p in inspect.signature(fn).parameters.items()
-                 if p.annotation is not inspect.Parameter.empty and not isinstance(p.annotation, str)}
+        hints = {
+            k: p.annotation
+            for k, p in inspect.signature(fn).parameters.items()
+            if p.annotation is not inspect.Parameter.empty and not isinstance(p.annotation, str)
+        }
     hints.pop("return", None)
     return hints
 
@@ -78,8 +81,14 @@ def _describe(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def check_section(values: Mapping[str, Any] | DictConfig | None, target: type | Callable[..., Any], prefix: str,
-                  *, extra: Sequence[str] = (), closed: bool = True) -> None:
+def check_section(
+    values: Mapping[str, Any] | DictConfig | None,
+    target: type | Callable[..., Any],
+    prefix: str,
+    *,
+    extra: Sequence[str] = (),
+    closed: bool = True,
+) -> None:
     """Each value of ``values`` against ``target``'s type hint for it; ``extra`` keys are someone else's;
     ``closed``: a key ``target`` does not take is an error too (with the ones it takes)."""
     if values is None:

@@ -20,7 +20,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for name in list_encoders():
         modality, _, variant = name.partition("/")
-        cs.store(group=f"model/encoder/{modality}", name=variant, node={"name": name, "kwargs": {}},
-                 provider="omnimodal")
+        cs.store(
+            group=f"model/encoder/{modality}", name=variant, node={"name": name, "kwargs": {}}, provider="omnimodal"
+        )
     defaults = [{f"encoder/{m}": d.default_encoder.partition("/")[2]} for m, d in registry().items()]
     cs.store(group="model", name="encoders", node={"defaults": defaults}, provider="omnimodal")

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -72,8 +73,11 @@ def clean_partial(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    gone = [p for p in folder.iterdir() if (p.name.startswith(".") and f"{PARTIAL}-" in p.name)
-            or p.name.endswith((PARTIAL, ".old"))]
+    gone = [
+        p
+        for p in folder.iterdir()
+        if (p.name.startswith(".") and f"{PARTIAL}-" in p.name) or p.name.endswith((PARTIAL, ".old"))
+    ]
     for p in gone:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return gone

@@ -43,8 +43,10 @@ def requeue() -> bool:
     except (OSError, subprocess.TimeoutExpired) as e:
         why = str(e)
     if why:
-        log.warning(f"`scontrol requeue {job}` failed ({why}): resubmit the job with the same run folder to "
-                    f"resume (sbatch --requeue, and JobRequeue=1 in slurm.conf, allow requeueing)")
+        log.warning(
+            f"`scontrol requeue {job}` failed ({why}): resubmit the job with the same run folder to "
+            f"resume (sbatch --requeue, and JobRequeue=1 in slurm.conf, allow requeueing)"
+        )
     return not why
 
 
@@ -78,8 +80,10 @@ class RequeueAtStepEnd(L.Callback):
         self._signum = int(env.requeue_signal)
         self.signalled = self._saved = False
         self._previous = signal.signal(self._signum, self._record)
-        rank_zero_info(f"SLURM requeue: on signal {signal.Signals(self._signum).name} this run checkpoints at the "
-                       f"end of the step, requeues and exits; the requeued job resumes from that checkpoint")
+        rank_zero_info(
+            f"SLURM requeue: on signal {signal.Signals(self._signum).name} this run checkpoints at the "
+            f"end of the step, requeues and exits; the requeued job resumes from that checkpoint"
+        )
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         self.signalled = True

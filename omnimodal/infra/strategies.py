@@ -42,8 +42,9 @@ class FSDP2Strategy(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        return atomic_folder_save(self, filepath, lambda p: super(FSDP2Strategy, self).save_checkpoint(
-            checkpoint, p, storage_options))
+        return atomic_folder_save(
+            self, filepath, lambda p: super(FSDP2Strategy, self).save_checkpoint(checkpoint, p, storage_options)
+        )
 
 
 class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
@@ -75,10 +76,12 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
         if not hasattr(engine, "coalesce_grad_reduction"):  # DeepSpeed before PR 7992 (2026-05)
             import deepspeed  # noqa: PLC0415 - DeepSpeed only when configured
 
-            rank_zero_warn(f"deepspeed {deepspeed.__version__} has no "
-                           "DeepSpeedEngine.coalesce_grad_reduction: ZeRO reduces gradients in the order the backward "
-                           "produces them, which is only right while every process's backward has the same shape; "
-                           "install the deepspeed of constraints.txt")
+            rank_zero_warn(
+                f"deepspeed {deepspeed.__version__} has no "
+                "DeepSpeedEngine.coalesce_grad_reduction: ZeRO reduces gradients in the order the backward "
+                "produces them, which is only right while every process's backward has the same shape; "
+                "install the deepspeed of constraints.txt"
+            )
             return super().backward(closure_loss, optimizer, *args, **kwargs)
         if self._window is None:
             self._window = engine.coalesce_grad_reduction()
@@ -103,9 +106,10 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
             window.__exit__(None, None, None)  # the one reduction of the step
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        """A ZeRO checkpoint folder, written whole or not at all (:func:`~omnimodal.infra.saving.atomic_folder_save`)."""
-        return atomic_folder_save(self, filepath, lambda p: super(DeepSpeedStrategy, self).save_checkpoint(
-            checkpoint, p, storage_options))
+        """A ZeRO checkpoint folder, written whole or not at all (:func:`.saving.atomic_folder_save`)."""
+        return atomic_folder_save(
+            self, filepath, lambda p: super(DeepSpeedStrategy, self).save_checkpoint(checkpoint, p, storage_options)
+        )
 
     def teardown(self) -> None:
         # a run that stops inside a window (max_steps between micro-steps) leaves DeepSpeed's flags as they were

@@ -14,5 +14,10 @@ def make_trainer(cfg: DictConfig) -> L.Trainer:
     ``callbacks`` groups, writing under ``run_dir`` (shared by omnimodal-train and omnimodal-finetune)."""
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                   default_root_dir=cfg.run_dir, plugins=[AtomicCheckpointIO()])
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=cfg.run_dir,
+        plugins=[AtomicCheckpointIO()],
+    )

@@ -110,8 +110,9 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(R, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if isinstance(mask, Tensor):
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         else:
             y = _flex_attention()(q, k, v, block_mask=mask)
         return self.out(y.transpose(1, 2).reshape(R, L, d))

@@ -24,7 +24,16 @@ DAYS_PER_YEAR = 365.25
 #: (a stored model config without ``embedding_rows``): one row per modality of the framework then, whatever
 #: encoders the model had. A historical fact about old files, not a list of modalities to extend.
 LEGACY_EMBEDDING_ROWS: tuple[str, ...] = (
-    "mri", "ecg", "voice", "breath", "gait", "face", "wearable", "omics", "clinical")
+    "mri",
+    "ecg",
+    "voice",
+    "breath",
+    "gait",
+    "face",
+    "wearable",
+    "omics",
+    "clinical",
+)
 
 
 @dataclass
@@ -59,17 +68,17 @@ def with_embedding_rows(d: dict[str, Any]) -> dict[str, Any]:
 class Instances:
     """Per-instance tables of a batch, instances ordered modality by modality (the model's encoder order)."""
 
-    modality: Tensor   # [I] row of the modality embedding (ModelConfig.rows())
-    subject: Tensor    # [I]
-    event: Tensor      # [I]
+    modality: Tensor  # [I] row of the modality embedding (ModelConfig.rows())
+    subject: Tensor  # [I]
+    event: Tensor  # [I]
     time_days: Tensor  # [I]
     slices: dict[str, slice]  # modality -> its rows in [I]
 
 
 @dataclass
 class ModelOutput:
-    encoded: dict[str, Tensor]   # modality -> encoder tokens [N_m, k, d]
-    context: dict[str, Tensor]   # modality -> backbone tokens [N_m, k, d]
+    encoded: dict[str, Tensor]  # modality -> encoder tokens [N_m, k, d]
+    context: dict[str, Tensor]  # modality -> backbone tokens [N_m, k, d]
     instances: Instances
     packed: Packed
 
@@ -149,8 +158,10 @@ class OmniModel(nn.Module):
         an encoder's weights when it runs, and processes must gather the same weights in the same order."""
         for m in batch.modalities:
             if m not in self.encoders:
-                raise ValueError(f"batch has modality {m!r} but the model has no encoder for it; "
-                                 f"add model.encoders.{m} or drop the modality from the data")
+                raise ValueError(
+                    f"batch has modality {m!r} but the model has no encoder for it; "
+                    f"add model.encoders.{m} or drop the modality from the data"
+                )
         device = next(iter(batch.modalities.values())).data.device
         out, zero = {}, torch.zeros((), device=device)
         for m in self.order:
@@ -196,7 +207,7 @@ class OmniModel(nn.Module):
         context, start = {}, 0
         for m in order:
             n, k, d = encoded[m].shape
-            context[m] = h[start:start + n * k].view(n, k, d)
+            context[m] = h[start : start + n * k].view(n, k, d)
             start += n * k
         inst = Instances(torch.cat(inst_mod), torch.cat(inst_subj), torch.cat(inst_ev), torch.cat(inst_tm), slices)
         return ModelOutput(encoded, context, inst, packed)
@@ -215,7 +226,9 @@ def subject_embedding(out: ModelOutput, num_subjects: int) -> Tensor:
     last = torch.full((num_subjects,), -1, dtype=torch.long, device=pooled.device)
     last = last.scatter_reduce(0, inst.subject, inst.event, reduce="amax")
     sel = (inst.event == last[inst.subject]).float()
-    s = torch.zeros(num_subjects, pooled.shape[1], device=pooled.device).index_add_(0, inst.subject, pooled * sel[:, None])
+    s = torch.zeros(num_subjects, pooled.shape[1], device=pooled.device).index_add_(
+        0, inst.subject, pooled * sel[:, None]
+    )
     c = torch.zeros(num_subjects, device=pooled.device).index_add_(0, inst.subject, sel)
     return s / c.clamp(min=1)[:, None]
 

@@ -22,11 +22,11 @@ class Packed:
     rows, so ``h[row, col]`` gathers outputs back to instances.
     """
 
-    doc: Tensor        # [R, L] long, subject index in the batch, -1 = padding
-    event: Tensor      # [R, L] long, event index within the subject's timeline (-1 = padding)
-    time: Tensor       # [R, L] float, days since the subject's first event (rotary position)
-    row: Tensor        # [T] long
-    col: Tensor        # [T] long
+    doc: Tensor  # [R, L] long, subject index in the batch, -1 = padding
+    event: Tensor  # [R, L] long, event index within the subject's timeline (-1 = padding)
+    time: Tensor  # [R, L] float, days since the subject's first event (rotary position)
+    row: Tensor  # [T] long
+    col: Tensor  # [T] long
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -47,8 +47,15 @@ class Packed:
         return rows[self.row, self.col]
 
 
-def pack(subject: Tensor, event: Tensor, time: Tensor, num_subjects: int, row_len: int | None = None,
-         pad_to: int = 8, packed: bool = True) -> Packed:
+def pack(
+    subject: Tensor,
+    event: Tensor,
+    time: Tensor,
+    num_subjects: int,
+    row_len: int | None = None,
+    pad_to: int = 8,
+    packed: bool = True,
+) -> Packed:
     """Lay out tokens given per token (in instance order): ``subject``, ``event``, ``time`` ``[T]``.
 
     ``row_len`` caps the row length (None: the longest subject). Rows are as few as the cap allows and
@@ -79,8 +86,9 @@ def _round_up(n: int, k: int) -> int:
     return -(-max(n, 1) // k) * k
 
 
-def _assign_rows(counts: list[int], cap: int | None, packed: bool, pad_to: int
-                 ) -> tuple[list[int], list[int], int, int]:
+def _assign_rows(
+    counts: list[int], cap: int | None, packed: bool, pad_to: int
+) -> tuple[list[int], list[int], int, int]:
     """Subjects -> (row, offset), number of rows and row length. A loop over the B subjects, not tokens.
 
     Packed: the fewest rows of at most ``cap`` tokens, filled longest subject first into the emptiest

@@ -71,8 +71,10 @@ def consolidate(path: str | Path, out: str | Path | None = None) -> dict[str, An
     except RuntimeError as exc:
         raise ValueError(f"{p}: its weights do not fit the model its hyper_parameters describe: {exc}") from exc
     result = {
-        "state_dict": {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-                       for k, v in task.state_dict().items()},
+        "state_dict": {
+            k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in task.state_dict().items()
+        },
         "hyper_parameters": hparams,
         "epoch": int(meta.get("epoch", 0)),
         "global_step": int(meta.get("global_step", 0)),
@@ -95,5 +97,7 @@ def load_weights(task: PretrainTask, path: str | Path) -> None:
     try:
         task.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"config key init_from: {p} does not fit this model ({exc}); use a checkpoint of the "
-                         f"same model config (model.*, objective.*)") from exc
+        raise ValueError(
+            f"config key init_from: {p} does not fit this model ({exc}); use a checkpoint of the "
+            f"same model config (model.*, objective.*)"
+        ) from exc

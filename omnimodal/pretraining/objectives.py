@@ -26,8 +26,9 @@ from datamodules.schema import OmniBatch
 from ..model.omni import ModelOutput, OmniModel
 
 
-def info_nce(pred: Tensor, target: Tensor, positives: Tensor | None = None, temperature: float = 0.1,
-             exclude_self: bool = False) -> Tensor:
+def info_nce(
+    pred: Tensor, target: Tensor, positives: Tensor | None = None, temperature: float = 0.1, exclude_self: bool = False
+) -> Tensor:
     """Mean InfoNCE of ``pred [n, d]`` against ``target [m, d]``; ``positives [n, m]`` bool (default: the
     diagonal). Rows without a positive are left out; ``exclude_self`` drops the diagonal from the
     candidates (for ``pred is target``)."""
@@ -66,7 +67,9 @@ class Objectives(nn.Module):
         self.align_proj = nn.Linear(d_model, cfg.proj_dim)
         self.forecast_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model + 1))
 
-    def forward(self, model: OmniModel, batch: OmniBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, model: OmniModel, batch: OmniBatch, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         hold = self.choose_held_out(batch, generator) if self.cfg.masked_weight > 0 else None
         out = model(batch, hold_out=hold)
         losses: dict[str, Tensor] = {}
@@ -76,8 +79,11 @@ class Objectives(nn.Module):
             losses["contrastive"] = self.contrastive(out)
         if self.cfg.forecast_weight > 0:
             losses["forecast"] = self.forecast(out, len(batch))
-        w = {"masked": self.cfg.masked_weight, "contrastive": self.cfg.contrastive_weight,
-             "forecast": self.cfg.forecast_weight}
+        w = {
+            "masked": self.cfg.masked_weight,
+            "contrastive": self.cfg.contrastive_weight,
+            "forecast": self.cfg.forecast_weight,
+        }
         losses["loss"] = sum(w[k] * v for k, v in losses.items())
         return losses
 
@@ -97,7 +103,9 @@ class Objectives(nn.Module):
         # still use (DDP) and gather (FSDP, ZeRO-3) the same weights in the same order
         held = [m for m, h in (hold or {}).items() if h.any()]
         ctx = [out.context[m][hold[m]].flatten(0, 1) for m in held]
-        targets = [F.layer_norm(out.encoded[m][hold[m]], out.encoded[m].shape[-1:]).detach().flatten(0, 1) for m in held]
+        targets = [
+            F.layer_norm(out.encoded[m][hold[m]], out.encoded[m].shape[-1:]).detach().flatten(0, 1) for m in held
+        ]
         d = self.masked_head[0].in_features
         pred = self.masked_head(torch.cat(ctx) if ctx else _zero(out).expand(0, d))
         if not held:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,8 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.datamodule import OmniDataModule
 from datamodules.builtin_cohort import demo_shards
+from datamodules.datamodule import OmniDataModule
 from datamodules.modalities import registry
 from datamodules.schema import DataError, specs_from_json
 from datamodules.shards.format import load_index
@@ -58,18 +58,28 @@ def model_dict(cfg: DictConfig, index: dict[str, Any]) -> dict[str, Any]:
         if m not in declared:
             raise ValueError(f"config key model.modalities: unknown modality {m!r}; use some of {list(declared)}")
         if m not in specs:
-            raise ValueError(f"config key model.modalities: the shards have no {m!r} (they hold {sorted(specs)}); "
-                             "rebuild them with omnimodal-shard or drop the modality")
+            raise ValueError(
+                f"config key model.modalities: the shards have no {m!r} (they hold {sorted(specs)}); "
+                "rebuild them with omnimodal-shard or drop the modality"
+            )
         e = enc_cfg.get(m) or {"name": declared[m].default_encoder, "kwargs": {}}
         kwargs = {**specs[m].encoder_layout(vocab_size=len(index["clinical_codes"]) + 1), **(e.get("kwargs") or {})}
         encoders[m] = {"name": e["name"], "kwargs": kwargs}
     b = cfg.model.backbone
     if b.size not in SIZES:
         raise ValueError(f"config key model.backbone.size: unknown size {b.size!r}; use one of {list(SIZES)}")
-    backbone = {**SIZES[b.size], "dropout": b.dropout, "activation_checkpointing": b.activation_checkpointing,
-                "attention": b.attention}
-    return {"backbone": backbone, "encoders": encoders, "row_len": cfg.model.get("row_len"),
-            "embedding_rows": list(encoders)}
+    backbone = {
+        **SIZES[b.size],
+        "dropout": b.dropout,
+        "activation_checkpointing": b.activation_checkpointing,
+        "attention": b.attention,
+    }
+    return {
+        "backbone": backbone,
+        "encoders": encoders,
+        "row_len": cfg.model.get("row_len"),
+        "embedding_rows": list(encoders),
+    }
 
 
 @dataclass
@@ -102,17 +112,32 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
     index = load_index(root)
     d = cfg.data
     modalities = list(cfg.model.get("modalities") or []) or None
-    dm = OmniDataModule(root, batch_size=d.batch_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
-                        seed=int(cfg.seed), max_events=d.max_events, max_tokens=d.get("max_tokens"),
-                        on_error=d.on_error, modalities=modalities)
-    task = PretrainTask(model_dict(cfg, index), OmegaConf.to_container(cfg.objective, resolve=True),
-                        OmegaConf.to_container(cfg.optim, resolve=True), seed=int(cfg.seed),
-                        compile=bool(cfg.model.backbone.get("compile", False)),
-                        preprocessing={"specs": index["specs"], "clinical_codes": index["clinical_codes"]})
+    dm = OmniDataModule(
+        root,
+        batch_size=d.batch_size,
+        num_workers=d.num_workers,
+        shuffle_buffer=d.shuffle_buffer,
+        seed=int(cfg.seed),
+        max_events=d.max_events,
+        max_tokens=d.get("max_tokens"),
+        on_error=d.on_error,
+        modalities=modalities,
+    )
+    task = PretrainTask(
+        model_dict(cfg, index),
+        OmegaConf.to_container(cfg.objective, resolve=True),
+        OmegaConf.to_container(cfg.optim, resolve=True),
+        seed=int(cfg.seed),
+        compile=bool(cfg.model.backbone.get("compile", False)),
+        preprocessing={"specs": index["specs"], "clinical_codes": index["clinical_codes"]},
+    )
     if dm.dataset("train").num_samples == 0:
-        raise DataError(f"the train split holds no sample (index.json: {_split_counts(index)})",
-                        where=f"data.root={root}", hint="rebuild the shards with people in the train split "
-                        "(the subjects table's split column, or none for the default 80/10/10)")
+        raise DataError(
+            f"the train split holds no sample (index.json: {_split_counts(index)})",
+            where=f"data.root={root}",
+            hint="rebuild the shards with people in the train split "
+            "(the subjects table's split column, or none for the default 80/10/10)",
+        )
     trainer = make_trainer(cfg)
     return task, dm, trainer
 
@@ -160,14 +185,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
     with checkpoints.no_code_from_checkpoints() if ckpt else contextlib.nullcontext():
         trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
     if trainer.global_step == start and not ckpt:
-        raise ConfigError(f"training ran 0 steps (trainer.max_steps={cfg.trainer.max_steps}, trainer.max_epochs="
-                          f"{cfg.trainer.max_epochs}, trainer.limit_train_batches={cfg.trainer.limit_train_batches}); "
-                          "give the run at least one step")
+        raise ConfigError(
+            f"training ran 0 steps (trainer.max_steps={cfg.trainer.max_steps}, trainer.max_epochs="
+            f"{cfg.trainer.max_epochs}, trainer.limit_train_batches={cfg.trainer.limit_train_batches}); "
+            "give the run at least one step"
+        )
     if trainer.global_step == start:
-        print(f"nothing to train: {ckpt} is at step {start}, where this run ends (raise trainer.max_steps or "
-              "trainer.max_epochs to go on)")
+        print(
+            f"nothing to train: {ckpt} is at step {start}, where this run ends (raise trainer.max_steps or "
+            "trainer.max_epochs to go on)"
+        )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    print(f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "
-          + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss")))
+    print(
+        f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "
+        + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss"))
+    )
     print(f"run folder: {cfg.run_dir} (checkpoints/, logs/version_*/metrics.csv, tb/)")
     return metrics

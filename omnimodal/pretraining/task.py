@@ -30,8 +30,15 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
 
 
 class PretrainTask(L.LightningModule):
-    def __init__(self, model: dict[str, Any], objective: dict[str, Any], optim: dict[str, Any], seed: int = 0,
-                 compile: bool = False, preprocessing: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: dict[str, Any],
+        objective: dict[str, Any],
+        optim: dict[str, Any],
+        seed: int = 0,
+        compile: bool = False,
+        preprocessing: dict[str, Any] | None = None,
+    ) -> None:
         """``preprocessing``: the shard index's ``specs`` and ``clinical_codes`` the model was trained on;
         kept in the checkpoint so ``omnimodal-export`` can ship it with the weights."""
         super().__init__()
@@ -47,8 +54,10 @@ class PretrainTask(L.LightningModule):
     def parameter_summary(self) -> str:
         c = count_parameters(self.model)
         heads = sum(p.numel() for p in self.objectives.parameters())
-        return (f"parameters: {c['total'] + heads:,} (encoders {c['encoders']:,}, backbone+embeddings "
-                f"{c['backbone_and_heads']:,}, objective heads {heads:,})")
+        return (
+            f"parameters: {c['total'] + heads:,} (encoders {c['encoders']:,}, backbone+embeddings "
+            f"{c['backbone_and_heads']:,}, objective heads {heads:,})"
+        )
 
     def _losses(self, batch: OmniBatch, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
         # masking randomness from (seed, step): a resumed run draws the same masks as an uninterrupted one
@@ -56,8 +65,15 @@ class PretrainTask(L.LightningModule):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 2 + (stage != "train"))
         losses = self.objectives(self.model, batch, gen)
         for k, v in losses.items():
-            self.log(f"{stage}/{k}", v.detach(), prog_bar=(k == "loss"), batch_size=len(batch),
-                     on_step=stage == "train", on_epoch=stage != "train", sync_dist=stage != "train")
+            self.log(
+                f"{stage}/{k}",
+                v.detach(),
+                prog_bar=(k == "loss"),
+                batch_size=len(batch),
+                on_step=stage == "train",
+                on_epoch=stage != "train",
+                sync_dist=stage != "train",
+            )
         return losses
 
     def training_step(self, batch: OmniBatch, batch_idx: int) -> torch.Tensor:
@@ -68,8 +84,9 @@ class PretrainTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # what a model card reports: the latest logged metrics (plain floats: loadable with weights_only)
-        checkpoint["omnimodal_metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
-                                           if getattr(v, "numel", lambda: 1)() == 1}
+        checkpoint["omnimodal_metrics"] = {
+            k: float(v) for k, v in self.trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+        }
         checkpoint[WORLD_SIZE_KEY] = self.trainer.world_size  # resuming with another number is refused
 
     def configure_model(self) -> None:
@@ -80,10 +97,14 @@ class PretrainTask(L.LightningModule):
         decay, no_decay = [], []
         for n, p in self.named_parameters():
             (decay if p.ndim >= 2 and "emb" not in n else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": self.optim_cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         return adamw_cosine(groups, self.optim_cfg, schedule_length(self.trainer), self.trainer.strategy)
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Any = None) -> None:
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
         if self.optim_cfg.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm")

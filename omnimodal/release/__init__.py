@@ -23,6 +23,20 @@ from .export import export, model_card, read_checkpoint
 from .folder import PREPROCESSING, Preprocessing, Release, check_release, load_release, read_release_json
 from .model import MODEL_TYPE, OmniConfig, OmniForTimelines, ReleaseError, check_config_json, check_weights_file
 
-__all__ = ["MODEL_TYPE", "PREPROCESSING", "OmniConfig", "OmniForTimelines", "Preprocessing", "Release", "ReleaseError",
-           "check_config_json", "check_release", "check_weights_file", "export", "load_release", "model_card",
-           "read_checkpoint", "read_release_json"]
+__all__ = [
+    "MODEL_TYPE",
+    "PREPROCESSING",
+    "OmniConfig",
+    "OmniForTimelines",
+    "Preprocessing",
+    "Release",
+    "ReleaseError",
+    "check_config_json",
+    "check_release",
+    "check_weights_file",
+    "export",
+    "load_release",
+    "model_card",
+    "read_checkpoint",
+    "read_release_json",
+]

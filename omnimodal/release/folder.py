@@ -26,12 +26,14 @@ class Preprocessing:
         return {"specs": {m: s.to_json() for m, s in self.specs.items()}, "clinical_codes": list(self.clinical_codes)}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], file: str = PREPROCESSING) -> "Preprocessing":
+    def from_json(cls, d: dict[str, Any], file: str = PREPROCESSING) -> Preprocessing:
         _check_plain(d, "preprocessing", file)
         unknown = sorted(set(d) - PREPROCESSING_KEYS) if isinstance(d, dict) else ["<not an object>"]
         if unknown:
-            raise ReleaseError(f"{file}: unknown top-level keys {unknown}; preprocessing.json holds only "
-                               f"{sorted(PREPROCESSING_KEYS)}. Remove them, or re-export the model.")
+            raise ReleaseError(
+                f"{file}: unknown top-level keys {unknown}; preprocessing.json holds only "
+                f"{sorted(PREPROCESSING_KEYS)}. Remove them, or re-export the model."
+            )
         try:
             return cls(specs_from_json(d["specs"]), list(d.get("clinical_codes") or []))
         except (KeyError, TypeError, ValueError) as err:
@@ -44,17 +46,25 @@ class Preprocessing:
         """The downstream data must be preprocessed exactly as the release expects, for each modality used."""
         for m in modalities:
             if m not in self.specs:
-                raise ReleaseError(f"{where}: modality {m!r} is not in the release (it has {sorted(self.specs)}); "
-                                   "drop it from finetune.modalities")
+                raise ReleaseError(
+                    f"{where}: modality {m!r} is not in the release (it has {sorted(self.specs)}); "
+                    "drop it from finetune.modalities"
+                )
             if m not in data_specs:
                 raise ReleaseError(f"{where}: the data has no {m!r} spec; rebuild the shards or drop {m!r}")
             mine, theirs = self.specs[m].to_json(), data_specs[m].to_json()
             if mine != theirs:
-                diff = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)}
+                diff = {
+                    k: (theirs.get(k), mine.get(k))
+                    for k in sorted(set(mine) | set(theirs))
+                    if mine.get(k) != theirs.get(k)
+                }
                 detail = "; ".join(f"{k}: data {a!r} vs release {b!r}" for k, (a, b) in diff.items())
-                raise ReleaseError(f"{where}: modality {m!r} was preprocessed differently from what the release "
-                                   f"expects ({detail}). Rebuild the shards with the release's specs (omnimodal-shard --config "
-                                   "<file with `specs:` copied from the release's preprocessing.json>) or drop the modality.")
+                raise ReleaseError(
+                    f"{where}: modality {m!r} was preprocessed differently from what the release "
+                    f"expects ({detail}). Rebuild the shards with the release's specs (omnimodal-shard --config "
+                    "<file with `specs:` copied from the release's preprocessing.json>) or drop the modality."
+                )
 
 
 @dataclass
@@ -67,8 +77,10 @@ class Release:
 def read_release_json(path: Path) -> dict[str, Any]:
     """One JSON file of a release folder; a missing or broken file is a :class:`ReleaseError` naming it."""
     if path.parent.is_file():
-        raise ReleaseError(f"{path.parent} is a file; a release is a folder written by omnimodal-export "
-                           "(a training checkpoint becomes one with `omnimodal-export CKPT OUT`)")
+        raise ReleaseError(
+            f"{path.parent} is a file; a release is a folder written by omnimodal-export "
+            "(a training checkpoint becomes one with `omnimodal-export CKPT OUT`)"
+        )
     if not path.is_file():
         raise ReleaseError(f"{path.parent}: no {path.name}; a release folder is written by omnimodal-export")
     try:

@@ -20,8 +20,8 @@ import time
 from unittest import mock
 
 import torch
-
 from common import RESULTS, build_task, cohort, load_batches, model_config, write_results
+
 from encoders.base import Encoder
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         losses = {}
         order = list(times) if i % 2 == 0 else list(reversed(times))
         for name in order:
-            with mock.patch.object(Encoder, "sharded", lambda self: name == "dummy instance"):
+            with mock.patch.object(Encoder, "sharded", lambda self, name=name: name == "dummy instance"):
                 t0 = time.process_time()
                 losses[name] = step(task, batch, seed=i)
                 if i >= 2:  # warm-up
@@ -59,14 +59,26 @@ def main() -> None:
         diff = max(diff, abs(losses["dummy instance"] - losses["zero multiple"]))
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["dummy instance"] / med["zero multiple"]
-    print(f"{len(times['zero multiple'])} steps of batch {args.batch_size} (<= {args.max_events} events each), {statistics.mean(absent):.1f} of "
-          f"{len(task.model.encoders)} encoders absent per batch on average")
+    print(
+        f"{len(times['zero multiple'])} steps of batch {args.batch_size} (<= {args.max_events} events each), "
+        f"{statistics.mean(absent):.1f} of "
+        f"{len(task.model.encoders)} encoders absent per batch on average"
+    )
     for k, v in med.items():
         print(f"  {k:15s} {1000 * v:8.1f} ms CPU per step")
     print(f"  speed-up {ratio:.2f}x; max loss difference {diff:.2e}")
-    write_results(RESULTS / "absent_encoders.json", {"ms_per_step": {k: 1000 * v for k, v in med.items()},
-                                                     "speedup": ratio, "max_loss_diff": diff, "steps": args.steps,
-                                                     "batch_size": args.batch_size, "max_events": args.max_events, "threads": args.threads})
+    write_results(
+        RESULTS / "absent_encoders.json",
+        {
+            "ms_per_step": {k: 1000 * v for k, v in med.items()},
+            "speedup": ratio,
+            "max_loss_diff": diff,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "max_events": args.max_events,
+            "threads": args.threads,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -11,15 +11,16 @@ import dataclasses
 import itertools
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from datamodules.datamodule import ShardLoader
 from datamodules.builtin_cohort import demo_shards
+from datamodules.datamodule import ShardLoader
 from datamodules.loader import CropConfig, ShardDataset
 from datamodules.schema import MODALITIES, DataWarning, OmniBatch
 from datamodules.shards.format import load_index
@@ -37,14 +38,30 @@ def cohort(n_subjects: int = 128, seed: int = 0) -> Path:
     return demo_shards(n_subjects, seed)
 
 
-def model_config(root: Path, size: str = "tiny", *, activation_checkpointing: bool = False,
-                 row_len: int | None = 512, modalities: Sequence[str] | None = None) -> dict[str, Any]:
+def model_config(
+    root: Path,
+    size: str = "tiny",
+    *,
+    activation_checkpointing: bool = False,
+    row_len: int | None = 512,
+    modalities: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Plain-data model config with the default encoders, laid out for ``root``'s shards, exactly as
     ``omnimodal-train model/backbone=<size> model.row_len=<row_len>`` builds it."""
-    cfg = OmegaConf.create({"model": {
-        "backbone": {"size": size, "dropout": 0.0, "activation_checkpointing": activation_checkpointing,
-                     "attention": "auto"},
-        "row_len": row_len, "modalities": list(modalities) if modalities else None}})
+    cfg = OmegaConf.create(
+        {
+            "model": {
+                "backbone": {
+                    "size": size,
+                    "dropout": 0.0,
+                    "activation_checkpointing": activation_checkpointing,
+                    "attention": "auto",
+                },
+                "row_len": row_len,
+                "modalities": list(modalities) if modalities else None,
+            }
+        }
+    )
     return model_dict(cfg, load_index(root))
 
 
@@ -54,12 +71,25 @@ def build_task(model: dict[str, Any], seed: int = 0) -> PretrainTask:
     return PretrainTask(model, dataclasses.asdict(ObjectiveConfig()), dataclasses.asdict(OptimConfig()), seed=seed)
 
 
-def load_batches(root: Path, batch_size: int = 8, max_events: int | None = 16, n_batches: int | None = None,
-                 split: str = "train", seed: int = 0, modalities: Sequence[str] | None = None) -> list[OmniBatch]:
+def load_batches(
+    root: Path,
+    batch_size: int = 8,
+    max_events: int | None = 16,
+    n_batches: int | None = None,
+    split: str = "train",
+    seed: int = 0,
+    modalities: Sequence[str] | None = None,
+) -> list[OmniBatch]:
     """Batches of ``split`` as the training loader yields them (seeded shuffle, random crop to
     ``max_events``), held in memory; ``n_batches=None``: one whole epoch."""
-    ds = ShardDataset(root, split, shuffle=split == "train", seed=seed, modalities=modalities,
-                      crop=CropConfig(max_events=max_events, random=split == "train"))
+    ds = ShardDataset(
+        root,
+        split,
+        shuffle=split == "train",
+        seed=seed,
+        modalities=modalities,
+        crop=CropConfig(max_events=max_events, random=split == "train"),
+    )
     return list(itertools.islice(ShardLoader(ds, batch_size=batch_size), n_batches))
 
 
@@ -72,8 +102,10 @@ def token_metadata(batch: OmniBatch, k: dict[str, int]) -> tuple[Tensor, Tensor,
     """Per-token ``subject``, ``event``, ``time_days`` ``[T]`` of a batch, each instance repeated ``k``
     times, modalities in ``MODALITIES`` order: the token order of ``OmniModel.forward`` (no encoders run)."""
     mods = [batch.modalities[m] for m in MODALITIES if m in batch.modalities]
-    subject, event, time = (torch.cat([getattr(mb, f).repeat_interleave(k[mb.modality]) for mb in mods])
-                            for f in ("subject", "event", "time_days"))
+    subject, event, time = (
+        torch.cat([getattr(mb, f).repeat_interleave(k[mb.modality]) for mb in mods])
+        for f in ("subject", "event", "time_days")
+    )
     return subject, event, time
 
 

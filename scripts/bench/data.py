@@ -19,9 +19,9 @@ from pathlib import Path
 import psutil
 import torch
 
+from datamodules.builtin_cohort import DEMO_SECRET, demo_shards
 from datamodules.collate import Collator
 from datamodules.datamodule import ShardLoader
-from datamodules.builtin_cohort import DEMO_SECRET, demo_shards
 from datamodules.loader import ShardDataset
 from datamodules.readers import read_measurement
 from datamodules.schema import DataWarning, Event, Measurement, Timeline
@@ -71,7 +71,7 @@ def main() -> None:
     t0 = time.perf_counter()
     nb = 0
     for i in range(0, n_base, a.batch_size):
-        collate(raw_timelines(cohort, keys[i:i + a.batch_size], ds.specs))
+        collate(raw_timelines(cohort, keys[i : i + a.batch_size], ds.specs))
         nb += 1
     base_bps = nb / (time.perf_counter() - t0)
 
@@ -87,8 +87,10 @@ def main() -> None:
         rss.append(peak / 2**20)
     ours = max(rates[1:]) if len(rates) > 1 else rates[0]
     res = {
-        "subjects_train": len(keys), "batch_size": a.batch_size,
-        "raw_readers_batches_per_s": round(base_bps, 2), "shards_batches_per_s": round(ours, 2),
+        "subjects_train": len(keys),
+        "batch_size": a.batch_size,
+        "raw_readers_batches_per_s": round(base_bps, 2),
+        "shards_batches_per_s": round(ours, 2),
         "speedup": round(ours / base_bps, 1),
         "peak_rss_mib_per_epoch": [round(r, 1) for r in rss],
         "rss_growth_after_warmup_mib": round(max(rss[1:]) - rss[0], 1) if len(rss) > 1 else 0.0,
@@ -96,8 +98,10 @@ def main() -> None:
     print(f"raw files through readers: {base_bps:8.2f} batches/s ({n_base} timelines)")
     print(f"shard loader:              {ours:8.2f} batches/s ({len(keys)} timelines/epoch)")
     print(f"ratio (shards / raw):      {ours / base_bps:8.1f}x  (target >= 10x)")
-    print(f"peak RSS per epoch (MiB):  {res['peak_rss_mib_per_epoch']}  growth after epoch 1: "
-          f"{res['rss_growth_after_warmup_mib']} MiB")
+    print(
+        f"peak RSS per epoch (MiB):  {res['peak_rss_mib_per_epoch']}  growth after epoch 1: "
+        f"{res['rss_growth_after_warmup_mib']} MiB"
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import psutil
 import torch
-
 from common import RESULTS, build_task, cohort, model_config, token_metadata, tokens_per_instance, write_results
+
 from datamodules.collate import Collator
 from datamodules.loader import ShardDataset
 from datamodules.schema import Event, OmniBatch, Timeline
@@ -39,8 +39,11 @@ from omnimodal.pretraining.task import PretrainTask
 def tiled(tl: Timeline, n_events: int, gap_days: float = 30.0) -> Timeline:
     """``tl``'s events repeated in time to ``n_events``: copy c is shifted by c x (span + gap)."""
     span = tl.events[-1].time_days - tl.events[0].time_days + gap_days
-    events = [Event(ev.time_days + c * span, ev.age_days + c * span, ev.measurements)
-              for c in range(-(-n_events // len(tl.events))) for ev in tl.events][:n_events]
+    events = [
+        Event(ev.time_days + c * span, ev.age_days + c * span, ev.measurements)
+        for c in range(-(-n_events // len(tl.events)))
+        for ev in tl.events
+    ][:n_events]
     return Timeline(tl.key, tl.static, events, tl.labels)
 
 
@@ -90,8 +93,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subjects", type=int, default=128)
     p.add_argument("--events", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
-    p.add_argument("--modalities", nargs="+", default=["clinical", "omics", "wearable", "ecg"],
-                   help="'all' for every modality (then the encoders' activations dominate)")
+    p.add_argument(
+        "--modalities",
+        nargs="+",
+        default=["clinical", "omics", "wearable", "ecg"],
+        help="'all' for every modality (then the encoders' activations dominate)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS / "memory.json"))
     a = p.parse_args()
@@ -101,8 +108,9 @@ def main() -> None:
     ds = ShardDataset(root, "train", shuffle=False, modalities=mods)
     longest = max(ds, key=lambda t: len(t.events))
     collate = Collator(ds.specs, ds.index["clinical_codes"])
-    models = {c: model_config(root, "small", activation_checkpointing=c, row_len=None, modalities=mods)
-              for c in (False, True)}
+    models = {
+        c: model_config(root, "small", activation_checkpointing=c, row_len=None, modalities=mods) for c in (False, True)
+    }
     probe = build_task(models[False])
     k = tokens_per_instance(probe)
     params = sum(p.numel() * p.element_size() for p in probe.parameters()) / 2**20
@@ -121,13 +129,30 @@ def main() -> None:
             peak[c] = recv.recv() / 2**20
             proc.join()
         tokens = token_metadata(batch, k)[0].numel()
-        rows.append({"events": n, "tokens": tokens, "peak_mib": round(peak[False], 1),
-                     "peak_mib_checkpointing": round(peak[True], 1), "ratio": round(peak[True] / peak[False], 3)})
+        rows.append(
+            {
+                "events": n,
+                "tokens": tokens,
+                "peak_mib": round(peak[False], 1),
+                "peak_mib_checkpointing": round(peak[True], 1),
+                "ratio": round(peak[True] / peak[False], 3),
+            }
+        )
         print(f"{n:>6} {tokens:>6} {peak[False]:>11.1f} {peak[True]:>9.1f} {peak[True] / peak[False]:>6.3f}")
-    print(f"parameters: {params:.1f} MiB (their gradients are part of every peak); peak from "
-          f"{'VmHWM' if reset_peak() else 'RSS sampled every 1 ms'}")
-    write_results(a.out, {"backbone": "small", "modalities": mods or "all", "threads": a.threads,
-                          "param_mib": round(params, 1), "table": rows})
+    print(
+        f"parameters: {params:.1f} MiB (their gradients are part of every peak); peak from "
+        f"{'VmHWM' if reset_peak() else 'RSS sampled every 1 ms'}"
+    )
+    write_results(
+        a.out,
+        {
+            "backbone": "small",
+            "modalities": mods or "all",
+            "threads": a.threads,
+            "param_mib": round(params, 1),
+            "table": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -24,10 +24,18 @@ import argparse
 import math
 from typing import Any
 
+from common import (
+    RESULTS,
+    build_task,
+    cohort,
+    load_batches,
+    model_config,
+    token_metadata,
+    tokens_per_instance,
+    write_results,
+)
 from torch import Tensor
 
-from common import RESULTS, build_task, cohort, load_batches, model_config, token_metadata, tokens_per_instance, \
-    write_results
 from omnimodal.model.packing import pack
 
 TARGET = 0.97
@@ -52,26 +60,41 @@ def shares(metas: list[tuple[Tensor, Tensor, Tensor, int]], row_len: int | None)
         L = p.shape[1]
         bound += math.ceil(T / L) * L
         n0 = math.ceil(T / L)  # fewest rows; a few more if the subjects do not fit rows that short
-        fitted += min(pack(subject, event, time, n, max(round_up(math.ceil(T / r)), round_up(longest))).doc.numel()
-                      for r in range(n0, n0 + 3))
-    return {"tokens": real, "padded": real / padded, "packed": real / packed, "bound": real / bound,
-            "fitted": real / fitted, "rows_per_batch": rows / len(metas)}
+        fitted += min(
+            pack(subject, event, time, n, max(round_up(math.ceil(T / r)), round_up(longest))).doc.numel()
+            for r in range(n0, n0 + 3)
+        )
+    return {
+        "tokens": real,
+        "padded": real / padded,
+        "packed": real / packed,
+        "bound": real / bound,
+        "fitted": real / fitted,
+        "rows_per_batch": rows / len(metas),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subjects", type=int, default=128)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
-    p.add_argument("--max-events", type=int, nargs="+", default=[4, 16],
-                   help="crop window; the cohort's timelines have at most 15 events, so >= 15 = no crop")
+    p.add_argument(
+        "--max-events",
+        type=int,
+        nargs="+",
+        default=[4, 16],
+        help="crop window; the cohort's timelines have at most 15 events, so >= 15 = no crop",
+    )
     p.add_argument("--row-lens", type=int, nargs="+", default=[512, 2048, 0], help="0: longest subject")
     p.add_argument("--out", default=str(RESULTS / "packing.json"))
     a = p.parse_args()
     root = cohort(a.subjects)
     k = tokens_per_instance(build_task(model_config(root)))
     print("tokens per instance:", ", ".join(f"{m}={n}" for m, n in k.items()))
-    print(f"{'batch':>5} {'max_ev':>6} {'row_len':>7} {'batches':>7} {'tokens':>7} {'rows/b':>6} "
-          f"{'padded':>6} {'packed':>6} {'bound':>6} {'fitted':>6}")
+    print(
+        f"{'batch':>5} {'max_ev':>6} {'row_len':>7} {'batches':>7} {'tokens':>7} {'rows/b':>6} "
+        f"{'padded':>6} {'packed':>6} {'bound':>6} {'fitted':>6}"
+    )
     table = []
     for bs in a.batch_sizes:
         for me in a.max_events:
@@ -79,17 +102,30 @@ def main() -> None:
             metas = [(*token_metadata(b, k), len(b)) for b in batches]
             for rl in a.row_lens:
                 s = shares(metas, rl or None)
-                table.append({"batch_size": bs, "max_events": me, "row_len": rl or "longest",
-                              "batches": len(batches), **{n: round(v, 4) for n, v in s.items()}})
-                print(f"{bs:>5} {me:>6} {rl or 'longest':>7} {len(batches):>7} {s['tokens']:>7} "
-                      f"{s['rows_per_batch']:>6.2f} {s['padded']:>6.3f} {s['packed']:>6.3f} "
-                      f"{s['bound']:>6.3f} {s['fitted']:>6.3f}")
+                table.append(
+                    {
+                        "batch_size": bs,
+                        "max_events": me,
+                        "row_len": rl or "longest",
+                        "batches": len(batches),
+                        **{n: round(v, 4) for n, v in s.items()},
+                    }
+                )
+                print(
+                    f"{bs:>5} {me:>6} {rl or 'longest':>7} {len(batches):>7} {s['tokens']:>7} "
+                    f"{s['rows_per_batch']:>6.2f} {s['padded']:>6.3f} {s['packed']:>6.3f} "
+                    f"{s['bound']:>6.3f} {s['fitted']:>6.3f}"
+                )
     best = max(r["packed"] for r in table)
     worst = min(r["packed"] for r in table)
-    print(f"packed share: {worst:.3f} .. {best:.3f} (target >= {TARGET}: "
-          f"met in {sum(r['packed'] >= TARGET for r in table)}/{len(table)} settings)")
-    print(f"the assignment reaches the bound in {sum(r['packed'] >= r['bound'] - 1e-9 for r in table)}/{len(table)} "
-          f"settings; the rest of the gap is each batch's part-filled last row")
+    print(
+        f"packed share: {worst:.3f} .. {best:.3f} (target >= {TARGET}: "
+        f"met in {sum(r['packed'] >= TARGET for r in table)}/{len(table)} settings)"
+    )
+    print(
+        f"the assignment reaches the bound in {sum(r['packed'] >= r['bound'] - 1e-9 for r in table)}/{len(table)} "
+        f"settings; the rest of the gap is each batch's part-filled last row"
+    )
     write_results(a.out, {"target_packed": TARGET, "tokens_per_instance": k, "table": table})
 
 

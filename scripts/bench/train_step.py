@@ -28,19 +28,26 @@ import logging
 import statistics
 import time
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
+from common import RESULTS, build_task, cohort, load_batches, model_config, write_results
 from torch.utils.data import DataLoader
 
-from common import RESULTS, build_task, cohort, load_batches, model_config, write_results
 from datamodules.schema import OmniBatch
 from omnimodal.pretraining.task import PretrainTask
 
 TARGET = 1.03
-TRAINER_KW: dict[str, Any] = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                  enable_model_summary=False, accelerator="cpu", devices=1)
+TRAINER_KW: dict[str, Any] = dict(
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    accelerator="cpu",
+    devices=1,
+)
 
 
 def now() -> tuple[float, float]:
@@ -90,13 +97,15 @@ class Lockstep(L.Callback):
         self.acc = (0.0, 0.0)  # Lightning's time so far this step, as a negative offset from `start`
         self.start = now()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.plain_first:
             self._plain_step()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         t = now()
         self.losses["lightning"].append(float(outputs["loss"]))
         self.times["lightning"].append((t[0] - self.start[0] + self.acc[0], t[1] - self.start[1] + self.acc[1]))
@@ -149,25 +158,41 @@ def main() -> None:
         for i, c in enumerate(ratios):
             ratios[c].append(statistics.median(y[i] / x[i] for x, y in zip(tp, tl)))
         cpu = [statistics.median(t[1] for t in ts) * 1e3 for ts in (tp, tl)]
-        print(f"repeat {r} (plain step {'before' if r % 2 else 'after'} each Lightning step): CPU ms/step plain "
-              f"{cpu[0]:7.1f}, lightning {cpu[1]:7.1f}, ratio {ratios['cpu'][-1]:.3f}x; "
-              f"losses {lp[0]:.4f} .. {lp[-1]:.4f}, max |diff| {diffs[-1]:.2e}")
-    med = {c: {k: statistics.median(t[i] for t in v) * 1e3 for k, v in steps.items()}
-           for i, c in enumerate(("wall", "cpu"))}
+        print(
+            f"repeat {r} (plain step {'before' if r % 2 else 'after'} each Lightning step): CPU ms/step plain "
+            f"{cpu[0]:7.1f}, lightning {cpu[1]:7.1f}, ratio {ratios['cpu'][-1]:.3f}x; "
+            f"losses {lp[0]:.4f} .. {lp[-1]:.4f}, max |diff| {diffs[-1]:.2e}"
+        )
+    med = {
+        c: {k: statistics.median(t[i] for t in v) * 1e3 for k, v in steps.items()}
+        for i, c in enumerate(("wall", "cpu"))
+    }
     ratio = {c: statistics.geometric_mean(v) for c, v in ratios.items()}  # order effects cancel over pairs
-    res = {"batch_size": a.batch_size, "steps": a.steps, "warmup": w, "repeats": a.repeats, "threads": a.threads,
-           **{f"{k}_{c}_ms_per_step": round(med[c][k], 2) for c in med for k in med[c]},
-           **{f"ratio_{c}": round(ratio[c], 4) for c in ratio}, "target_ratio": TARGET,
-           "max_abs_loss_diff": max(diffs), "losses_identical": max(diffs) == 0.0}
+    res = {
+        "batch_size": a.batch_size,
+        "steps": a.steps,
+        "warmup": w,
+        "repeats": a.repeats,
+        "threads": a.threads,
+        **{f"{k}_{c}_ms_per_step": round(med[c][k], 2) for c in med for k in med[c]},
+        **{f"ratio_{c}": round(ratio[c], 4) for c in ratio},
+        "target_ratio": TARGET,
+        "max_abs_loss_diff": max(diffs),
+        "losses_identical": max(diffs) == 0.0,
+    }
     if threads != {a.threads}:
         print(f"warning: Lightning ran with {threads} threads, the plain loop with {a.threads}")
     print(f"{'ms/step (median)':<18} {'CPU':>8} {'wall':>8}   ({len(steps['plain'])} steps each)")
     for k in ("plain", "lightning"):
         print(f"{k:<18} {med['cpu'][k]:8.1f} {med['wall'][k]:8.1f}")
-    print(f"ratio (Lightning / plain, geometric mean over repeats): CPU {ratio['cpu']:.3f}x, wall {ratio['wall']:.3f}x"
-          f"  (target <= {TARGET}x on CPU time: {'met' if ratio['cpu'] <= TARGET else 'NOT met'})")
-    print(f"per-step losses: max |Lightning - plain| = {max(diffs):.3g} "
-          f"({'identical' if max(diffs) == 0 else 'DIFFERENT'})")
+    print(
+        f"ratio (Lightning / plain, geometric mean over repeats): CPU {ratio['cpu']:.3f}x, wall {ratio['wall']:.3f}x"
+        f"  (target <= {TARGET}x on CPU time: {'met' if ratio['cpu'] <= TARGET else 'NOT met'})"
+    )
+    print(
+        f"per-step losses: max |Lightning - plain| = {max(diffs):.3g} "
+        f"({'identical' if max(diffs) == 0 else 'DIFFERENT'})"
+    )
     write_results(a.out, res)
 
 
