@@ -45,44 +45,15 @@ def losses(work: Path) -> dict[str, Any]:
     """Build the cohort and its shards under ``work``, train, and return every step's losses."""
     import lightning as L
     import torch
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
+    from conftest import build as build_shards
+    from conftest import train_config
 
-    from datamodules.shards.builder import BuildConfig, build_shards
     from datamodules.synthetic import synthesize_cohort
     from omnimodal.pretraining.run import build
 
     cohort = synthesize_cohort(work / "cohort", workers=1, modalities=MODALITIES, **COHORT).out_dir
-    build_shards(
-        BuildConfig(
-            subjects=str(cohort / "subjects.csv"),
-            events=str(cohort / "events.csv"),
-            labels=str(cohort / "labels.csv"),
-            out=str(work / "shards"),
-            secret="golden-loss-test-secret",
-            workers=1,
-            max_samples_per_shard=4,
-        )
-    )
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "data=shards",
-                f"data.root={work / 'shards'}",
-                "data.num_workers=0",
-                "data.synthetic=null",
-                "trainer.accelerator=cpu",
-                "trainer.enable_progress_bar=false",
-                "~logger.tensorboard",
-                "resume=null",
-                *OVERRIDES,
-            ],
-        )
-    with open_dict(cfg):
-        cfg.run_dir = str(work / "run")
+    build_shards(cohort, work / "shards", workers=1, max_samples_per_shard=4)
+    cfg = train_config(work / "shards", work / "run", "resume=null", *OVERRIDES)
 
     steps: list[dict[str, float]] = []
 
