@@ -19,14 +19,25 @@ def cache_dir() -> Path:
 
 
 def cohort_fingerprint() -> str:
-    """What the demo cohort's files depend on besides (n, seed): the generator version and every declared
-    modality with its spec and visit rate. A change (a new modality, say) builds a new cached cohort."""
+    """What the demo cohort's files and shards depend on besides (n, seed): the generator version and its render
+    parameters, every declared modality with its spec and visit rate, and the builder's window policies. A change
+    (a new modality, say) builds a new cached cohort."""
+    import dataclasses  # noqa: PLC0415
     import hashlib  # noqa: PLC0415
 
     from .schema import default_specs, dumps, specs_to_json  # noqa: PLC0415
+    from .shards.builder import BuildConfig, window_policies  # noqa: PLC0415
+    from .synthetic.cohort import render_parameters  # noqa: PLC0415
     from .synthetic.state import GENERATOR_VERSION, visit_rates  # noqa: PLC0415
 
-    key = {"generator": GENERATOR_VERSION, "specs": specs_to_json(default_specs()), "visit_rates": visit_rates()}
+    specs = default_specs()
+    key = {
+        "generator": GENERATOR_VERSION,
+        "render": render_parameters(),
+        "specs": specs_to_json(specs),
+        "visit_rates": visit_rates(),
+        "windows": {m: dataclasses.asdict(p) for m, p in window_policies(BuildConfig("", "", ""), specs).items()},
+    }
     return hashlib.sha256(dumps(key)).hexdigest()[:10]
 
 

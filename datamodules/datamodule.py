@@ -13,7 +13,8 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .collate import Collator
-from .loader import CropConfig, ShardDataset, in_worker, rank_and_world
+from .crop import CropConfig, Select
+from .loader import ShardDataset, in_worker, rank_and_world
 from .schema import DataError
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,17 @@ class ShardLoader(StatefulDataLoader):
 class OmniDataModule(L.LightningDataModule):
     """Loaders for the ``train``/``val``/``test`` splits of a shard folder written by ``omnimodal-shard``.
 
-    Timelines are cropped to ``max_events`` / ``max_tokens`` (random window for training, most recent
-    for evaluation); ``on_error='skip'`` skips and counts bad samples instead of stopping; ``verify`` checks each
-    shard's sha256 before reading it (sizes, sample counts and member checksums are always checked). Every split
-    is read with ``ShardDataset(even=True)``: each rank gets the same number of batches per epoch (no
-    hang at the epoch end under DDP / FSDP / DeepSpeed) at the cost of fewer than ``world x num_workers``
-    repeated timelines per epoch (plus one per skipped sample), flagged in ``OmniBatch.padding``; the
-    pretraining losses count them like any sample.
+    Timelines are bounded at load time (:mod:`datamodules.crop`): ``max_instances`` caps a modality's
+    instances (``{"wearable": 60}``), then ``max_events`` / ``max_tokens`` (tokens per instance from
+    ``tokens_per_instance``) bound the rest, chosen by ``select``: ``window`` (a random window of
+    consecutive events for training, the most recent for evaluation), ``recent`` (the most recent), ``even``
+    (evenly spaced over the whole timeline, first and last kept; jittered for training).
+    ``on_error='skip'`` skips and counts bad samples instead of stopping; ``verify`` checks each shard's sha256
+    before reading it (sizes, sample counts and member checksums are always checked). Every split is read
+    with ``ShardDataset(even=True)``: each rank gets the same number of batches per epoch (no hang at the
+    epoch end under DDP / FSDP / DeepSpeed) at the cost of fewer than ``world x num_workers`` repeated
+    timelines per epoch (plus one per skipped sample), flagged in ``OmniBatch.padding``; the pretraining
+    losses count them like any sample.
     """
 
     def __init__(
@@ -116,6 +121,8 @@ class OmniDataModule(L.LightningDataModule):
         max_events: int | None = None,
         max_tokens: int | None = None,
         tokens_per_instance: dict[str, int] | None = None,
+        select: Select = "window",
+        max_instances: dict[str, int] | None = None,
         on_error: str = "raise",
         pin_memory: bool = False,
         modalities: list[str] | None = None,
@@ -125,7 +132,14 @@ class OmniDataModule(L.LightningDataModule):
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.on_error, self.pin_memory = shuffle_buffer, seed, on_error, pin_memory
         self.modalities, self.verify = modalities, verify
-        self.crop = dict(max_events=max_events, max_tokens=max_tokens, tokens_per_instance=tokens_per_instance or {})
+        self.crop = dict(
+            max_events=max_events,
+            max_tokens=max_tokens,
+            tokens_per_instance=dict(tokens_per_instance or {}),
+            select=select,
+            max_instances=dict(max_instances or {}),
+        )
+        CropConfig(**self.crop)  # a bad select or cap is an error now, not in a worker
 
     def dataset(self, split: str) -> ShardDataset:
         train = split == "train"

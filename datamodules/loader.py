@@ -35,7 +35,7 @@ import os
 import random
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .crop import CropConfig, crop_timeline  # (their home was here: still importable from this module)
 from .samples import decode_timeline
 from .schema import (
     MODALITIES,
     SCHEMA_VERSION,
     DataError,
-    Event,
     Spec,
     Timeline,
     check_modality,
@@ -66,21 +66,6 @@ from .shards.format import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CropConfig:
-    """Cropping of long timelines to a window of consecutive events.
-
-    ``max_events`` / ``max_tokens`` bound the window (None = no bound); ``tokens_per_instance`` gives
-    each modality's token count (the encoder's k; default 1). ``random`` picks the window start at
-    random (training); otherwise the most recent window is kept (evaluation, forecasting).
-    """
-
-    max_events: int | None = None
-    max_tokens: int | None = None
-    tokens_per_instance: dict[str, int] = field(default_factory=dict)
-    random: bool = True
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -439,35 +424,3 @@ def verify_folder(root: str | os.PathLike) -> tuple[int, list[str]]:
                 passed += ds.decode(sample, 0) is not None
         problems += ds.errors
     return passed, problems
-
-
-def crop_timeline(tl: Timeline, crop: CropConfig, rng: np.random.Generator) -> Timeline:
-    """Keep a window of consecutive events within ``max_events`` and ``max_tokens``."""
-    n = len(tl.events)
-    if crop.max_events is None and crop.max_tokens is None:
-        return tl
-    cost = [sum(crop.tokens_per_instance.get(m.modality, 1) for m in ev.measurements) for ev in tl.events]
-    max_ev = crop.max_events or n
-    max_tok = crop.max_tokens or sum(cost) or 1
-    # For each start, the longest window that fits; windows that end at the last event are "recent".
-    ends = []
-    for s in range(n):
-        e, tok = s, 0
-        while e < n and e - s < max_ev and tok + cost[e] <= max_tok:
-            tok += cost[e]
-            e += 1
-        ends.append(max(e, s + 1))
-    if ends[0] >= n:
-        return tl
-    starts = [s for s in range(n) if ends[s] - s == max(ends[t] - t for t in range(n))] if crop.random else None
-    s = int(rng.choice(starts)) if crop.random else next(s for s in range(n) if ends[s] >= n)
-    events = tl.events[s : ends[s]]
-    if len(events) == 1 and cost[s] > max_tok:  # a single event larger than the budget: keep its first instances
-        kept, tok = [], 0
-        for m in events[0].measurements:
-            tok += crop.tokens_per_instance.get(m.modality, 1)
-            if tok > max_tok:
-                break
-            kept.append(m)
-        events = [Event(events[0].time_days, events[0].age_days, kept)]
-    return Timeline(tl.key, tl.static, events, tl.labels)

@@ -63,6 +63,8 @@ class Spec(abc.ABC):
     nan_is_missing: ClassVar[bool] = False
     #: leading dims that may be shorter than :meth:`shape` (padded at collation, masked)
     variable_axis: ClassVar[int | None] = None
+    #: fields that decide which inputs the builder accepts, not the layout (a release does not compare them)
+    build_only: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def shape(self) -> tuple[int, ...]:
@@ -72,6 +74,10 @@ class Spec(abc.ABC):
     def encoder_layout(self, vocab_size: int = 0) -> dict[str, Any]:
         """The layout an encoder of this kind is built for, as its constructor keywords (the contract both
         layers share: ``encoders`` never sees a spec). ``vocab_size``: clinical codes + 1 (unknown)."""
+
+    def layout_json(self) -> dict[str, Any]:
+        """:meth:`to_json` without the :attr:`build_only` fields: what a model's input depends on."""
+        return {k: v for k, v in self.to_json().items() if k not in self.build_only}
 
     def to_json(self) -> dict[str, Any]:
         """JSON data (tuples as lists): what ``index.json`` and a release's ``preprocessing.json`` hold."""
@@ -89,6 +95,17 @@ class VolumeSpec(Spec):
     spacing_mm: tuple[float, float, float] = (4.0, 4.0, 4.0)
     size: tuple[int, int, int] = (48, 48, 48)
     orientation: str = "RAS"
+    #: the largest fraction of a scan's voxels that may be NaN or Inf (e.g. outside the field of view after
+    #: resampling; they become background); a scan with more is refused
+    max_nonfinite_fraction: float = 0.5
+    build_only: ClassVar[tuple[str, ...]] = ("max_nonfinite_fraction",)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_nonfinite_fraction <= 1.0:  # also refuses NaN
+            raise DataError(
+                f"VolumeSpec.max_nonfinite_fraction = {self.max_nonfinite_fraction!r} is not a fraction in [0, 1]",
+                hint="e.g. --spec mri.max_nonfinite_fraction=0.5 (0 refuses any scan with a NaN or Inf voxel)",
+            )
 
     def shape(self) -> tuple[int, ...]:
         return (1, *self.size)

@@ -128,8 +128,8 @@ def time_problem(raw: object, time_format: str | None = None) -> str:
 
 
 def load_subjects(path: str | os.PathLike, time_format: str | None = None) -> pd.DataFrame:
-    """Columns out: row, subject_id, birth (Timestamp), birth_year_only (bool), sex_male (float),
-    split (str|None), consent (bool|None).
+    """Columns out: row, subject_id, birth (Timestamp), birth_year_only (bool), death (Timestamp|NaT, from the
+    optional ``death_date`` column), sex_male (float), split (str|None), consent (bool|None).
 
     ``consent`` is None where the value is not understood (the builder rejects those rows).
     """
@@ -146,6 +146,7 @@ def load_subjects(path: str | os.PathLike, time_format: str | None = None) -> pd
         year = pd.to_numeric(df["birth_year"], errors="coerce")
         # Only the year is known: place birth mid-year (the unbiased guess for ages).
         out["birth"] = pd.to_datetime(year.astype("Int64").astype(str) + "-07-02", errors="coerce")
+    out["death"] = parse_times(df["death_date"], time_format) if "death_date" in df.columns else pd.NaT
     sex = df["sex"].astype("string").str.strip().str.upper()
     out["sex_male"] = np.where(sex.isin(["M", "MALE"]), 1.0, np.where(sex.isin(["F", "FEMALE"]), 0.0, np.nan))
     split = df["split"].astype("string").str.strip().str.lower() if "split" in df.columns else None

@@ -238,16 +238,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from datamodules.datamodule import OmniDataModule  # noqa: PLC0415
 
     base = config(a.shards, a.run_dir, a.cpu, None, a.warmup + a.steps, a.batch_size)
-    d = base.data
-    dm = OmniDataModule(
-        a.shards,
-        batch_size=a.batch_size,
-        num_workers=0,
-        shuffle_buffer=d.shuffle_buffer,
-        seed=int(base.seed),
-        max_events=d.max_events,
-        max_tokens=d.get("max_tokens"),
-    )
+    from omnimodal.pretraining.run import data_kwargs  # noqa: PLC0415
+
+    kwargs = {**data_kwargs(base.data), "batch_size": a.batch_size, "num_workers": 0, "on_error": "raise"}
+    dm = OmniDataModule(a.shards, seed=int(base.seed), **kwargs)
     batches = list(itertools.islice(dm.train_dataloader(), a.batches))
     if not batches:
         raise SystemExit(f"{a.shards}: no training batches (is it an omnimodal-shard folder with a train split?)")

@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,11 +101,18 @@ def test_kill_minus_nine_anywhere_then_resume(shards: Path, tmp_path: Path) -> N
         stderr=subprocess.STDOUT,
         text=True,
     )
-    out = _until_training(p)
+    out = [_until_training(p)]
     t0 = time.monotonic()
-    out += p.stdout.read()
-    assert p.wait(timeout=600) == 0, out[-3000:]
-    train_s = time.monotonic() - t0  # kills are drawn over this span, so they land in training and its saves
+    drain = threading.Thread(target=lambda: out.append(p.stdout.read()), daemon=True)
+    drain.start()
+    train_s = None  # until the last step's checkpoint is written: kills drawn over it land in training and saves
+    while p.poll() is None:
+        if train_s is None and list((ref_dir / "checkpoints").glob(f"*step={STEPS}.ckpt")):
+            train_s = time.monotonic() - t0
+        time.sleep(0.02)
+    drain.join()
+    assert p.wait(timeout=600) == 0, "".join(out)[-3000:]
+    train_s = train_s or time.monotonic() - t0
     ref = _losses(ref_dir)
     assert list(ref.index) == list(range(STEPS))
     rng = random.Random(20261201)

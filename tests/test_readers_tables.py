@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -128,36 +129,129 @@ def test_omics_no_warning_when_all_on_panel(tmp_path):
 def test_omics_npy(tmp_path):
     np.save(tmp_path / "o.npy", np.array([1.0, NAN, 3.0, 4.0]))
     np.testing.assert_array_equal(read_measurement("omics", tmp_path / "o.npy", OMICS), [1.0, NAN, 3.0, 4.0])
-    np.save(tmp_path / "short.npy", np.array([1.0, 2.0, 3.0]))
-    with pytest.raises(DataError, match=r"shape \(3,\), expected \(4,\) in the panel's feature order"):
-        read_measurement("omics", tmp_path / "short.npy", OMICS)
 
 
-def test_omics_duplicate_ids(tmp_path):
-    pd.DataFrame({"feature_id": ["rs1", "rs2", "rs1"], "value": [1, 2, 3]}).to_csv(tmp_path / "l.csv", index=False)
-    (tmp_path / "w.csv").write_text("rs1,rs2,rs1\n1,2,3\n")  # pandas would rename the second rs1
-    for name in ("l.csv", "w.csv"):
-        with pytest.raises(DataError, match=r"duplicate omics feature ids \['rs1'\]"):
-            read_measurement("omics", tmp_path / name, OMICS)
-
-
+@pytest.mark.parametrize("ext", [".csv", ".parquet"])
 @pytest.mark.parametrize(
-    "values, match",
+    "feature, value",
     [
-        ({"rs1": np.inf, "rs2": 1.0}, "Inf"),
-        ({"other": 1.0, "rs2": NAN}, "none of the 4 panel features"),
-        ({"rs1": "high", "rs2": 1.0}, "'rs1' has non-numeric value 'high'"),
+        ("gene_id", "expression"),
+        ("rsid", "dosage"),
+        (" Feature ", "VALUE "),  # any case, surrounding spaces
+        ("Probe", "Count"),
+        ("snp", "value"),
+        ("variant", "dosage"),
+        ("gene", "expression"),
+        ("feature", "value"),
     ],
 )
-def test_omics_bad_values(tmp_path, values, match):
-    with pytest.raises(DataError, match=match):
-        read_measurement("omics", omics_file(tmp_path, "long", ".csv", values), OMICS)
+def test_omics_long_tables_by_column_names(tmp_path, ext, feature, value):
+    df = pd.DataFrame(
+        {
+            "sample": "S1",  # other columns are ignored, text or not
+            feature: ["GENE2", " rs1 ", "other", "rs2", None],  # None + NaN: an empty row, skipped
+            value: [4.5, 2.0, 1.0, NAN, NAN],
+            "unit": "TPM",
+        }
+    )
+    arr, notes = read_omics(write(df, tmp_path / f"o{ext}"), OMICS)
+    np.testing.assert_array_equal(arr, np.array([2.0, NAN, NAN, 4.5], np.float32))
+    assert len(notes) == 1 and notes[0].startswith("1 omics feature(s) not on the panel")
 
 
-def test_omics_wide_table_with_several_rows(tmp_path):
-    pd.DataFrame({"rs1": [1, 2], "rs2": [3, 4]}).to_csv(tmp_path / "w.csv", index=False)
-    with pytest.raises(DataError, match="2 rows, expected 1"):
-        read_measurement("omics", tmp_path / "w.csv", OMICS)
+def test_omics_duplicates_with_equal_values_are_kept_once(tmp_path):
+    long = pd.DataFrame({"rsid": ["rs1", "rs2", "rs1", "x", "x"], "dosage": ["1", "2", "1.0", "a", "b"]})
+    (tmp_path / "w.csv").write_text("rs1,rs2,rs1\n1,2,1.0\n")  # pandas would rename the second rs1
+    for path in (write(long, tmp_path / "l.csv"), write(long, tmp_path / "l.parquet"), tmp_path / "w.csv"):
+        arr, _ = read_omics(path, OMICS)  # "x" is off the panel: its differing values are ignored
+        np.testing.assert_array_equal(arr, [1.0, 2.0, NAN, NAN])
+
+
+def omics_refusal_cases() -> dict[str, tuple[str, Any, str]]:
+    """name -> (file name, a DataFrame to write with pandas, an array for np.save or the file's text, what the
+    reason must say)."""
+    long = {"feature_id": ["rs1", "rs2"], "value": [1.0, 2.0]}
+    return {
+        "short .npy": (
+            "o.npy",
+            np.array([1.0, 2.0, 3.0]),
+            r"shape \(3,\), expected \(4,\) in the panel's feature order",
+        ),
+        "Inf": ("l.csv", pd.DataFrame({"feature_id": ["rs1", "rs2"], "value": [np.inf, 1.0]}), "hold Inf"),
+        "nothing on the panel": (
+            "l.csv",
+            pd.DataFrame({"feature_id": ["other", "rs2"], "value": [1.0, NAN]}),
+            "none of the 4 panel features",
+        ),
+        "text value": (
+            "l.csv",
+            pd.DataFrame({"feature_id": ["rs2", "rs1"], "value": [1.0, "high"]}),
+            r"'rs1' has non-numeric value 'high' \(line 3\)",
+        ),
+        "text value, wide": ("w.parquet", pd.DataFrame([{"rs1": 1.0, "rs2": "high"}]), r"'high' \(column 2\)"),
+        "duplicate, long": (
+            "l.csv",
+            pd.DataFrame({"feature_id": ["rs1", "rs2", "rs1"], "value": [1, 2, 3]}),
+            r"duplicate omics feature ids \['rs1'\] with different values \(rs1: '1' \(line 2\), '3' \(line 4\)\)",
+        ),
+        "duplicate, long Parquet": (
+            "l.parquet",
+            pd.DataFrame({"feature_id": ["rs1", "rs2", "rs1"], "value": [1.0, 2.0, NAN]}),  # empty is a value here
+            r"\['rs1'\] with different values \(rs1: 1.0 \(row 1\), nan \(row 3\)\)",
+        ),
+        "duplicate, wide": ("w.csv", "rs1,rs2,rs1\n1,2,3\n", r"\['rs1'\] with different values .*\(column 3\)"),
+        "feature id missing": (
+            "l.csv",
+            pd.DataFrame({"feature_id": ["rs1", None], "value": [1.0, 3.0]}),
+            "line 3 has value '3.0' but no feature id",
+        ),
+        "wide, 2 rows": (
+            "w.csv",
+            pd.DataFrame({"rs1": [1, 2], "rs2": [3, 4]}),
+            r"not recognised: no feature and value columns, and 2 rows where a wide table has 1 \(columns: rs1, rs2\)",
+        ),
+        "no value column": (
+            "l.parquet",
+            pd.DataFrame({"gene_id": ["GENE1", "GENE2"], "tpm": [1.0, 2.0]}),
+            "a feature column 'gene_id' but no value column",
+        ),
+        "no value column, 1 row": (
+            "l.csv",
+            pd.DataFrame({"gene_id": ["GENE1"], "tpm": [1.0]}),
+            "a feature column 'gene_id' but no value column",
+        ),
+        "no feature column": (
+            "l.csv",
+            pd.DataFrame({"name": ["rs1", "rs2"], "Value": [1.0, 2.0]}),
+            "a value column 'Value' but no feature column",
+        ),
+        "two feature columns": (
+            "l.csv",
+            pd.DataFrame({"gene": ["A", "B"], "gene_id": ["GENE1", "GENE2"], "expression": [1.0, 2.0]}),
+            r"several feature columns \['gene', 'gene_id'\]",
+        ),
+        "two value columns": ("l.csv", pd.DataFrame({**long, "count": [3, 4]}), r"several value columns"),
+    }
+
+
+@pytest.mark.parametrize("case", list(omics_refusal_cases()))
+def test_omics_refusals_say_what_to_do(tmp_path, case):
+    name, content, match = omics_refusal_cases()[case]
+    path = tmp_path / name
+    if isinstance(content, str):
+        path.write_text(content)
+    elif isinstance(content, np.ndarray):
+        np.save(path, content)
+    else:
+        write(content, path)
+    with pytest.raises(DataError, match=match) as e:
+        read_measurement("omics", path, OMICS)
+    assert e.value.where == str(path) and e.value.hint.strip()
+    if "layout not recognised" in e.value.reason:  # the hint lists both layouts and every accepted name
+        from datamodules.readers.omics import FEATURE_COLUMNS, VALUE_COLUMNS
+
+        assert "one sample per file" in e.value.hint and "wide table (one row" in e.value.hint
+        assert all(n in e.value.hint for n in (*FEATURE_COLUMNS, *VALUE_COLUMNS))
 
 
 # ---------------------------------------------------------------------------------------------

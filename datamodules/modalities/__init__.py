@@ -52,6 +52,8 @@ class Modality:
     render_params: Callable[[], dict[str, Any]] | None = None
     preload: tuple[str, ...] = ()
     description: str = ""
+    #: how long recordings are cut into windows (None: the layout kind's default, ``datamodules.windows``)
+    windows: Any = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

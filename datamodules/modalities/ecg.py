@@ -15,6 +15,11 @@ def _render_params() -> dict:
         "reduced_leads": r.REDUCED_LEADS,
         "adc_gain": r.ECG_ADC_GAIN,
         "format": "wfdb (path = .hea)",
+        "holter": {
+            "rate_hz": r.HOLTER_RATE_HZ,
+            "leads": r.HOLTER_LEADS,
+            "format": r.HOLTER_FORMAT,
+        },
     }
 
 
@@ -31,6 +36,6 @@ ECG = register(
         render="datamodules.synthetic.render_ecg:render_ecg",
         render_params=_render_params,
         preload=("wfdb", "pydicom", "torchaudio.functional"),
-        description="12-lead or reduced-lead ECG",
+        description="12-lead or reduced-lead ECG, some Holter records",
     )
 )

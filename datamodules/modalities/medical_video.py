@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..specs import DataError, VideoSpec
+from ..windows import Stream
 from . import BROKEN, Modality, register
 from .gait import VIDEO_READERS
 
@@ -32,8 +33,11 @@ _RATE_TAGS = ("CineRate", "RecommendedDisplayFrameRate")  # frames per second
 # ---------------------------------------------------------------------------------------------------
 
 
-def read_cine_dicom(path: Path, spec: VideoSpec, options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """DICOM multi-frame cine loop -> ``[T, 3, H, W]`` uint8 RGB at ``spec.fps``, ``T <= spec.max_frames``.
+def read_cine_dicom(
+    path: Path, spec: VideoSpec, options: Mapping[str, Any] | None = None, max_s: float | None = None
+) -> Stream:
+    """DICOM multi-frame cine loop, whole (at most ``max_s`` seconds) -> a stream of ``[T, 3, H, W]`` uint8 RGB
+    frames at ``spec.fps`` (the shard builder cuts it into windows of at most ``spec.max_frames``).
 
     Frame times from ``FrameTime``, ``FrameTimeVector``, ``CineRate``, ``RecommendedDisplayFrameRate``, else
     the events table's ``frame_rate`` column. Output frame ``k`` is the latest frame whose time is
@@ -59,16 +63,18 @@ def read_cine_dicom(path: Path, spec: VideoSpec, options: Mapping[str, Any] | No
             hint="export the loop as multi-frame DICOM (Ultrasound Multi-frame Image Storage) or MP4",
         )
     times, last_dt = _frame_times(ds, n, options or {}, where)
-    pick = sample_frames(times, last_dt, spec)
+    duration = float(times[-1] + last_dt)
+    limit = duration if max_s is None else min(duration, max_s)
+    pick = sample_frames(times, last_dt, spec, int(np.ceil(limit * spec.fps - _EPS)))
     keep = np.unique(pick).tolist()  # decode only the frames shown
     frames = {i: _resize(img, spec.size) for i, img in zip(keep, _rgb_frames(ds, keep, where))}
-    return np.stack([frames[int(i)] for i in pick])
+    return Stream(np.stack([frames[int(i)] for i in pick]), axis=0, rate_hz=float(spec.fps), duration_s=duration)
 
 
-def sample_frames(times: np.ndarray, last_dt: float, spec: VideoSpec) -> np.ndarray:
+def sample_frames(times: np.ndarray, last_dt: float, spec: VideoSpec, count: int | None = None) -> np.ndarray:
     """Indices of the source frames (times ``[n]`` s from the first, the last lasting ``last_dt``) shown at
-    ``k / spec.fps`` for each output frame ``k`` inside the clip, at most ``spec.max_frames``."""
-    t = np.arange(spec.max_frames) / spec.fps
+    ``k / spec.fps`` for each output frame ``k`` inside the clip, at most ``count`` (default ``max_frames``)."""
+    t = np.arange(spec.max_frames if count is None else max(1, count)) / spec.fps
     t = t[t + _EPS < times[-1] + last_dt]
     return np.searchsorted(times, t + _EPS, side="right") - 1
 

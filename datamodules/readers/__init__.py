@@ -12,6 +12,7 @@ import importlib
 import os
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,19 @@ import numpy as np
 
 from datamodules.modalities import DICOM_DIR, get, registry
 from datamodules.schema import DataError, DataWarning, Spec, validate_canonical
+from datamodules.windows import REASONS, Account, Stream, Window, WindowPolicy, cut, first_window, timing
 
-__all__ = ["read_measurement", "preload_readers", "supported", "file_suffix", "resample", "fit_length", "option"]
+__all__ = [
+    "Reading",
+    "file_suffix",
+    "fit_length",
+    "option",
+    "preload_readers",
+    "read_measurement",
+    "read_recording",
+    "resample",
+    "supported",
+]
 
 
 def supported(modality: str) -> tuple[str, ...]:
@@ -29,14 +41,84 @@ def supported(modality: str) -> tuple[str, ...]:
     return get(modality).suffixes
 
 
+@dataclass
+class Reading:
+    """One file read for the shard builder: its kept windows (one, at offset 0, for a modality without a
+    time axis), what the window policy left out (None without a time axis), report lines (``notes``),
+    suspect input that was used (``problems``: a stop under ``--strict``) and per-measurement facts for
+    ``meta.json`` (``meta``, e.g. the fraction of non-finite MRI voxels made background)."""
+
+    windows: list[Window]
+    account: Account | None = None
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 def read_measurement(
     modality: str, path: str | os.PathLike, spec: Spec, options: Mapping[str, Any] | None = None
 ) -> np.ndarray:
-    """Read one measurement file into its modality's canonical array (validated against ``spec``).
+    """Read one measurement file into its modality's canonical array (validated against ``spec``): for a
+    long recording of a time-based modality, its first window (:func:`read_recording` gives them all).
 
     ``options`` holds extra columns of the events-table row (e.g. ``sampling_rate``, ``leads``) that
     formats which do not describe themselves need. Raises :class:`DataError` on any bad input.
     """
+    where = str(path)
+    window = timing(spec)
+    raw = _call_reader(modality, path, spec, options, None if window is None else window[0] / window[1])
+    if isinstance(raw, Stream):
+        arr, notes = first_window(raw, spec), raw.notes + raw.problems
+    else:
+        arr, notes, _ = _parts(raw)
+    for note in notes:
+        warnings.warn(f"{where}: {note}", DataWarning, stacklevel=2)
+    return validate_canonical(modality, spec, arr, where=where)
+
+
+def read_recording(
+    modality: str,
+    path: str | os.PathLike,
+    spec: Spec,
+    options: Mapping[str, Any] | None = None,
+    policy: WindowPolicy | None = None,
+    stop_s: float | None = None,
+) -> Reading:
+    """Read one file for the shard builder: every window ``policy`` keeps (validated against ``spec``) and the
+    account of the rest (:func:`datamodules.windows.cut`; ``stop_s``: seconds from the recording's start to
+    the subject's death). A policy that keeps no window is a :class:`DataError` saying which setting to change.
+    """
+    where = str(path)
+    if timing(spec) is None:
+        arr, notes, meta = _parts(_call_reader(modality, path, spec, options, None))
+        return Reading(
+            [Window(0.0, 0, 1.0, validate_canonical(modality, spec, arr, where=where))], None, notes, [], meta
+        )
+    policy = policy or WindowPolicy()
+    stream = _call_reader(modality, path, spec, options, policy.max_read_s)
+    windows, account = cut(stream, spec, policy, stop_s)
+    if not windows:
+        why = ", ".join(f"{n} {REASONS[k]}" for k, n in account.windows_dropped.items())
+        setting = "min_coverage" if "low_coverage" in account.windows_dropped else "max_windows"
+        err = DataError(
+            f"the window policy keeps no window of this {account.duration_s:.0f}-s recording ({why})",
+            where=where,
+            hint=f"lower windows.{modality}.{setting} in the build config, or fix the recording's time"
+            if setting == "min_coverage" or "after_death" not in account.windows_dropped
+            else "check the recording's time and the subject's death_date",
+        )
+        err.account = account  # the builder reports what was read, though nothing is kept
+        raise err
+    for w in windows:
+        w.array = validate_canonical(modality, spec, w.array, where=f"{where} (window at {w.offset_s:g} s)")
+    return Reading(windows, account, stream.notes, stream.problems)
+
+
+def _call_reader(
+    modality: str, path: str | os.PathLike, spec: Spec, options: Mapping[str, Any] | None, max_s: float | None
+) -> Any:
+    """The reader's own result (an array, ``(array, notes[, meta])`` or a :class:`Stream`); every failure a
+    :class:`DataError` naming the file. Readers of time-based modalities take ``max_s`` (seconds to read)."""
     where = str(path)
     decl = get(modality, where)
     if not decl.has_files:
@@ -67,8 +149,9 @@ def read_measurement(
             hint=f"convert it to one of: {', '.join(decl.suffixes)}",
         )
     reader = decl.reader(suffix)
+    opts = {} if options is None else options
     try:
-        arr = reader(p, spec, {} if options is None else options)
+        return reader(p, spec, opts) if timing(spec) is None else reader(p, spec, opts, max_s)
     except (DataError, MemoryError):
         raise
     except Exception as e:  # any decoding-library failure -> a DataError naming the file
@@ -76,11 +159,13 @@ def read_measurement(
         raise DataError(
             f"cannot decode {modality} file: {type(e).__name__}: {detail}", where=where, hint=decl.decode_hint
         ) from e
-    if isinstance(arr, tuple):  # (array, notes): input used, but not all of it -> the build report
-        arr, notes = arr
-        for note in notes:
-            warnings.warn(f"{where}: {note}", DataWarning, stacklevel=2)
-    return validate_canonical(modality, spec, arr, where=where)
+
+
+def _parts(raw: Any) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """A reader's array, ``(array, notes)`` or ``(array, notes, meta)`` -> all three."""
+    if not isinstance(raw, tuple):
+        return raw, [], {}
+    return raw[0], list(raw[1]), dict(raw[2]) if len(raw) > 2 else {}
 
 
 # ----------------------------------------------------------------------------------------------

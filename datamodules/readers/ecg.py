@@ -1,7 +1,8 @@
-"""ECG: WFDB, DICOM waveform, NumPy (``.npy``/``.npz``) or CSV -> ``[leads, rate_hz * duration_s]`` float32.
+"""ECG: WFDB, DICOM waveform, NumPy (``.npy``/``.npz``) or CSV -> the whole recording, cut by the shard builder
+into windows of ``[leads, rate_hz * duration_s]`` float32 (``datamodules.windows``).
 
-Values are in ``spec.units`` (mV), rows in ``spec.leads`` order, resampled to ``spec.rate_hz`` and
-cropped or zero-padded to ``spec.samples``. A spec lead absent from the file is an all-NaN row (the
+Values are in ``spec.units`` (mV), rows in ``spec.leads`` order, resampled to ``spec.rate_hz``; a recording
+shorter than one window is zero-padded to ``spec.samples``. A spec lead absent from the file is an all-NaN row (the
 storage rule for a missing lead); file leads not in the spec are ignored.
 
 Formats that do not describe themselves take ``options`` (events-table columns): ``sampling_rate``
@@ -17,19 +18,24 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.readers import file_suffix, fit_length, option, resample
+from datamodules.readers import file_suffix, option, resample
 from datamodules.schema import STANDARD_12_LEADS, DataError, WaveformSpec
+from datamodules.windows import Stream
 
-#: signal [leads, samples] in mV, sampling rate (Hz), lead names
-Loaded = tuple[np.ndarray, float, list[str]]
+#: signal [leads, samples] in mV, sampling rate (Hz), lead names, the recording's length in the file (s) when
+#: more than the signal (WFDB reads only what is asked)
+Loaded = tuple[np.ndarray, float, list[str], float | None]
 
 _PER_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
 _ALIASES = {"MLI": "I", "MLII": "II", "MLIII": "III", "DI": "I", "DII": "II", "DIII": "III"}
 
 
-def read_ecg(path: Path, spec: WaveformSpec, options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Read one ECG recording -> ``[len(spec.leads), spec.samples]`` float32 in ``spec.units``."""
-    loaders: dict[str, Callable[[Path, Mapping[str, Any]], Loaded]] = {
+def read_ecg(
+    path: Path, spec: WaveformSpec, options: Mapping[str, Any] | None = None, max_s: float | None = None
+) -> Stream:
+    """Read one ECG recording whole (at most ``max_s`` seconds) -> a stream at ``spec.rate_hz`` of its leads
+    on the spec; each window becomes ``[len(spec.leads), spec.samples]`` float32 in ``spec.units``."""
+    loaders: dict[str, Callable[[Path, Mapping[str, Any], float | None], Loaded]] = {
         ".hea": _load_wfdb,
         ".dat": _load_wfdb,
         ".dcm": _load_dicom,
@@ -37,8 +43,11 @@ def read_ecg(path: Path, spec: WaveformSpec, options: Mapping[str, Any] | None =
         ".npz": _load_numpy,
         ".csv": _load_csv,
     }
-    signal, fs, names = loaders[file_suffix(path)](path, {} if options is None else options)
-    return to_canonical(signal, fs, names, spec, where=str(path))
+    signal, fs, names, duration_s = loaders[file_suffix(path)](path, {} if options is None else options, max_s)
+    duration_s = duration_s or signal.shape[1] / fs
+    if max_s is not None:
+        signal = signal[:, : max(1, int(np.ceil(max_s * fs)))]
+    return to_stream(np.asarray(signal), fs, names, spec, duration_s, where=str(path))
 
 
 def lead_key(name: object) -> str:
@@ -49,10 +58,11 @@ def lead_key(name: object) -> str:
     return _ALIASES.get(s, s)
 
 
-def to_canonical(
-    signal: np.ndarray, fs: float, names: Sequence[str], spec: WaveformSpec, where: str = ""
-) -> np.ndarray:
-    """Map ``signal [n, samples]`` (mV, named leads, ``fs`` Hz) onto the spec's leads, rate and length."""
+def to_stream(
+    signal: np.ndarray, fs: float, names: Sequence[str], spec: WaveformSpec, duration_s: float, where: str = ""
+) -> Stream:
+    """``signal [n, samples]`` (mV, named leads, ``fs`` Hz) -> its spec leads resampled to ``spec.rate_hz``, as a
+    stream whose windows are put on the spec's lead rows (absent leads all-NaN, short windows zero-padded)."""
     target = {lead_key(lead): i for i, lead in enumerate(spec.leads)}
     rows: list[np.ndarray] = []
     index: list[int] = []
@@ -80,10 +90,15 @@ def to_canonical(
             where=where,
             hint="name the leads like I, II, aVR, V1 (e.g. via the 'leads' column)",
         )
-    x = resample(np.stack(rows), fs, spec.rate_hz) / _per_mv(spec.units, where)
-    out = np.full(spec.shape(), np.nan, dtype=np.float32)
-    out[index] = fit_length(x, spec.samples, 0.0)
-    return out
+    x = resample(np.stack(rows).astype(np.float32, copy=False), fs, spec.rate_hz).astype(np.float32, copy=False)
+    x /= np.float32(_per_mv(spec.units, where))
+
+    def on_leads(window: np.ndarray) -> np.ndarray:
+        out = np.full(spec.shape(), np.nan, dtype=np.float32)
+        out[index] = window
+        return out
+
+    return Stream(x, axis=1, rate_hz=float(spec.rate_hz), duration_s=duration_s, to_canonical=on_leads, pad=0.0)
 
 
 def _per_mv(unit: str | None, where: str) -> float:
@@ -98,9 +113,10 @@ def _rate(options: Mapping[str, Any], where: str) -> float:
     v = option(options, "sampling_rate")
     if v is None:
         raise DataError(
-            "ECG sampling rate unknown for this format",
+            "ECG sampling rate unknown: this format does not store it",
             where=where,
-            hint="add a 'sampling_rate' column (Hz) to the events table for this row",
+            hint="add a 'sampling_rate' column, in Hz, to the events table (e.g. 500 for this row), or give "
+            "the CSV a 'time' column in seconds",
         )
     try:
         return float(v)
@@ -115,7 +131,7 @@ def _lead_names(options: Mapping[str, Any]) -> list[str] | None:
     return [s.strip() for s in v.split(",")] if isinstance(v, str) else [str(s) for s in v]
 
 
-def _load_wfdb(path: Path, options: Mapping[str, Any]) -> Loaded:
+def _load_wfdb(path: Path, options: Mapping[str, Any], max_s: float | None = None) -> Loaded:
     import wfdb
 
     record = path.with_suffix("")
@@ -125,12 +141,16 @@ def _load_wfdb(path: Path, options: Mapping[str, Any]) -> Loaded:
             where=str(path),
             hint="copy the record's .hea file into the same folder",
         )
-    rec = wfdb.rdrecord(str(record))
-    scale = np.array([_per_mv(u, str(path)) for u in (rec.units or [None] * rec.n_sig)])
-    return np.asarray(rec.p_signal, dtype=np.float64).T * scale[:, None], float(rec.fs), list(rec.sig_name)
+    header = wfdb.rdheader(str(record))
+    total = int(header.sig_len or 0)
+    stop = total if max_s is None or not total else min(total, int(np.ceil(max_s * header.fs)))
+    rec = wfdb.rdrecord(str(record), sampto=stop or None, return_res=32)  # float32: a day's Holter fits in memory
+    scale = np.array([_per_mv(u, str(path)) for u in (rec.units or [None] * rec.n_sig)], dtype=np.float32)
+    signal = np.asarray(rec.p_signal, dtype=np.float32).T * scale[:, None]
+    return signal, float(rec.fs), list(rec.sig_name), (total or signal.shape[1]) / float(rec.fs)
 
 
-def _load_dicom(path: Path, options: Mapping[str, Any]) -> Loaded:
+def _load_dicom(path: Path, options: Mapping[str, Any], max_s: float | None = None) -> Loaded:
     import pydicom
 
     ds = pydicom.dcmread(path)
@@ -156,10 +176,10 @@ def _load_dicom(path: Path, options: Mapping[str, Any]) -> Loaded:
         units = ch.get("ChannelSensitivityUnitsSequence")
         scale.append(_per_mv(str(units[0].CodeValue) if units else None, str(path)))
     signal = np.asarray(ds.waveform_array(k), dtype=np.float64).T * np.array(scale)[:, None]
-    return signal, float(group.SamplingFrequency), names
+    return signal, float(group.SamplingFrequency), names, None
 
 
-def _load_numpy(path: Path, options: Mapping[str, Any]) -> Loaded:
+def _load_numpy(path: Path, options: Mapping[str, Any], max_s: float | None = None) -> Loaded:
     where = str(path)
     names = None
     if file_suffix(path) == ".npz":
@@ -196,10 +216,10 @@ def _load_numpy(path: Path, options: Mapping[str, Any]) -> Loaded:
                 hint="check the 'leads' column against the array",
             )
         signal = signal.T  # [samples, leads]
-    return signal * _per_mv(option(options, "units"), where), fs, names
+    return signal * _per_mv(option(options, "units"), where), fs, names, None
 
 
-def _load_csv(path: Path, options: Mapping[str, Any]) -> Loaded:
+def _load_csv(path: Path, options: Mapping[str, Any], max_s: float | None = None) -> Loaded:
     import pandas as pd
 
     where = str(path)
@@ -224,4 +244,4 @@ def _load_csv(path: Path, options: Mapping[str, Any]) -> Loaded:
         if cols
         else np.zeros((0, len(df)))
     )
-    return signal * _per_mv(option(options, "units"), where), fs, [str(c) for c in cols]
+    return signal * _per_mv(option(options, "units"), where), fs, [str(c) for c in cols], None

@@ -1,5 +1,11 @@
 """MRI: NIfTI file or DICOM series -> ``[1, D, H, W]`` float32.
 
+NaN or Inf voxels (what resampling tools write outside the source's field of view, e.g.
+``nibabel.processing.resample_from_to(..., cval=np.nan)``) become background: they are set to 0 before
+normalisation, so they enter no intensity statistic and stay 0, the value of the zero background and of the
+padding. Their fraction of the source's voxels is reported (``meta["nonfinite_fraction"]``); a scan with more
+than ``spec.max_nonfinite_fraction`` of them is refused, and so is one without a non-zero finite voxel.
+
 Voxels are z-scored over the non-zero (foreground) voxels, reoriented to ``spec.orientation``
 (RAS: D = right, H = anterior, W = superior), resampled to ``spec.spacing_mm`` (bilinear) and
 centre-cropped/zero-padded to ``spec.size`` (MONAI transforms).
@@ -13,6 +19,7 @@ mixing series. On a well-formed series both agree (tested).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +33,11 @@ from datamodules.schema import DataError, VolumeSpec
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def read_mri(path: Path, spec: VolumeSpec, options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Read a NIfTI file or DICOM series (directory, or one of its ``.dcm`` files) -> ``[1, D, H, W]``."""
+def read_mri(
+    path: Path, spec: VolumeSpec, options: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, list[str], dict[str, float]]:
+    """Read a NIfTI file or DICOM series (directory, or one of its ``.dcm`` files) -> (``[1, D, H, W]``, notes
+    for the build report, meta: ``{"nonfinite_fraction": f}`` when some voxels were NaN or Inf, else empty)."""
     from monai.transforms import Compose, NormalizeIntensity, Orientation, ResizeWithPadOrCrop, Spacing
 
     is_dicom = path.is_dir() or file_suffix(path) == ".dcm"
@@ -39,10 +49,10 @@ def read_mri(path: Path, spec: VolumeSpec, options: Mapping[str, Any] | None = N
             where=where,
             hint="give one 3-D volume per row; split 4-D series (fMRI, DWI) and pick a volume",
         )
-    if not torch.isfinite(img).all():
-        raise DataError("MRI holds NaN or Inf voxels", where=where, hint="fix or re-export the volume")
+    notes, meta = _nonfinite_to_background(img, spec, where)
     if not (img != 0).any():
-        raise DataError("MRI is all zeros", where=where, hint="check the export; the volume holds no signal")
+        reason = "MRI is all zeros" + (" apart from its NaN or Inf voxels" if meta else "")
+        raise DataError(reason, where=where, hint="check the export; the volume holds no signal")
     pipeline = Compose(
         [
             # z-score on the native voxels: after resampling, which voxels are "non-zero" at the edge of a
@@ -54,7 +64,41 @@ def read_mri(path: Path, spec: VolumeSpec, options: Mapping[str, Any] | None = N
         ]
     )
     out = pipeline(img)
-    return np.ascontiguousarray(torch.as_tensor(out).numpy(), dtype=np.float32)
+    return np.ascontiguousarray(torch.as_tensor(out).numpy(), dtype=np.float32), notes, meta
+
+
+def _nonfinite_to_background(img: torch.Tensor, spec: VolumeSpec, where: str) -> tuple[list[str], dict[str, float]]:
+    """Set the NaN / Inf voxels of ``img`` to 0 (in place); refuse the scan above ``spec.max_nonfinite_fraction``.
+
+    0 is the background: ``NormalizeIntensity(nonzero=True)`` computes mean and std over the non-zero voxels only
+    and leaves zeros at 0. Returns the build-report notes and the meta (empty when every voxel is finite).
+    """
+    bad = ~torch.isfinite(img)
+    n, total = int(bad.sum()), bad.numel()
+    if n == 0:
+        return [], {}
+    if n == total:
+        raise DataError(
+            "MRI voxels are all NaN or Inf",
+            where=where,
+            hint="check the export or the resampling step; the volume holds no signal",
+        )
+    fraction = n / total
+    limit = spec.max_nonfinite_fraction
+    if fraction > limit:
+        enough = min(1.0, math.ceil(fraction * 100) / 100)  # the smallest 2-digit limit that keeps this scan
+        raise DataError(
+            f"{n} of the MRI's {total} voxels are NaN or Inf (fraction {fraction:.4f}), above the limit "
+            f"max_nonfinite_fraction={limit}",
+            where=where,
+            hint="such voxels usually lie outside the field of view after resampling; if the scan is still usable, "
+            f"raise the limit (omnimodal-shard --spec mri.max_nonfinite_fraction={enough}, or "
+            f"specs: {{mri: {{max_nonfinite_fraction: {enough}}}}} in the build config), else resample it onto a "
+            "grid that its field of view covers",
+        )
+    img.masked_fill_(bad, 0.0)
+    note = f"{fraction:.1%} of the MRI's voxels were NaN or Inf (outside the field of view?) and became background"
+    return [note], {"nonfinite_fraction": round(fraction, 4)}
 
 
 def _load_nifti(path: Path) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Video (gait, face, medical cine loops): anything PyAV opens -> ``[T, 3, H, W]`` uint8 RGB at ``spec.fps``,
-``T <= max_frames``.
+"""Video (gait, face, medical cine loops): anything PyAV opens -> the whole clip, ``[T, 3, H, W]`` uint8 RGB at
+``spec.fps``, cut by the shard builder into windows of at most ``max_frames`` (``datamodules.windows``).
 
 Output frame ``k`` is the latest decoded frame whose presentation time (from the first frame) is
 ``<= k / spec.fps``; frames are produced while ``k / fps`` lies inside the clip. Each frame is turned
@@ -9,6 +9,7 @@ resized with antialiased bilinear interpolation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,21 +19,27 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.schema import DataError, VideoSpec
+from datamodules.windows import Stream
 
 _EPS = 1e-6  # seconds; tolerance on timestamp comparisons
 
 
-def read_video(path: Path, spec: VideoSpec, options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Decode, sample at ``spec.fps`` and resize -> ``[T, 3, H, W]`` uint8."""
+def read_video(
+    path: Path, spec: VideoSpec, options: Mapping[str, Any] | None = None, max_s: float | None = None
+) -> Stream:
+    """Decode the whole clip (at most ``max_s`` seconds), sample at ``spec.fps`` and resize -> a stream of
+    ``[T, 3, H, W]`` uint8 frames."""
     import av
 
     where = str(path)
     out: list[np.ndarray] = []
+    limit = math.inf if max_s is None else max(1, int(round(max_s * spec.fps)))
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise DataError("file has no video stream", where=where, hint="give a video file (e.g. H.264 MP4)")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        declared = _declared_duration(container, stream)
         default_dt = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / spec.fps
         start: float | None = None
         current: tuple[float, Any] | None = None  # (time from start, decoded frame)
@@ -41,17 +48,17 @@ def read_video(path: Path, spec: VideoSpec, options: Mapping[str, Any] | None = 
             t = frame.time if frame.time is not None else (current[0] + default_dt if current else 0.0)
             start = t if start is None else start
             t -= start
-            while current is not None and len(out) < spec.max_frames and len(out) / spec.fps + _EPS < t:
+            while current is not None and len(out) < limit and len(out) / spec.fps + _EPS < t:
                 current_img = current_img if current_img is not None else _resize(_rgb(current[1]), spec.size)
                 out.append(current_img)
-            if len(out) >= spec.max_frames:
+            if len(out) >= limit:
                 break
             current, current_img = (t, frame), None
-        if current is not None and len(out) < spec.max_frames:  # hold the last frame until the clip ends
+        if current is not None and len(out) < limit:  # hold the last frame until the clip ends
             last = current[1]
             dt = float(last.duration * last.time_base) if getattr(last, "duration", None) else default_dt
             img = _resize(_rgb(current[1]), spec.size)
-            while len(out) < spec.max_frames and len(out) / spec.fps + _EPS < current[0] + dt:
+            while len(out) < limit and len(out) / spec.fps + _EPS < current[0] + dt:
                 out.append(img)
     if not out:
         raise DataError(
@@ -59,7 +66,16 @@ def read_video(path: Path, spec: VideoSpec, options: Mapping[str, Any] | None = 
             where=where,
             hint="check that it plays; re-encode it (e.g. ffmpeg -c:v libx264)",
         )
-    return np.stack(out)
+    shown = len(out) / spec.fps
+    duration = max(shown, declared) if len(out) >= limit and declared else shown
+    return Stream(np.stack(out), axis=0, rate_hz=float(spec.fps), duration_s=duration)
+
+
+def _declared_duration(container: Any, stream: Any) -> float:
+    """The clip's length as its container says (0 when unknown): what is past a read limit is reported."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return float(container.duration) / 1e6 if container.duration else 0.0
 
 
 def _rgb(frame: Any) -> np.ndarray:

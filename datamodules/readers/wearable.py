@@ -1,4 +1,5 @@
-"""Wearable streams: CSV or Parquet table -> ``[channels, window_minutes]`` float32, one value per minute.
+"""Wearable streams: CSV or Parquet table -> the whole recording, ``[channels, minutes]`` float32, one value per
+minute (the shard builder cuts it into day windows, ``datamodules.windows``).
 
 The table has a ``timestamp`` column (ISO datetimes, or numbers = seconds from the start of the
 recording) and one column per channel of ``spec.channels`` (any subset; extra columns are ignored).
@@ -15,14 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.readers import file_suffix, fit_length
+from datamodules.readers import file_suffix
 from datamodules.schema import DataError, WearableSpec
+from datamodules.windows import Stream
 
 _NS_PER_MIN = 60_000_000_000
 
 
-def read_wearable(path: Path, spec: WearableSpec, options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Read a wearable table -> ``[len(spec.channels), spec.window_minutes]`` float32 (NaN = gap)."""
+def read_wearable(
+    path: Path, spec: WearableSpec, options: Mapping[str, Any] | None = None, max_s: float | None = None
+) -> Stream:
+    """Read a wearable table -> the whole recording, ``[len(spec.channels), minutes]`` float32 (NaN = gap), one
+    column per minute from the first timestamp to the last (at most ``max_s`` seconds of them)."""
     import pandas as pd
 
     where = str(path)
@@ -34,10 +39,11 @@ def read_wearable(path: Path, spec: WearableSpec, options: Mapping[str, Any] | N
             where=where,
             hint="name the time column 'timestamp' (ISO datetime or seconds)",
         )
-    minute = _minutes(df[columns["timestamp"]], where)
-    keep = minute < spec.window_minutes
-    n_bins = int(minute[keep].max()) + 1 if keep.any() else 1
-    out = np.full((len(spec.channels), spec.window_minutes), np.nan, dtype=np.float32)
+    minute, problems = _minutes(df[columns["timestamp"]], where)
+    total = int(minute.max()) + 1
+    n_bins = total if max_s is None else max(1, min(total, int(max_s // 60)))
+    keep = minute < n_bins
+    out = np.full((len(spec.channels), n_bins), np.nan, dtype=np.float32)
     found = False
     for i, name in enumerate(spec.channels):
         col = columns.get(name.strip().lower())
@@ -59,21 +65,31 @@ def read_wearable(path: Path, spec: WearableSpec, options: Mapping[str, Any] | N
             )
         ok = keep & ~np.isnan(values)
         count = np.bincount(minute[ok], minlength=n_bins)
-        total = np.bincount(minute[ok], weights=values[ok], minlength=n_bins)
+        total_v = np.bincount(minute[ok], weights=values[ok], minlength=n_bins)
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_minute = total if name in spec.sum_channels else total / count
-        out[i] = fit_length(np.where(count > 0, per_minute, np.nan), spec.window_minutes, np.nan)
+            per_minute = total_v if name in spec.sum_channels else total_v / count
+        out[i] = np.where(count > 0, per_minute, np.nan)
     if not found:
         raise DataError(
             f"wearable table has none of the channels {list(spec.channels)} (columns: {[str(c) for c in df.columns]})",
             where=where,
             hint="name the channel columns as in the spec (e.g. heart_rate, steps)",
         )
-    return out
+    observed = ~np.isnan(out).all(axis=0)
+    if not observed.any():
+        raise DataError(
+            "wearable table holds no value in any channel",
+            where=where,
+            hint="drop the row, or re-export the table with its values",
+        )
+    return Stream(
+        out, axis=1, rate_hz=1 / 60.0, duration_s=total * 60.0, observed=observed, pad=np.nan, problems=problems
+    )
 
 
-def _minutes(ts: Any, where: str) -> np.ndarray:
-    """Timestamp column -> int minute index from the first timestamp floored to the minute."""
+def _minutes(ts: Any, where: str) -> tuple[np.ndarray, list[str]]:
+    """Timestamp column -> int minute index from the first timestamp floored to the minute, and what was odd
+    about the timestamps (out of order, repeated: the samples are used, binned by their own time)."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(ts) and not pd.api.types.is_bool_dtype(ts):
@@ -95,4 +111,16 @@ def _minutes(ts: Any, where: str) -> np.ndarray:
     if sec.size == 0:
         raise DataError("wearable table has no rows", where=where, hint="drop the row or re-export")
     origin = np.floor(sec.min() / 60.0) * 60.0
-    return np.floor((sec - origin) / 60.0).astype(np.int64)
+    problems = []
+    back = int((np.diff(sec) < 0).sum())
+    if back:
+        problems.append(
+            f"{back} timestamp(s) out of order (samples binned by their own time: check the export's clock)"
+        )
+    repeated = int(len(sec) - len(np.unique(sec)))
+    if repeated:
+        problems.append(
+            f"{repeated} repeated timestamp(s) (their samples averaged into one minute: check for a duplicated "
+            "export or a clock change)"
+        )
+    return np.floor((sec - origin) / 60.0).astype(np.int64), problems

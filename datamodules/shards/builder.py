@@ -8,6 +8,7 @@ report carry keyed hashes, times in days since the subject's first event, and ag
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import warnings
 from collections import Counter
@@ -19,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .. import tables
-from ..readers import preload_readers, read_measurement
+from ..modalities import registry
+from ..readers import Reading, preload_readers, read_recording
 from ..schema import (
     MODALITIES,
     SCHEMA_VERSION,
@@ -31,6 +33,7 @@ from ..schema import (
     specs_from_json,
     specs_to_json,
 )
+from ..windows import Account, Window, WindowPolicy, policies
 from .format import INDEX_NAME, TarShardWriter, checksum, encode_array, member_name, resolve_secret, subject_key
 from .report import BuildReport, Rejection
 
@@ -54,6 +57,9 @@ class BuildConfig:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     #: a strftime format (pandas ``format=``) that times may have besides ISO 8601, e.g. ``%d/%m/%Y %H:%M``
     time_format: str | None = None
+    #: window policies of time-based modalities, overriding the defaults field by field (``datamodules.windows``):
+    #: e.g. ``{"wearable": {"min_coverage": 0.5}, "ecg": {"max_windows": 20, "select": "first"}}``
+    windows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +67,7 @@ class _SubjectJob:
     key: str
     split: str
     birth: pd.Timestamp
+    death: pd.Timestamp | None
     static: dict[str, float]
     events: list[dict[str, Any]]
     labels: list[dict[str, Any]]
@@ -83,12 +90,14 @@ class _SubjectResult:
     codes: Counter
     rejections: list[Rejection]
     notes: list[str]
+    windows: dict[str, Account] = field(default_factory=dict)
 
 
 def build_shards(cfg: BuildConfig) -> BuildReport:
     """Build shards, ``index.json`` and ``report.{json,md}`` in ``cfg.out``; return the report."""
     secret = resolve_secret(cfg.secret)
     specs = default_specs(**cfg.specs)
+    windows = window_policies(cfg, specs)
     report = BuildReport()
     jobs = _plan(cfg, secret, report)
     out = Path(cfg.out)
@@ -97,7 +106,8 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
         stale.unlink()
     writers = {s: TarShardWriter(out, s, cfg.max_samples_per_shard, cfg.max_shard_bytes) for s in tables.SPLITS}
     train_codes: Counter = Counter()
-    args = [(job, specs_to_json(specs), cfg.strict, cfg.time_format) for job in jobs]
+    policy_json = {m: dataclasses.asdict(p) for m, p in windows.items()}
+    args = [(job, specs_to_json(specs), policy_json, cfg.strict, cfg.time_format) for job in jobs]
     pool = None
     if cfg.workers > 1:
         # fork after importing the readers this build needs: workers start at once instead of each
@@ -110,6 +120,8 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
         for res in results:
             report.rejected.extend(res.rejections)
             report.notes.extend(res.notes)
+            for m, account in res.windows.items():
+                report.add_windows(m, account)
             if res.members is None:
                 report.no_events.append(res.key)
                 continue
@@ -140,6 +152,11 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
     (out / INDEX_NAME).write_bytes(dumps(index))
     report.write(out)
     return report
+
+
+def window_policies(cfg: BuildConfig, specs: dict[str, Spec]) -> dict[str, WindowPolicy]:
+    """Each time-based modality's window policy: its declaration's, with ``cfg.windows`` overrides."""
+    return policies({m: d.windows for m, d in registry().items()}, specs, cfg.windows)
 
 
 def _worker_init() -> None:
@@ -191,9 +208,21 @@ def _plan(cfg: BuildConfig, secret: bytes, report: BuildReport) -> list[_Subject
         rows = [] if evs is None else evs.drop(columns=["subject_id"]).to_dict("records")
         labs = lab_by.get(r.subject_id)
         lab_rows = [] if labs is None else labs.drop(columns=["subject_id"]).to_dict("records")
+        death = getattr(r, "death", None)
+        if death is not None and not pd.isna(death) and death < r.birth:
+            reject("subjects", r.row, r.key, "death date before the birth date: check the death_date column")
+            continue
         jobs.append(
             _SubjectJob(
-                r.key, split, r.birth, {"sex_male": float(r.sex_male)}, rows, lab_rows, r.subject_id, int(r.row)
+                r.key,
+                split,
+                r.birth,
+                None if death is None or pd.isna(death) else death,
+                {"sex_male": float(r.sex_male)},
+                rows,
+                lab_rows,
+                r.subject_id,
+                int(r.row),
             )
         )
     report.subjects_in_table = len(subj)
@@ -224,10 +253,11 @@ def _hash_split(key: str, fractions: tuple[float, float, float]) -> str:
     return tables.SPLITS[int(np.searchsorted(cum, u, side="right"))]
 
 
-def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) -> _SubjectResult:
+def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool, str | None]) -> _SubjectResult:
     """Read, check and encode one subject (runs in a worker process)."""
-    job, specs_json, strict, time_format = arg
+    job, specs_json, policy_json, strict, time_format = arg
     specs: dict[str, Spec] = specs_from_json(specs_json)
+    windows = {m: WindowPolicy(**p) for m, p in policy_json.items()}
     res = _SubjectResult(job.key, job.split, None, Counter(), Counter(), [], [])
 
     def reject(table: str, row: dict[str, Any], reason: str) -> None:
@@ -236,8 +266,10 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) ->
             raise DataError(rej.describe(), hint="fix the row, or build without --strict to skip and report it")
         res.rejections.append(rej)
 
-    accepted: list[tuple[pd.Timestamp, int, dict[str, Any], np.ndarray | None]] = []
+    # (time, row, events row, window or None for a clinical row, recording index)
+    accepted: list[tuple[pd.Timestamp, int, dict[str, Any], Window | None, int, dict[str, Any]]] = []
     seen: set[tuple[Any, ...]] = set()
+    recordings = 0
     for row in sorted(job.events, key=lambda r: r["row"]):
         m = row["modality"]
         ident = tuple(
@@ -245,7 +277,7 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) ->
             for v in (row["time"], m, row.get("path"), row.get("code"), row.get("numeric_value"))
         )
         if m not in MODALITIES:
-            reject("events", row, f"unknown modality {m!r} (use one of {', '.join(MODALITIES)})")
+            reject("events", row, f"unknown modality {m!r} [use one of {', '.join(MODALITIES)}]")
         elif pd.isna(row["time"]):
             reject("events", row, tables.time_problem(row.get("raw_time"), time_format))
         elif row["time"] < job.birth:
@@ -256,36 +288,51 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) ->
                 f"event before birth [{days:.0f} days before the birth date of subjects row "
                 f"{job.row}: fix the event's time or the birth date]",
             )
+        elif job.death is not None and row["time"] > job.death:
+            days = (row["time"] - job.death).total_seconds() / DAY_S
+            reject(
+                "events",
+                row,
+                f"event after death [{days:.0f} days after the death date of subjects row "
+                f"{job.row}: fix the event's time or the death date]",
+            )
         elif ident in seen:
-            reject("events", row, "duplicate event row (same time, modality and file/code)")
+            reject("events", row, "duplicate event row (same time, modality and file/code) [drop one of the rows]")
         elif m == "clinical":
             if not isinstance(row.get("code"), str) or not row["code"].strip():
-                reject("events", row, "clinical row without a code")
+                reject("events", row, "clinical row without a code [give the row a code, e.g. ICD10:I10]")
             else:
-                accepted.append((row["time"], row["row"], row, None))
+                accepted.append((row["time"], row["row"], row, None, -1, {}))
         elif not row.get("path"):
-            reject("events", row, f"{m} row without a path")
+            reject("events", row, f"{m} row without a path [give the file's path in the path column]")
         else:
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("ignore")
-                    warnings.simplefilter("always", DataWarning)
-                    arr = read_measurement(m, row["path"], specs[m], _options(row))
-                res.notes.extend(
-                    f"events row {row['row']} (key {job.key}): {job.scrub(str(w.message), row['path'])}" for w in caught
-                )
-                accepted.append((row["time"], row["row"], row, arr))
+                reading = _read(job, row, specs[m], windows.get(m), strict)
             except DataError as exc:
-                reject("events", row, job.scrub(exc.reason, row["path"]))
+                reject("events", row, job.scrub(_with_hint(exc), row["path"]))
+                account = getattr(exc, "account", None)
+                if account is not None:
+                    res.windows.setdefault(m, Account(recordings=0)).add(account)
+            else:
+                res.notes.extend(
+                    f"events row {row['row']} (key {job.key}): {job.scrub(n, row['path'])}"
+                    for n in reading.notes + reading.problems
+                )
+                if reading.account is not None:
+                    res.windows.setdefault(m, Account(recordings=0)).add(reading.account)
+                for w in reading.windows:
+                    t = row["time"] + pd.Timedelta(seconds=w.offset_s)
+                    accepted.append((t, row["row"], row, w, recordings, reading.meta))
+                recordings += 1
         seen.add(ident)
     if not accepted:
         return res
-    accepted.sort(key=lambda a: (a[0], MODALITIES.index(a[2]["modality"]), a[1]))
+    accepted.sort(key=lambda a: (a[0], MODALITIES.index(a[2]["modality"]), a[1], a[3].index if a[3] else 0))
     first = accepted[0][0]
     members: dict[str, bytes] = {}
     inventory: dict[str, Any] = {}
     events: list[dict[str, Any]] = []
-    for i, (t, _, row, arr) in enumerate(accepted):
+    for i, (t, _, row, window, recording, facts) in enumerate(accepted):
         if not events or events[-1]["_t"] != t:
             events.append(
                 {
@@ -297,13 +344,14 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) ->
             )
         m = row["modality"]
         res.counts[m] += 1
-        if arr is None:
+        if window is None:
             value = row.get("numeric_value")
             events[-1]["measurements"].append(
                 {"modality": m, "code": row["code"].strip(), "value": None if pd.isna(value) else float(value)}
             )
             res.codes[row["code"].strip()] += 1
             continue
+        arr = window.array
         name = member_name(i, m)
         members[name] = encode_array(arr, specs[m].storage_dtype)
         inventory[name] = {
@@ -312,7 +360,10 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) ->
             "dtype": specs[m].storage_dtype,
             "crc32": checksum(members[name]),
         }
-        events[-1]["measurements"].append({"modality": m, "member": name})
+        entry = {"modality": m, "member": name, **facts}
+        if m in windows:
+            entry.update(recording=recording, window=window.index, offset_s=window.offset_s, coverage=window.coverage)
+        events[-1]["measurements"].append(entry)
     for ev in events:
         del ev["_t"]
     meta = {
@@ -327,6 +378,27 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], bool, str | None]) ->
     members["meta.json"] = dumps(meta)
     res.members = members
     return res
+
+
+def _read(job: _SubjectJob, row: dict[str, Any], spec: Spec, policy: WindowPolicy | None, strict: bool) -> Reading:
+    """One file of the events table, read and cut into windows (library warnings kept for the report); under
+    ``strict``, suspect input that was used (timestamps out of order, ...) stops the build."""
+    stop_s = None if job.death is None else (job.death - row["time"]).total_seconds()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("always", DataWarning)
+        reading = read_recording(row["modality"], row["path"], spec, _options(row), policy, stop_s)
+    reading.notes += [str(w.message) for w in caught]
+    if strict and reading.problems:
+        raise DataError(
+            reading.problems[0], where=str(row["path"]), hint="fix the recording, or build without --strict"
+        )
+    return reading
+
+
+def _with_hint(exc: DataError) -> str:
+    """A rejection reason: what is wrong, then what to do in brackets (the report groups by the first part)."""
+    return f"{exc.reason} [{exc.hint}]" if exc.hint else exc.reason
 
 
 def _labels(job: _SubjectJob, first: pd.Timestamp, reject: Any, time_format: str | None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ..schema import DataError, default_specs
-from .builder import BuildConfig, build_shards
+from .builder import BuildConfig, build_shards, window_policies
 
 #: the type each BuildConfig field must have in a config file
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -37,6 +37,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_shard_bytes": (int,),
     "split_fractions": (list, tuple),
     "time_format": (str, type(None)),
+    "windows": (dict,),
 }
 
 
@@ -53,14 +54,17 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_spec_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["ecg.rate_hz=500", "mri.size=[32,32,32]"]`` -> ``{"ecg": {"rate_hz": 500}, "mri": {...}}``."""
+def parse_spec_overrides(
+    items: list[str], flag: str = "--spec", example: str = "ecg.rate_hz=500"
+) -> dict[str, dict[str, Any]]:
+    """``["ecg.rate_hz=500", "mri.size=[32,32,32]"]`` -> ``{"ecg": {"rate_hz": 500}, "mri": {...}}`` (also the
+    ``--window`` values)."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         name, sep, value = item.partition("=")
         modality, dot, fld = name.partition(".")
         if not sep or not dot or not modality or not fld:
-            raise DataError(f"--spec {item!r} is not MODALITY.FIELD=VALUE", hint="e.g. --spec ecg.rate_hz=500")
+            raise DataError(f"{flag} {item!r} is not MODALITY.FIELD=VALUE", hint=f"e.g. {flag} {example}")
         out.setdefault(modality, {})[fld] = parse_value(value)
     return out
 
@@ -84,8 +88,17 @@ def check_config(values: dict[str, Any], where: str) -> None:
         raise DataError(
             f"specs.{bad[0]} must map field names to values", where=where, hint="e.g. specs: {ecg: {rate_hz: 500}}"
         )
+    windows = values.get("windows", {})
+    bad = [m for m, f in windows.items() if not isinstance(f, dict)]
+    if bad:
+        raise DataError(
+            f"windows.{bad[0]} must map policy fields to values",
+            where=where,
+            hint="e.g. windows: {wearable: {min_coverage: 0.5}}",
+        )
     try:
-        default_specs(**specs)  # type-checks each field (datamodules.specs.replace_fields)
+        specs = default_specs(**specs)  # type-checks each field (datamodules.specs.replace_fields)
+        window_policies(BuildConfig("", "", "", windows=windows), specs)
     except DataError as err:
         raise DataError(f"{err.where}: {err.reason}" if err.where else err.reason, where=where, hint=err.hint) from None
 
@@ -115,6 +128,14 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
         metavar="MODALITY.FIELD=VALUE",
         help="override a canonical spec field, e.g. ecg.rate_hz=500 (repeatable; values as JSON)",
     )
+    p.add_argument(
+        "--window",
+        action="append",
+        default=[],
+        metavar="MODALITY.FIELD=VALUE",
+        help="override a window policy field (length_s, hop_s, max_windows, select, min_coverage, max_read_s), "
+        "e.g. wearable.min_coverage=0.5 or ecg.max_windows=null (repeatable)",
+    )
     a = p.parse_args(argv)
     values: dict[str, Any] = {}
     if a.config:
@@ -133,7 +154,12 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
         specs = values.setdefault("specs", {})
         for m, fields in parse_spec_overrides(a.spec).items():
             specs.setdefault(m, {}).update(fields)
-    check_config(values, "--spec" if a.spec else (a.config or "the command line"))
+    if a.window:
+        windows = values.setdefault("windows", {})
+        for m, fields in parse_spec_overrides(a.window, "--window", "wearable.min_coverage=0.5").items():
+            windows.setdefault(m, {}).update(fields)
+    flags = " ".join(f for f, given in (("--spec", a.spec), ("--window", a.window)) if given)
+    check_config(values, flags or a.config or "the command line")
     missing = [k for k in ("subjects", "events", "out") if not values.get(k)]
     if missing:
         p.error(f"missing {', '.join('--' + k for k in missing)} (or give them in --config)")

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..windows import REASONS, Account
+
 
 @dataclass
 class Rejection:
@@ -34,6 +36,11 @@ class BuildReport:
     withdrawn: list[str] = field(default_factory=list)  # keys of subjects excluded for withdrawn consent
     no_events: list[str] = field(default_factory=list)  # keys of subjects with no valid event
     notes: list[str] = field(default_factory=list)  # warnings that did not reject a row
+    #: per time-based modality: what its window policy kept and left out of the recordings read
+    windows: dict[str, Account] = field(default_factory=dict)
+
+    def add_windows(self, modality: str, account: Account) -> None:
+        self.windows.setdefault(modality, Account(recordings=0)).add(account)
 
     @property
     def samples(self) -> int:
@@ -49,6 +56,7 @@ class BuildReport:
             "no_valid_events": sorted(self.no_events),
             "rejected": [asdict(r) for r in self.rejected],
             "notes": self.notes,
+            "windows": {m: a.to_json() for m, a in sorted(self.windows.items())},
         }
 
     def summary(self) -> str:
@@ -66,7 +74,41 @@ class BuildReport:
                 f"\n  {kind}: {n} (first: {first[kind].table} row {first[kind].row})" for kind, n in kinds.most_common()
             ),
         ]
+        if self.windows:
+            lines.append("recordings cut into windows (duration in files = kept + left out):")
+            for m, a in sorted(self.windows.items()):
+                left = sum(a.left_out_s.values())
+                lines.append(
+                    f"  {m}: {a.recordings} recordings, {_hours(a.duration_s)} in files, {_hours(a.kept_s)} kept, "
+                    f"{_hours(left)} left out; {a.windows_kept} windows kept, {sum(a.windows_dropped.values())} dropped"
+                )
         return "\n".join(lines)
+
+    def windows_md(self) -> list[str]:
+        """The accounting table of report.md: per modality and reason, the duration and windows left out."""
+        if not self.windows:
+            return []
+        md = [
+            "## Windows: what long recordings kept and left out",
+            "",
+            "Each kept window is its own measurement at recording start + offset. Duration in the files = kept +"
+            " left out; a part left out by several dropped windows counts once, under the first reason listed.",
+            "",
+            "| modality | recordings | in files (h) | kept (h) | windows kept | left out: reason | (h) | windows |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for m, a in sorted(self.windows.items()):
+            reasons = [k for k in REASONS if k in a.left_out_s or k in a.windows_dropped] or ["-"]
+            for j, k in enumerate(reasons):
+                head = (
+                    f"| {m} | {a.recordings} | {a.duration_s / 3600:.3f} | {a.kept_s / 3600:.3f} | {a.windows_kept} "
+                    if j == 0
+                    else "| | | | | "
+                )
+                what = "-" if k == "-" else REASONS[k]
+                hours = "-" if k == "-" else f"{a.left_out_s.get(k, 0.0) / 3600:.3f}"
+                md.append(head + f"| {what} | {hours} | {a.windows_dropped.get(k, 0) if k != '-' else '-'} |")
+        return [*md, ""]
 
     def write(self, out: Path) -> None:
         (out / "report.json").write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
@@ -86,6 +128,11 @@ class BuildReport:
                 f"| {r.table} | {r.row} | `{r.key or '-'}` | {r.modality or '-'} | {r.reason} |" for r in self.rejected
             ]
             md.append("")
+        md += self.windows_md()
         if self.notes:
             md += ["## Notes", "", *[f"- {n}" for n in self.notes], ""]
         (out / "report.md").write_text("\n".join(md))
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{seconds:.0f} s"

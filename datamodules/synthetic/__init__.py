@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names __getattr__ below imports on first use
     from .cohort import EVENT_COLUMNS, TABLES, CohortInfo, synthesize_cohort  # noqa: F401
-    from .state import GENERATOR_VERSION, STATE_NAMES, Subject, simulate_subject  # noqa: F401
+    from .state import GENERATOR_VERSION, STATE_NAMES, Recordings, Subject, simulate_subject  # noqa: F401
 
 _EXPORTS = {
     "CohortInfo": "cohort",
@@ -21,6 +21,7 @@ _EXPORTS = {
     "EVENT_COLUMNS": "cohort",
     "simulate_subject": "state",
     "Subject": "state",
+    "Recordings": "state",
     "STATE_NAMES": "state",
     "GENERATOR_VERSION": "state",
 }

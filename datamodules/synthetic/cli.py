@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .state import Recordings  # numpy only; spawned workers re-importing __main__ stay light
+
     p = argparse.ArgumentParser(
         prog="omnimodal-synth",
         description="Generate a synthetic omnimodal health cohort (native files + subjects/events/labels "
@@ -24,6 +26,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="measure only these modalities (e.g. clinical ecg wearable; default: all)",
     )
+    defaults = Recordings()
+    p.add_argument(
+        "--wear-days",
+        type=float,
+        default=defaults.wear_days,
+        help=f"wearable wear period in days, per person 1/3 to 3x this (default {defaults.wear_days:g})",
+    )
+    p.add_argument(
+        "--holter-share",
+        type=float,
+        default=defaults.holter_share,
+        help=f"share of ECG visits that record a Holter (default {defaults.holter_share:g})",
+    )
+    p.add_argument(
+        "--holter-minutes",
+        type=float,
+        default=defaults.holter_minutes,
+        help=f"Holter length in minutes (default {defaults.holter_minutes:g})",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier cohort in --out")
     return p
 
@@ -31,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .cohort import synthesize_cohort  # here, so spawned workers re-importing __main__ stay light
+    from .state import Recordings
 
     if args.subjects < 1 or args.workers < 1 or args.seed < 0:
         print("omnimodal-synth: --subjects and --workers must be >= 1, --seed >= 0", file=sys.stderr)
@@ -43,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
             modalities=args.modalities,
+            recordings=Recordings(args.wear_days, args.holter_share, args.holter_minutes),
         )
     except (FileExistsError, ValueError) as exc:
         print(f"omnimodal-synth: {exc}", file=sys.stderr)

@@ -7,8 +7,8 @@ Output layout under ``out_dir`` (the input format of ``omnimodal-shard``)::
     labels.csv        subject_id, name, time, value ("disease": onset or censoring)
     ground_truth.csv  per subject: latent risk parameters, onset_days, end_days, ...
     states.csv        per visit: the hidden state vector
-    cohort.json       seed, version, counts, native rendering parameters, canonical specs
-    files/<subject_id>/vNN_<modality>.<ext>
+    cohort.json       seed, version, counts, native rendering parameters (and the long recordings' knobs), specs
+    files/<subject_id>/vNN_<modality>.<ext>   (a wearable visit: a wear period of days; some ECGs: Holters)
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ from ..modalities import registry
 from ..schema import default_specs, specs_to_json
 from .render import EventRow, render_task
 from .render_tables import iso
-from .state import GENERATOR_VERSION, STATE_NAMES, Subject, simulate_subject, visit_rates
+from .state import (
+    DEFAULT_RECORDINGS,
+    GENERATOR_VERSION,
+    STATE_NAMES,
+    Recordings,
+    Subject,
+    simulate_subject,
+    visit_rates,
+)
 
 TABLES = ("subjects.csv", "events.csv", "labels.csv", "ground_truth.csv", "states.csv", "cohort.json")
 EVENT_COLUMNS = ("subject_id", "time", "modality", "path", "code", "numeric_value")
@@ -98,8 +106,10 @@ def _ensure_splits(subjects: list[Subject]) -> None:
             donor.split = split
 
 
-def _render_all(seed: int, subjects: list[Subject], root: Path, workers: int) -> list[list[EventRow]]:
-    tasks = [(seed, s, str(root)) for s in subjects]
+def _render_all(
+    seed: int, subjects: list[Subject], root: Path, workers: int, recordings: Recordings
+) -> list[list[EventRow]]:
+    tasks = [(seed, s, str(root), recordings) for s in subjects]
     if workers <= 1 or len(subjects) <= 1:
         return [render_task(t) for t in tasks]
     # biggest subjects first keeps the workers busy to the end; results are put back in order.
@@ -178,12 +188,13 @@ def _states_table(subjects: list[Subject]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def render_parameters() -> dict[str, object]:
+def render_parameters(recordings: Recordings = DEFAULT_RECORDINGS) -> dict[str, object]:
     """The native formats and parameters the renderers use (recorded in cohort.json): each modality's
-    declaration says its own."""
+    declaration says its own; ``recordings``: the size knobs of long recordings."""
     mods = registry()
     return {
         "visit_rates": visit_rates(),
+        "recordings": dataclasses.asdict(recordings),
         **{m: d.render_params() for m, d in mods.items() if d.render_params is not None},
     }
 
@@ -195,6 +206,7 @@ def synthesize_cohort(
     workers: int = 2,
     overwrite: bool = False,
     modalities: Sequence[str] | None = None,
+    recordings: Recordings | None = None,
 ) -> CohortInfo:
     """Generate a synthetic omnimodal cohort in ``out_dir`` (see the module docstring for the layout).
 
@@ -203,6 +215,8 @@ def synthesize_cohort(
     ``modalities``: a cohort that measures only these (e.g. a cardiology clinic: clinical, ecg, wearable);
     the people, their health and every kept file are those of the full cohort of the same seed (and of any
     cohort of the same seed and modalities, whatever other modalities are declared).
+    ``recordings``: the size knobs of long recordings (wear period, Holter share and length; default
+    :class:`~.state.Recordings`); they change those files only.
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
@@ -211,6 +225,7 @@ def synthesize_cohort(
     unknown = sorted(set(keep) - set(order))
     if unknown or not keep:
         raise ValueError(f"modalities: {unknown or 'none given'}; choose from {order}")
+    recordings = (recordings or DEFAULT_RECORDINGS).check()
     start = time.perf_counter()
     out = Path(out_dir)
     _prepare(out, overwrite)
@@ -220,7 +235,7 @@ def synthesize_cohort(
             v.modalities = [m for m in v.modalities if m in keep]
     _ensure_coverage(subjects, keep)
     _ensure_splits(subjects)
-    rows = [r for subject_rows in _render_all(seed, subjects, out.resolve(), workers) for r in subject_rows]
+    rows = [r for subject_rows in _render_all(seed, subjects, out.resolve(), workers, recordings) for r in subject_rows]
     events = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
     _subjects_table(subjects).to_csv(out / "subjects.csv", index=False)
     events.to_csv(out / "events.csv", index=False)
@@ -245,7 +260,7 @@ def synthesize_cohort(
         generator="omnimodal.synthetic",
         state_names=STATE_NAMES,
         modalities=keep,
-        render=render_parameters(),
+        render=render_parameters(recordings),
         specs=specs_to_json(default_specs()),
     )
     (out / "cohort.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

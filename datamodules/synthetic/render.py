@@ -13,18 +13,28 @@ import numpy as np
 
 from ..modalities import registry, resolve
 from .render_tables import clinical_rows, iso
-from .state import STREAM_FILES, RenderContext, Subject, modality_stream, subject_rng
+from .state import DEFAULT_RECORDINGS, STREAM_FILES, Recordings, RenderContext, Subject, modality_stream, subject_rng
 
 #: one events-table row: subject_id, time, modality, path, code, numeric_value
 EventRow = tuple[str, str, str, str, str, float]
 
 
-def context(seed: int, subject: Subject, visit_index: int, modality: str, root: Path) -> RenderContext:
+def context(
+    seed: int,
+    subject: Subject,
+    visit_index: int,
+    modality: str,
+    root: Path,
+    recordings: Recordings = DEFAULT_RECORDINGS,
+) -> RenderContext:
     rng = subject_rng(seed, subject.index, STREAM_FILES, visit_index, modality_stream(modality))
-    return RenderContext(subject=subject, visit=subject.visits[visit_index], rng=rng, root=root, modality=modality)
+    visit = subject.visits[visit_index]
+    return RenderContext(subject=subject, visit=visit, rng=rng, root=root, modality=modality, recordings=recordings)
 
 
-def render_subject(seed: int, subject: Subject, root: Path) -> list[EventRow]:
+def render_subject(
+    seed: int, subject: Subject, root: Path, recordings: Recordings = DEFAULT_RECORDINGS
+) -> list[EventRow]:
     """Write all files of ``subject`` under ``root/files/<subject_id>/``; return its event rows
     in visit order, then the registry's order within a visit. Each modality's renderer is its
     declaration's ``render``; a modality without one is rows of the events table (clinical)."""
@@ -41,12 +51,12 @@ def render_subject(seed: int, subject: Subject, root: Path) -> list[EventRow]:
             if mods[modality].render is None:
                 rows += [(subject.subject_id, time, modality, "", code, value) for code, value in clinical[visit.index]]
             else:
-                path = resolve(mods[modality].render)(context(seed, subject, visit.index, modality, root))
+                path = resolve(mods[modality].render)(context(seed, subject, visit.index, modality, root, recordings))
                 rows.append((subject.subject_id, time, modality, path, "", nan))
     return rows
 
 
-def render_task(args: tuple[int, Subject, str]) -> list[EventRow]:
-    """Pool entry point: ``(seed, subject, root)`` -> :func:`render_subject` rows."""
-    seed, subject, root = args
-    return render_subject(seed, subject, Path(root))
+def render_task(args: tuple[int, Subject, str, Recordings]) -> list[EventRow]:
+    """Pool entry point: ``(seed, subject, root, recordings)`` -> :func:`render_subject` rows."""
+    seed, subject, root, recordings = args
+    return render_subject(seed, subject, Path(root), recordings)

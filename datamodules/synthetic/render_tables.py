@@ -1,5 +1,5 @@
-"""Tabular renderers: wearable day streams (CSV/Parquet), omics tables (CSV/Parquet/NumPy) and the
-clinical codes and labs (MEDS-style rows, no file)."""
+"""Tabular renderers: omics tables (CSV/Parquet/NumPy) and the clinical codes and labs (MEDS-style rows, no
+file). Wearable streams, tables too, are :mod:`.render_wearable`."""
 
 from __future__ import annotations
 
@@ -11,66 +11,12 @@ import pandas as pd
 from .render_ecg import heart_rate
 from .state import BIOLOGY, GENE_IDS, SNP_IDS, STATE_NAMES, RenderContext, Subject
 
-WEARABLE_COLUMNS = ("heart_rate", "steps", "skin_temp")
 OFF_PANEL_FEATURES = ("rs999999", "GENE999", "ENSG00000141510")
 ISO = "%Y-%m-%dT%H:%M:%S"
 
 
-def wearable_format(index: int) -> str:
-    return "parquet" if index % 5 == 3 else "csv"
-
-
 def omics_format(index: int) -> str:
     return {1: "parquet", 4: "npy"}.get(index % 6, "csv")
-
-
-def wearable_frame(ctx: RenderContext) -> pd.DataFrame:
-    """One day of irregular samples from the visit time, with off-wrist/charging gaps and NaNs."""
-    rng = ctx.rng
-    frail, mood, metabolic = ctx.s("frailty"), ctx.s("mood"), ctx.s("metabolic")
-    secs = np.cumsum(rng.uniform(20.0, 120.0, 1500))
-    secs = secs[secs < 86400.0]
-    keep = np.ones(len(secs), bool)
-    for prob, lo, hi in ((0.6, 1.0, 5.0), (0.5, 0.5, 2.0)):  # off-wrist, charging (hours)
-        if rng.random() < prob:
-            start = rng.uniform(0.0, 86400.0)
-            keep &= ~((secs >= start) & (secs < start + rng.uniform(lo, hi) * 3600.0))
-    secs = secs[keep]
-    start_tod = ctx.visit.time.hour * 3600 + ctx.visit.time.minute * 60
-    hour = ((secs + start_tod) % 86400.0) / 3600.0
-    asleep = (hour >= 23.0) | (hour < 7.0)
-    daily_steps = 9000.0 * np.exp(-0.35 * frail - 0.15 * mood)
-    dt_s = np.diff(np.concatenate([[0.0], secs]))
-    p_active = np.clip(daily_steps / (16 * 3600 * 1.6), 0.0, 0.9)
-    active = (~asleep) & (rng.random(len(secs)) < p_active)
-    steps = np.where(active, rng.poisson(1.6 * np.minimum(dt_s, 120.0) * rng.uniform(0.4, 1.0, len(secs))), 0)
-    rest = heart_rate(ctx)
-    hr = rest - 7.0 * asleep + 35.0 * active * rng.uniform(0.5, 1.0, len(secs)) + rng.normal(0, 2.5, len(secs))
-    temp = 33.2 + 0.25 * metabolic + 0.9 * asleep + rng.normal(0, 0.15, len(secs))
-    ts = pd.Timestamp(ctx.visit.time) + pd.to_timedelta(np.round(secs), unit="s")
-    frame = pd.DataFrame(
-        {
-            "timestamp": ts.strftime(ISO),
-            "heart_rate": np.round(hr, 1),
-            "steps": pd.array(steps, dtype="Int64"),
-            "skin_temp": np.round(temp, 2),
-        }
-    )
-    for col in WEARABLE_COLUMNS:  # sensor dropouts
-        frame.loc[rng.random(len(frame)) < 0.015, col] = pd.NA if col == "steps" else np.nan
-    return frame
-
-
-def render_wearable(ctx: RenderContext) -> str:
-    frame = wearable_frame(ctx)
-    if wearable_format(ctx.subject.index) == "parquet":
-        rel, path = ctx.target("parquet")
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"]).astype("datetime64[s]")
-        frame.to_parquet(path, index=False)
-        return rel
-    rel, path = ctx.target("csv")
-    frame.to_csv(path, index=False)
-    return rel
 
 
 def expression(ctx: RenderContext) -> np.ndarray:

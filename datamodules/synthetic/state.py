@@ -7,6 +7,12 @@ A neurodegenerative-cardiometabolic disease strikes with a hazard that grows wit
 genetic risk; after onset the state drifts faster. Visits happen at irregular (gamma) gaps over a
 2-10 year follow-up and decide which modalities are measured.
 
+Between the points of that grid the state is a continuous path (:meth:`Subject.state_at`): the simulator's
+process is a Brownian motion with a drift that is constant within each grid step, so given the states at the
+two ends of a step the path in between is exactly a Brownian bridge (linear interpolation of the ends plus a
+pinned noise of the simulator's own diffusion); past the last visit it runs on with the same drift and
+diffusion. Recordings that last days (wearables, Holter ECG) read the state along this path.
+
 Every draw comes from a generator seeded by ``SeedSequence(seed, spawn_key=(index, stream, ...))``,
 so a subject (and each of its files) depends only on ``(seed, index)``, never on worker count or order.
 """
@@ -20,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-GENERATOR_VERSION = "2.0"  # 2.0: per-modality streams for visit plans and files (the modality registry)
+#: 2.0: per-modality streams for visit plans and files (the modality registry); 2.1: continuous recordings
+#: (multi-day wearable wear periods on the continuous state path, Holter ECGs), daily rhythm traits
+GENERATOR_VERSION = "2.1"
 
 #: latent state components, each oriented so that higher = worse health
 STATE_NAMES: tuple[str, ...] = ("cardio", "neuro", "resp", "metabolic", "frailty", "mood")
@@ -55,6 +63,7 @@ _HAZARD_PRS = 0.45
 _LOG_H0 = -3.55  # baseline log-hazard per year (gives ~30% incidence)
 _ONSET_BOOST = np.array([0.35, 0.6, 0.05, 0.25, 0.3, 0.25])  # extra drift per year after onset
 _FIRST_VISIT = (dt.date(2008, 1, 1), dt.date(2015, 12, 31))
+_PATH_STEP_DAYS = 0.25  # resolution of the continuous path between grid points (linear in between)
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,11 @@ class Subject:
     end_days: float  # end of follow-up (= last visit)
     split: str
     consent: bool
-    traits: dict[str, float] = field(default_factory=dict)  # stable looks: height, voice, colours
+    traits: dict[str, float] = field(default_factory=dict)  # stable looks and habits: height, voice, sleep
     visits: list[Visit] = field(default_factory=list)
+    seed: int = 0  # of the cohort: the continuous path's own draws depend on (seed, index)
+    grid_days: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the simulator's grid (visits included)
+    grid_states: np.ndarray = field(default_factory=lambda: np.zeros((0, N_STATE)))  # [len(grid_days), N_STATE]
 
     @property
     def first_time(self) -> dt.datetime:
@@ -126,10 +138,46 @@ class Subject:
         """The datetime ``days`` after the first visit, to the second."""
         return self.first_time + dt.timedelta(seconds=round(days * 86400.0))
 
+    def state_at(self, days: np.ndarray) -> np.ndarray:
+        """The hidden state ``[len(days), N_STATE]`` at ``days`` since the first visit (>= 0) on the continuous
+        path: a Brownian bridge between the simulator's grid points (exactly the visit states at the visits),
+        the same drift-diffusion after the last one. The same ``(seed, index)`` always gives the same path,
+        whichever times are asked and by which renderer."""
+        days = np.atleast_1d(np.asarray(days, float))
+        out = np.empty((len(days), N_STATE))
+        step = np.clip(np.searchsorted(self.grid_days, days, side="right") - 1, 0, len(self.grid_days) - 1)
+        for i in np.unique(step):
+            at = step == i
+            knots, path = self._segment(int(i), float(days[at].max()))
+            out[at] = np.stack([np.interp(days[at], knots, path[:, k]) for k in range(N_STATE)], 1)
+        return out
+
+    def _segment(self, i: int, until: float) -> tuple[np.ndarray, np.ndarray]:
+        """Knot times and states of the path from grid point ``i`` to the next one (a bridge) or, past the last
+        one, to ``until`` (free drift-diffusion); its draws come from the stream ``(STREAM_PATH, i)`` in time
+        order, so a longer segment past the end extends a shorter one."""
+        rng = subject_rng(self.seed, self.index, STREAM_PATH, i)
+        start, x0 = self.grid_days[i], self.grid_states[i]
+        last = i + 1 >= len(self.grid_days)
+        end = max(until, start) if last else self.grid_days[i + 1]
+        m = max(int(np.ceil((end - start) / _PATH_STEP_DAYS - 1e-9)), 1)
+        knots = start + _PATH_STEP_DAYS * np.arange(m + 1)
+        if not last:
+            knots[-1] = end
+        dty = np.diff(knots) / YEAR_DAYS
+        walk = np.vstack(
+            [np.zeros(N_STATE), np.cumsum(_SIGMA * np.sqrt(dty)[:, None] * rng.normal(size=(m, N_STATE)), 0)]
+        )
+        frac = ((knots - start) / (end - start if end > start else 1.0))[:, None]
+        if last:  # on past the end of follow-up with the simulator's drift (faster after onset)
+            rate = self.drift + (_ONSET_BOOST if self.onset_days <= start else 0.0)
+            return knots, x0 + rate * ((knots - start) / YEAR_DAYS)[:, None] + walk
+        return knots, x0 + frac * (self.grid_states[i + 1] - x0) + walk - frac * walk[-1]
+
 
 #: sub-streams of a subject's seed: the trajectory and visits, the files (+ visit, modality), the looks,
-#: which modalities each visit measures (+ modality)
-STREAM_STATE, STREAM_FILES, STREAM_TRAITS, STREAM_PLAN = 0, 1, 2, 3
+#: which modalities each visit measures (+ modality), the continuous path between grid points (+ grid step)
+STREAM_STATE, STREAM_FILES, STREAM_TRAITS, STREAM_PLAN, STREAM_PATH = 0, 1, 2, 3, 4
 
 
 def subject_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
@@ -168,9 +216,9 @@ def _visit_days(rng: np.random.Generator, hour0: float) -> np.ndarray:
 
 def _simulate(
     rng: np.random.Generator, x0: np.ndarray, drift: np.ndarray, risk0: float, visit_days: np.ndarray
-) -> tuple[np.ndarray, float]:
-    """Drift-diffusion of the state on a monthly grid plus the visit times; returns the state at
-    each visit and the onset day (NaN if none before the last visit)."""
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Drift-diffusion of the state on a monthly grid plus the visit times; returns the grid, the state at
+    each grid point and the onset day (NaN if none before the last visit)."""
     grid = np.union1d(np.arange(0.0, visit_days[-1], _GRID_YEARS * YEAR_DAYS), visit_days)
     threshold, cum = rng.exponential(), 0.0
     onset, x = float("nan"), x0.copy()
@@ -188,7 +236,7 @@ def _simulate(
             if cum + step >= threshold:
                 onset = grid[i - 1] + (threshold - cum) / step * (grid[i] - grid[i - 1])
             cum += step
-    return states[np.searchsorted(grid, visit_days)], onset
+    return grid, states, onset
 
 
 def _split(u: float) -> str:
@@ -219,6 +267,11 @@ def _traits(rng: np.random.Generator, sex: str) -> dict[str, float]:
         "skin": rng.uniform(0.0, 1.0),
         "hue": rng.uniform(0.0, 1.0),
         "direction": float(rng.random() < 0.5),
+        # habits (drawn after the looks, which stay as they were): sleep, how long and how well a wearable is worn
+        "bedtime_h": rng.normal(23.0, 0.7),  # clock hours
+        "sleep_h": float(np.clip(rng.normal(7.4, 0.6), 5.0, 9.5)),
+        "wear_factor": float(np.exp(rng.normal(0.0, 0.35))),  # x the wear period's default length
+        "night_off": rng.uniform(0.0, 0.5),  # chance the wearable is off the wrist on a night
     }
 
 
@@ -245,7 +298,8 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
     drift = 0.04 + 0.06 * prs * bio.prs_load + 0.03 * aging + rng.normal(0.0, 0.08, N_STATE)
     days = _visit_days(rng, hour0)
     risk0 = _HAZARD_PRS * prs + 0.25 * aging
-    states, onset = _simulate(rng, baseline, drift, risk0, days)
+    grid, grid_states, onset = _simulate(rng, baseline, drift, risk0, days)
+    states = grid_states[np.searchsorted(grid, days)]
     plans = _plan_modalities(seed, index, len(days))
     split = _split(rng.random())
     consent = not (rng.random() < 0.005 or index % 64 == 17)  # ~2%, and always one when n >= 18
@@ -263,6 +317,9 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
         split=split,
         consent=consent,
         traits=_traits(subject_rng(seed, index, STREAM_TRAITS), sex),
+        seed=seed,
+        grid_days=grid,
+        grid_states=grid_states,
     )
     if onset == onset:  # the diagnosis is recorded at the first visit at or after onset
         first_ill = int(np.searchsorted(days, onset))
@@ -287,19 +344,58 @@ def sigmoid(x: float) -> float:
     return float(1.0 / (1.0 + np.exp(-x)))
 
 
+@dataclass(frozen=True)
+class Recordings:
+    """Size knobs of the recordings that last hours or days (``synthesize_cohort(recordings=...)``,
+    ``omnimodal-synth --wear-days/--holter-share/--holter-minutes``). A new default is a new generator version
+    (:data:`GENERATOR_VERSION`: the demo cohort's cache key)."""
+
+    wear_days: float = 7.0  # a wearable visit's wear period; each person x their wear_factor (1/3 to 3x this)
+    holter_share: float = 0.12  # share of the ECG visits that record a Holter instead of a 10-s ECG
+    holter_minutes: float = 15.0  # a Holter's length (a demo default: real ones last 24-48 h)
+
+    def check(self) -> Recordings:
+        if not (np.isfinite(self.wear_days) and self.wear_days > 0):
+            raise ValueError(f"wear_days must be > 0, got {self.wear_days}")
+        if not 0.0 <= self.holter_share <= 1.0:
+            raise ValueError(f"holter_share must be in [0, 1], got {self.holter_share}")
+        if not (np.isfinite(self.holter_minutes) and self.holter_minutes > 0):
+            raise ValueError(f"holter_minutes must be > 0, got {self.holter_minutes}")
+        return self
+
+
+DEFAULT_RECORDINGS = Recordings()
+
+
 @dataclass
 class RenderContext:
-    """What a renderer needs for one file: the subject, the visit, its own generator, the output root."""
+    """What a renderer needs for one file: the subject, the visit, its own generator, the output root, the
+    size knobs of long recordings."""
 
     subject: Subject
     visit: Visit
     rng: np.random.Generator
     root: Path
     modality: str
+    recordings: Recordings = DEFAULT_RECORDINGS
 
     def s(self, name: str) -> float:
         """One hidden state component at this visit."""
         return float(self.visit.state[STATE_NAMES.index(name)])
+
+    def state_at(self, seconds: np.ndarray) -> np.ndarray:
+        """The hidden state ``[len(seconds), N_STATE]`` at ``seconds`` after this visit (continuous path)."""
+        return self.subject.state_at(self.visit.days + np.asarray(seconds, float) / 86400.0)
+
+    def clock_hours(self) -> float:
+        """Time of day of this visit in hours (the start of its recordings)."""
+        t = self.visit.time
+        return t.hour + t.minute / 60.0 + t.second / 3600.0
+
+    def side_rng(self, *keys: int) -> np.random.Generator:
+        """A generator of this file's own, apart from :attr:`rng` (whose draws it leaves as they are)."""
+        stream = (STREAM_FILES, self.visit.index, modality_stream(self.modality), *keys)
+        return subject_rng(self.subject.seed, self.subject.index, *stream)
 
     def target(self, ext: str) -> tuple[str, Path]:
         """Relative path (as in events.csv) and absolute path of this visit's file with ``ext``."""

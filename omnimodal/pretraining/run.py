@@ -110,19 +110,7 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
     L.seed_everything(int(cfg.seed), workers=True)
     root = data_root(cfg)
     index = load_index(root)
-    d = cfg.data
     modalities = list(cfg.model.get("modalities") or []) or None
-    dm = OmniDataModule(
-        root,
-        batch_size=d.batch_size,
-        num_workers=d.num_workers,
-        shuffle_buffer=d.shuffle_buffer,
-        seed=int(cfg.seed),
-        max_events=d.max_events,
-        max_tokens=d.get("max_tokens"),
-        on_error=d.on_error,
-        modalities=modalities,
-    )
     task = PretrainTask(
         model_dict(cfg, index),
         OmegaConf.to_container(cfg.objective, resolve=True),
@@ -131,6 +119,7 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
         compile=bool(cfg.model.backbone.get("compile", False)),
         preprocessing={"specs": index["specs"], "clinical_codes": index["clinical_codes"]},
     )
+    dm = data_module(cfg, root, task.model, modalities=modalities)
     if dm.dataset("train").num_samples == 0:
         raise DataError(
             f"the train split holds no sample (index.json: {_split_counts(index)})",
@@ -140,6 +129,28 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
         )
     trainer = make_trainer(cfg)
     return task, dm, trainer
+
+
+def data_kwargs(d: DictConfig) -> dict[str, Any]:
+    """``OmniDataModule`` keywords from a ``data`` config section (all but the root, seed and token counts)."""
+    caps = d.get("max_instances")
+    return dict(
+        batch_size=d.batch_size,
+        num_workers=d.num_workers,
+        shuffle_buffer=d.shuffle_buffer,
+        max_events=d.max_events,
+        max_tokens=d.get("max_tokens"),
+        select=d.get("select", "window"),
+        max_instances=OmegaConf.to_container(caps) if caps else None,
+        on_error=d.on_error,
+    )
+
+
+def data_module(cfg: DictConfig, root: Any, model: Any, **kw: Any) -> OmniDataModule:
+    """The run's data module from ``cfg.data``; ``data.max_tokens`` counts each instance as the tokens its
+    encoder makes (``model.encoders[m].num_tokens``). ``kw`` overrides (e.g. ``modalities``)."""
+    tokens = {m: int(e.num_tokens) for m, e in model.encoders.items()}
+    return OmniDataModule(root, **{**data_kwargs(cfg.data), "seed": int(cfg.seed), "tokens_per_instance": tokens, **kw})
 
 
 def _split_counts(index: dict[str, Any]) -> str:

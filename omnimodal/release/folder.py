@@ -52,7 +52,7 @@ class Preprocessing:
                 )
             if m not in data_specs:
                 raise ReleaseError(f"{where}: the data has no {m!r} spec; rebuild the shards or drop {m!r}")
-            mine, theirs = self.specs[m].to_json(), data_specs[m].to_json()
+            mine, theirs = self.specs[m].layout_json(), data_specs[m].layout_json()
             if mine != theirs:
                 diff = {
                     k: (theirs.get(k), mine.get(k))

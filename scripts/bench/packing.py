@@ -15,27 +15,40 @@ loader does, with the default encoders' tokens per instance (each instance gives
 
 Shares are summed over batches (real tokens / computed positions). Target: packed >= 0.97.
 
+Long timelines (``--days N``): each timeline is first made as a long wearable recording cut into day windows
+would make it (``memory.daily``: ``N`` daily wearable windows, for the subjects with a wearable, with its
+visits spread over them), then cropped as the loader does with each ``--select`` (``window``, ``recent``,
+``even``; ``--max-instances wearable=60``, ``--max-tokens`` with the encoders' tokens per instance), each
+timeline with the loader's seed for epoch 0 (:mod:`datamodules.crop`).
+
     python scripts/bench/packing.py [--batch-sizes 8 32] [--max-events 4 16] [--row-lens 512 2048 0]
+        [--days 365 --select window recent even --max-instances wearable=60 --max-tokens 512 1024]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from common import (
     RESULTS,
     build_task,
     cohort,
-    load_batches,
     model_config,
     token_metadata,
     tokens_per_instance,
     write_results,
 )
+from memory import daily
 from torch import Tensor
 
+from datamodules.collate import Collator
+from datamodules.crop import SELECTS, CropConfig, crop_timeline
+from datamodules.loader import ShardDataset, _seed
+from datamodules.schema import OmniBatch, Timeline
 from omnimodal.model.packing import pack
 
 TARGET = 0.97
@@ -74,6 +87,16 @@ def shares(metas: list[tuple[Tensor, Tensor, Tensor, int]], row_len: int | None)
     }
 
 
+def batches_of(
+    ds: ShardDataset, timelines: list[Timeline], crop: CropConfig, batch_size: int, seed: int
+) -> list[OmniBatch]:
+    """``timelines`` (uncropped, in the loader's order) cropped as the training loader crops them in epoch 0,
+    and collated in batches of ``batch_size``: what ``ShardLoader`` yields for one epoch."""
+    collate = Collator(ds.specs, ds.index["clinical_codes"])
+    cropped = [crop_timeline(tl, crop, np.random.default_rng(_seed(seed, 0, tl.key))) for tl in timelines]
+    return [collate(cropped[i : i + batch_size]) for i in range(0, len(cropped), batch_size)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subjects", type=int, default=128)
@@ -86,36 +109,50 @@ def main() -> None:
         help="crop window; the cohort's timelines have at most 15 events, so >= 15 = no crop",
     )
     p.add_argument("--row-lens", type=int, nargs="+", default=[512, 2048, 0], help="0: longest subject")
+    p.add_argument("--days", type=int, default=0, help="daily wearable windows added to each timeline")
+    p.add_argument("--select", nargs="+", default=["window"], choices=SELECTS)
+    p.add_argument(
+        "--max-tokens", type=int, nargs="+", default=[0], help="token budgets (encoders' tokens per instance); 0: none"
+    )
+    p.add_argument("--max-instances", nargs="*", default=[], metavar="MODALITY=N")
+    p.add_argument("--shards", help="a shard folder (default: the built-in cohort)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "packing.json"))
     a = p.parse_args()
-    root = cohort(a.subjects)
+    root = Path(a.shards) if a.shards else cohort(a.subjects)
     k = tokens_per_instance(build_task(model_config(root)))
+    caps = {m: int(n) for m, n in (c.split("=") for c in a.max_instances)}
+    ds = ShardDataset(root, "train", shuffle=True, seed=a.seed, crop=CropConfig())
+    timelines = [daily(tl, a.days) if a.days else tl for tl in ds]
     print("tokens per instance:", ", ".join(f"{m}={n}" for m, n in k.items()))
     print(
-        f"{'batch':>5} {'max_ev':>6} {'row_len':>7} {'batches':>7} {'tokens':>7} {'rows/b':>6} "
-        f"{'padded':>6} {'packed':>6} {'bound':>6} {'fitted':>6}"
+        f"{'select':>6} {'batch':>5} {'max_ev':>6} {'max_tok':>7} {'row_len':>7} {'batches':>7} {'tokens':>7} "
+        f"{'rows/b':>6} {'padded':>6} {'packed':>6} {'bound':>6} {'fitted':>6}"
     )
     table = []
-    for bs in a.batch_sizes:
-        for me in a.max_events:
-            batches = load_batches(root, batch_size=bs, max_events=me)
-            metas = [(*token_metadata(b, k), len(b)) for b in batches]
-            for rl in a.row_lens:
-                s = shares(metas, rl or None)
-                table.append(
-                    {
-                        "batch_size": bs,
-                        "max_events": me,
-                        "row_len": rl or "longest",
-                        "batches": len(batches),
-                        **{n: round(v, 4) for n, v in s.items()},
-                    }
-                )
-                print(
-                    f"{bs:>5} {me:>6} {rl or 'longest':>7} {len(batches):>7} {s['tokens']:>7} "
-                    f"{s['rows_per_batch']:>6.2f} {s['padded']:>6.3f} {s['packed']:>6.3f} "
-                    f"{s['bound']:>6.3f} {s['fitted']:>6.3f}"
-                )
+    settings = [(s, b, e, t) for s in a.select for b in a.batch_sizes for e in a.max_events for t in a.max_tokens]
+    for sel, bs, me, mt in settings:
+        crop = CropConfig(max_events=me, max_tokens=mt or None, tokens_per_instance=k, select=sel, max_instances=caps)
+        batches = batches_of(ds, timelines, crop, bs, a.seed)
+        metas = [(*token_metadata(b, k), len(b)) for b in batches]
+        for rl in a.row_lens:
+            s = shares(metas, rl or None)
+            table.append(
+                {
+                    "select": sel,
+                    "batch_size": bs,
+                    "max_events": me,
+                    "max_tokens": mt or None,
+                    "row_len": rl or "longest",
+                    "batches": len(batches),
+                    **{n: round(v, 4) for n, v in s.items()},
+                }
+            )
+            print(
+                f"{sel:>6} {bs:>5} {me:>6} {mt or '-':>7} {rl or 'longest':>7} {len(batches):>7} {s['tokens']:>7} "
+                f"{s['rows_per_batch']:>6.2f} {s['padded']:>6.3f} {s['packed']:>6.3f} "
+                f"{s['bound']:>6.3f} {s['fitted']:>6.3f}"
+            )
     best = max(r["packed"] for r in table)
     worst = min(r["packed"] for r in table)
     print(
@@ -126,7 +163,16 @@ def main() -> None:
         f"the assignment reaches the bound in {sum(r['packed'] >= r['bound'] - 1e-9 for r in table)}/{len(table)} "
         f"settings; the rest of the gap is each batch's part-filled last row"
     )
-    write_results(a.out, {"target_packed": TARGET, "tokens_per_instance": k, "table": table})
+    write_results(
+        a.out,
+        {
+            "target_packed": TARGET,
+            "tokens_per_instance": k,
+            "days": a.days,
+            "max_instances": caps,
+            "table": table,
+        },
+    )
 
 
 if __name__ == "__main__":
