@@ -54,7 +54,12 @@ PRETRAIN_STEPS = 600
 N_DOWN, SEED_DOWN = 1000, 11
 EPOCHS = 8
 MODALITIES = "[ecg,wearable]"
-LANDMARK = ["landmark.eval_days=1095.75", "landmark.max_events=8", "head.covariates=[age]"]
+LANDMARK = [
+    "landmark.eval_days=1095.75",
+    "landmark.max_events=8",
+    "landmark.max_instances={wearable:4}",
+    "head.covariates=[age]",
+]
 SEEDS = (0, 1)
 
 
@@ -87,6 +92,8 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "resume=null",
             "callbacks.checkpoint.every_n_train_steps=100000",
             "+trainer.limit_val_batches=0",
+            "data.select=even",  # dense wearable days: spread the window, cap the days (as the landmark history)
+            "data.max_instances={wearable:4}",
             *QUIET,
         ],
     )

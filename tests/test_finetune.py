@@ -338,3 +338,19 @@ def test_reports_say_when_a_figure_cannot_be_trusted(tmp_path: Path) -> None:
     large = report(200, 40)
     text = write_report([large], tmp_path / "large", "test").read_text()
     assert "n/e" not in text and "not estimable" not in text
+
+
+def test_landmark_history_caps_dense_wearable_days() -> None:
+    """A week of daily wearable windows before the landmark does not fill the history: capped, the most recent
+    days are kept and the older visits stay in it."""
+    events = [Event(float(d), 20000.0 + d, [Measurement("clinical", code="VISIT")]) for d in (0, 100, 200)]
+    events += [
+        Event(200.0 + d, 20200.0 + d, [Measurement("wearable", np.zeros((3, 1440), np.float32))]) for d in range(1, 8)
+    ]
+    tl = Timeline("k", {}, events, {"onset": Label(1.0, 400.0)})
+    head = HeadConfig(kind="classification", label="onset", horizon_days=365.0)
+    plain = landmark_sample(tl, head, LandmarkConfig(eval_days=300.0, max_events=5), None)[0][0]
+    assert [e.time_days for e in plain.events] == [203.0, 204.0, 205.0, 206.0, 207.0]  # only wearable days
+    lm = LandmarkConfig(eval_days=300.0, max_events=5, max_instances={"wearable": 2})
+    capped = landmark_sample(tl, head, lm, None)[0][0]
+    assert [e.time_days for e in capped.events] == [0.0, 100.0, 200.0, 206.0, 207.0]

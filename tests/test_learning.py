@@ -20,6 +20,15 @@ Measured on 2 CPU cores (seeds 0-5, 80 steps): random init 0.57-0.63, pretrained
 0.06-0.10 (mean 0.08). With modality and slot embeddings initialised N(0, 1) (before
 ``OmniModel._init_embeddings``) the gain was -0.02 to +0.10: those vectors dominated every token.
 Run it with ``pytest tests/test_learning.py -m slow -s`` to see the numbers.
+
+Synthetic generator 2.1 (wearables recorded as multi-day wear periods: about a week of daily windows per
+wearable visit) changed this. With the recipe above unchanged (8 consecutive events, the last 8 as the
+history) the windows are mostly one week of wearable days, and pretraining *hurt*: random init 0.610,
+pretrained 0.510 (seed 0). With pretraining windows spread over the timeline and the wearable days capped
+(``data.select=even``, ``data.max_instances={wearable:2}``; the history capped alike): random init 0.523,
+pretrained 0.608, gain +0.085 (seed 0). The gain holds; the floor is lowered from 0.62 (0.66-0.70 over six
+seeds with generator 2.0) to 0.58 for this draw: reaching the old level is issue 16's work, not a tuning of
+the simulator.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from datamodules.collate import Collator
 from datamodules.loader import CropConfig, ShardDataset, crop_timeline
 from datamodules.schema import Timeline
 from datamodules.shards.format import subject_key
+from datamodules.synthetic.state import simulate_subject
 from omnimodal.model.omni import OmniModel
 from omnimodal.pretraining.run import build
 
@@ -54,10 +64,12 @@ SEED = int(os.environ.get("OMNIMODAL_LEARNING_SEED", 0))  # a seed sweep: OMNIMO
 STEPS = 80  # pretraining steps of batch 4 (~0.3-0.5 s each on 2 idle cores)
 LANDMARK_DAYS = 365.25
 MAX_EVENTS = 8  # history window, as in pretraining (data.max_events)
+#: wearable days per history, as in pretraining (data.max_instances): a wear period is a week of daily windows
+MAX_INSTANCES = {"wearable": 2}
 FOLDS, INNER_FOLDS, REPEATS = 5, 4, 3
 L2_GRID = (1.0, 3.0, 10.0, 30.0)
 MARGIN = 0.05  # smallest gain over six seeds: 0.062
-FLOOR = 0.62  # pretrained AUROC over six seeds: 0.66-0.70
+FLOOR = 0.58  # pretrained AUROC: 0.66-0.70 over six seeds with generator 2.0; 0.608 (seed 0) with 2.1
 STATE_NAMES = ("cardio", "neuro", "resp", "metabolic", "frailty", "mood")
 
 
@@ -74,7 +86,7 @@ def landmark_histories(root: Path) -> tuple[list[Timeline], torch.Tensor]:
             before = [ev for ev in tl.events if ev.time_days < LANDMARK_DAYS]
             history = crop_timeline(
                 Timeline(tl.key, tl.static, before, {}),
-                CropConfig(max_events=MAX_EVENTS, random=False),
+                CropConfig(max_events=MAX_EVENTS, max_instances=MAX_INSTANCES, random=False),
                 np.random.default_rng(0),
             )
             histories.append(history)
@@ -155,20 +167,22 @@ def probe_auroc(x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[float]]:
 
 # --- ground truth ------------------------------------------------------------------------------------------
 def ground_truth(root: Path, histories: list[Timeline]) -> tuple[pd.DataFrame, torch.Tensor]:
-    """Per history: its subject's ``ground_truth.csv`` row, and the hidden state at its last event."""
+    """Per history: its subject's ``ground_truth.csv`` row, and the hidden state at its last event (on the
+    simulator's continuous path: the last event may be a wearable day between visits)."""
     cohort = root.parent / "cohort"
     secret = DEMO_SECRET.encode()
     gt = pd.read_csv(cohort / "ground_truth.csv")
     gt["key"] = [subject_key(s, secret) for s in gt["subject_id"]]
     states = pd.read_csv(cohort / "states.csv")
-    states["key"] = [subject_key(s, secret) for s in states["subject_id"]]
-    visits = dict(tuple(states.groupby("key")))
+    visits = dict(tuple(states.groupby("subject_id")))
+    by_key = dict(zip(gt["key"], gt["subject_id"]))
     hidden = []
     for h in histories:
-        v = visits[h.key]
-        i = int(np.argmin(np.abs(v["days"].to_numpy() - h.events[-1].time_days)))
-        assert abs(v["days"].iloc[i] - h.events[-1].time_days) < 1.0, h.key
-        hidden.append(v[list(STATE_NAMES)].iloc[i].to_numpy(dtype=float))
+        sid = by_key[h.key]
+        subject = simulate_subject(0, int(sid.split("-")[1]))  # the demo cohort's seed
+        v = visits[sid]  # the path passes through the recorded visit states
+        np.testing.assert_allclose(subject.state_at(v["days"].to_numpy()), v[list(STATE_NAMES)], atol=1e-6)
+        hidden.append(subject.state_at(h.events[-1].time_days)[0])
     return gt.set_index("key").loc[[h.key for h in histories]], torch.tensor(np.array(hidden))
 
 
@@ -206,6 +220,8 @@ def test_pretraining_beats_random_init_on_future_onset(tmp_path: Path) -> None:
                 "~callbacks.checkpoint",
                 "~callbacks.lr_monitor",
                 "resume=null",
+                "data.select=even",
+                "data.max_instances={" + ",".join(f"{m}:{n}" for m, n in MAX_INSTANCES.items()) + "}",
             ],
         )
     with open_dict(cfg):

@@ -35,18 +35,20 @@ class LandmarkConfig:
     eval_days: float = 365.25  # fixed landmark (val/test/eval): days after the first event
     train: str = "random"  # "random": a random eligible event per person and epoch; "fixed": eval_days
     max_events: int = 16  # history window: the most recent events up to the landmark
+    #: which events the history keeps when longer: "recent" (the most recent), or "even" (spread over it)
+    select: str = "recent"
+    #: per-modality caps applied first, e.g. {"wearable": 4}: the most recent wearable days, so a week of
+    #: daily wearable windows does not fill the history
+    max_instances: dict[str, int] | None = None
 
 
-def at_landmark(tl: Timeline, landmark_days: float, max_events: int | None) -> Timeline | None:
-    """The history up to ``landmark_days`` (events at or before it), most recent ``max_events``."""
+def at_landmark(tl: Timeline, landmark_days: float, lm: LandmarkConfig) -> Timeline | None:
+    """The history up to ``landmark_days`` (events at or before it), bounded as ``lm`` says."""
     before = [ev for ev in tl.events if ev.time_days <= landmark_days]
     if not before:
         return None
-    return crop_timeline(
-        Timeline(tl.key, tl.static, before, {}),
-        CropConfig(max_events=max_events, random=False),
-        np.random.default_rng(0),
-    )
+    crop = CropConfig(max_events=lm.max_events, select=lm.select, max_instances=lm.max_instances or {}, random=False)
+    return crop_timeline(Timeline(tl.key, tl.static, before, {}), crop, np.random.default_rng(0))
 
 
 def landmark_sample(
@@ -61,7 +63,7 @@ def landmark_sample(
         tgt, why = target(head, label, lm.eval_days)
         if tgt is None:
             return None, why
-        hist = at_landmark(tl, lm.eval_days, lm.max_events)
+        hist = at_landmark(tl, lm.eval_days, lm)
         return ((hist, tgt), "") if hist is not None else (None, "no event before the landmark")
     options, why = [], "no event before the outcome"
     for i, ev in enumerate(tl.events):
@@ -73,7 +75,7 @@ def landmark_sample(
     if not options:
         return None, why
     i, tgt = options[int(rng.integers(len(options)))]
-    return (at_landmark(tl, tl.events[i].time_days, lm.max_events), tgt), ""
+    return (at_landmark(tl, tl.events[i].time_days, lm), tgt), ""
 
 
 class LandmarkDataset(IterableDataset):
