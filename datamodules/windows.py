@@ -193,6 +193,11 @@ class Account:
         return d
 
 
+def tally(accounts: dict[str, Account], modality: str, account: Account) -> None:
+    """Add one recording's (or one subject's) account to the per-modality totals."""
+    accounts.setdefault(modality, Account(recordings=0)).add(account)
+
+
 def cut(stream: Stream, spec: Spec, policy: WindowPolicy, stop_s: float | None = None) -> tuple[list[Window], Account]:
     """The kept windows of ``stream`` (canonical arrays, in time order) and the account of the rest.
 

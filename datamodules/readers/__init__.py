@@ -99,13 +99,15 @@ def read_recording(
     windows, account = cut(stream, spec, policy, stop_s)
     if not windows:
         why = ", ".join(f"{n} {REASONS[k]}" for k, n in account.windows_dropped.items())
-        setting = "min_coverage" if "low_coverage" in account.windows_dropped else "max_windows"
+        hint = (  # max_windows >= 1 always keeps one: nothing kept means gaps or a death before the end
+            f"lower windows.{modality}.min_coverage in the build config, or fix the recording"
+            if "low_coverage" in account.windows_dropped
+            else "check the recording's time and the subject's death_date"
+        )
         err = DataError(
             f"the window policy keeps no window of this {account.duration_s:.0f}-s recording ({why})",
             where=where,
-            hint=f"lower windows.{modality}.{setting} in the build config, or fix the recording's time"
-            if setting == "min_coverage" or "after_death" not in account.windows_dropped
-            else "check the recording's time and the subject's death_date",
+            hint=hint,
         )
         err.account = account  # the builder reports what was read, though nothing is kept
         raise err

@@ -33,7 +33,7 @@ from ..schema import (
     specs_from_json,
     specs_to_json,
 )
-from ..windows import Account, Window, WindowPolicy, policies
+from ..windows import Account, Window, WindowPolicy, policies, tally
 from .format import INDEX_NAME, TarShardWriter, checksum, encode_array, member_name, resolve_secret, subject_key
 from .report import BuildReport, Rejection
 
@@ -312,14 +312,14 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
                 reject("events", row, job.scrub(_with_hint(exc), row["path"]))
                 account = getattr(exc, "account", None)
                 if account is not None:
-                    res.windows.setdefault(m, Account(recordings=0)).add(account)
+                    tally(res.windows, m, account)
             else:
                 res.notes.extend(
                     f"events row {row['row']} (key {job.key}): {job.scrub(n, row['path'])}"
                     for n in reading.notes + reading.problems
                 )
                 if reading.account is not None:
-                    res.windows.setdefault(m, Account(recordings=0)).add(reading.account)
+                    tally(res.windows, m, reading.account)
                 for w in reading.windows:
                     t = row["time"] + pd.Timedelta(seconds=w.offset_s)
                     accepted.append((t, row["row"], row, w, recordings, reading.meta))

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..windows import REASONS, Account
+from ..windows import REASONS, Account, tally
 
 
 @dataclass
@@ -40,7 +40,7 @@ class BuildReport:
     windows: dict[str, Account] = field(default_factory=dict)
 
     def add_windows(self, modality: str, account: Account) -> None:
-        self.windows.setdefault(modality, Account(recordings=0)).add(account)
+        tally(self.windows, modality, account)
 
     @property
     def samples(self) -> int:
