@@ -56,6 +56,11 @@ def demo_shards(
     if (shards / INDEX_NAME).is_file():
         return shards
     cohort = base / "cohort"
+    print(
+        f"building the synthetic demo cohort ({n_subjects} people, seed {seed}) and its shards in {base}: "
+        "first run only, a few minutes on 2 cores; later runs reuse them",
+        flush=True,
+    )
     if not (cohort / "cohort.json").is_file():
         shutil.rmtree(cohort, ignore_errors=True)
         synthesize_cohort(cohort, n_subjects=n_subjects, seed=seed, workers=workers)

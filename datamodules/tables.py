@@ -151,9 +151,22 @@ def load_subjects(path: str | os.PathLike, time_format: str | None = None) -> pd
     out["sex_male"] = np.where(sex.isin(["M", "MALE"]), 1.0, np.where(sex.isin(["F", "FEMALE"]), 0.0, np.nan))
     split = df["split"].astype("string").str.strip().str.lower() if "split" in df.columns else None
     out["split"] = split.where(split.notna(), None) if split is not None else None
-    consent = df["consent"].astype("string").str.strip().str.lower()
-    out["consent"] = [True if c in _TRUE else False if c in _FALSE else None for c in consent.fillna("")]
+    out["consent"] = _consent(df["consent"])
     return out
+
+
+def _consent(values: pd.Series) -> list[bool | None]:
+    consent = values.astype("string").str.strip().str.lower()
+    return [True if c in _TRUE else False if c in _FALSE else None for c in consent.fillna("")]
+
+
+def load_consent(path: str | os.PathLike) -> pd.DataFrame:
+    """A subjects table beside a MEDS dataset: only ``subject_id`` and ``consent`` are read (MEDS carries the
+    rest). Columns out: row, subject_id, consent (bool|None, None where not understood)."""
+    path = str(path)
+    df = read_table(path)
+    _require(df, ("subject_id", "consent"), path)
+    return pd.DataFrame({"row": df["row"], "subject_id": _ids(df, path), "consent": _consent(df["consent"])})
 
 
 def load_events(path: str | os.PathLike, time_format: str | None = None) -> pd.DataFrame:

@@ -12,6 +12,7 @@ the libraries that read checkpoints themselves (DeepSpeed's ``zero_to_fp32``, to
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import os
 import pickle
 import shutil
@@ -264,7 +265,7 @@ def _cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent)
 
 
-@pytest.mark.slow  # seven console scripts, ~10 s each
+@pytest.mark.slow  # seven console scripts, ~15 s each, two at a time
 def test_commands_refuse_a_payload_checkpoint(
     pretrained_ckpt: Path, release_dir: Path, shards: Path, tmp_path: Path, marker: Path
 ) -> None:
@@ -304,8 +305,11 @@ def test_commands_refuse_a_payload_checkpoint(
             rel / "model.safetensors",
         ),
     }
-    for name, (cmd, where) in commands.items():
-        r = _cli(cmd)
+    # two at a time: each is mostly a fresh interpreter importing torch, Lightning and DeepSpeed
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = dict(zip(commands, pool.map(_cli, [cmd for cmd, _ in commands.values()])))
+    for name, (_, where) in commands.items():
+        r = results[name]
         assert r.returncode != 0, f"{name}: exit code 0"
         assert str(where) in r.stderr and ("refused" in r.stderr or "not a safetensors file" in r.stderr), (
             f"{name}: {r.stderr[-2000:]}"

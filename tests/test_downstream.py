@@ -9,7 +9,8 @@ scratch on that cohort and against logistic regression on the last visit's summa
   horizon 5 years) from a landmark 3 years after each person's first event (history: its last 8 events).
 - Models: the release with a frozen backbone (``mode=frozen``), the same architecture from scratch trained in
   full (``init=scratch mode=full``, backbone at the head's learning rate), both ``EPOCHS`` epochs with age at
-  the landmark beside the embedding (``head.covariates=[age]``), each with fine-tuning seeds 0 and 1; and
+  the landmark beside the embedding (``head.covariates=[age]``), with fine-tuning seed 0 (seeds 0 and 1 were
+  measured, below); and
   the logistic regression (``omnimodal.downstream.baselines.last_visit_logistic``: age + per-lead/channel mean and
   std of the last visit's ECG and wearable data, a missing indicator each, L2 strength by cross-validation).
 - Metrics on the held-out test split: C-index and AUROC of "onset within 5 years" (people with a known
@@ -54,7 +55,7 @@ from omnimodal.evaluation.report import compute_metrics, evaluate
 from omnimodal.pretraining import run as T
 from omnimodal.release import export
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~12 min on 2 idle cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~7 min on 2 idle cores
 
 PRETRAIN_STEPS = 600
 N_DOWN, SEED_DOWN = 1000, 11
@@ -66,7 +67,7 @@ LANDMARK = [
     "landmark.max_instances={wearable:4}",
     "head.covariates=[age]",
 ]
-SEEDS = (0, 1)
+SEEDS = (0,)  # seed 1 was measured too (module docstring); one keeps the CI suite within its time
 
 
 def _compose(name: str, overrides: list[str]):

@@ -212,6 +212,7 @@ def test_eval_report_and_person_forecast(release_dir: Path, shards: Path, tmp_pa
     path = write_report([rep], tmp_path / "report", "train")
     text = path.read_text()
     assert "c_index" in text and "Modality ablation" in text and "ecg" in text
+    _check_tripod_items(task, rep, shards, text, json.loads((tmp_path / "report" / "metrics.json").read_text())[0])
     for png in ("roc.png", "calibration.png", "ablation.png"):
         img = np.asarray(Image.open(tmp_path / "report" / png).convert("L"))
         assert img.shape[0] > 300 and (img < 250).mean() > 0.02, png  # an image with content, not blank
@@ -224,6 +225,47 @@ def test_eval_report_and_person_forecast(release_dir: Path, shards: Path, tmp_pa
     assert f.embed(tl).shape == (task.model.omni.d_model,)
     png = f.plot(tl, tmp_path / "person.png")
     assert np.asarray(Image.open(png)).shape[0] > 300
+
+
+def _check_tripod_items(task: FinetuneTask, rep, shards: Path, text: str, js: dict) -> None:
+    """What the report fills of TRIPOD+AI, against the shard folder, the landmark data and the model."""
+    from omnimodal.downstream.predict import landmark_items
+    from omnimodal.evaluation.tripod import FILLED
+
+    section = text[text.index("## TRIPOD+AI checklist (filled automatically)") :]
+    for item, topic in FILLED:
+        assert f"| {item} | {topic} |" in section
+    assert "Still to write" in section and "- 17 Ethical approval" in section and "- 5b Dates" in section
+    # 5a data source: index.json and the build report beside the shards
+    index, build = (json.loads((shards / f).read_text()) for f in ("index.json", "report.json"))
+    assert f"(schema version {index['schema_version']})" in text
+    assert f"{build['subjects_in_table']} subjects in the table, {build['samples']} written" in text
+    assert f"{len(build['withdrawn_consent'])} left out for withdrawn consent" in text
+    assert js["data_source"]["specs"] == index["specs"]
+    # 20a participants: everyone in the split is evaluated or left out with the landmark's reason
+    lm = LandmarkConfig(**{**task.hparams["landmark"], "eval_days": 30})
+    items, excluded = landmark_items(task, shards, "train", lm)
+    assert excluded == rep.excluded and js["participants"]["excluded"] == excluded
+    assert js["participants"]["in_split"] == index["splits"]["train"]["samples"] == len(items) + sum(excluded.values())
+    assert f"{len(items)} evaluated at the landmark (30 days after their first event)" in text
+    # 11 missingness: people whose history at the landmark holds each modality
+    for m in task.model.omni.encoders:
+        have = sum(any(ms.modality == m for ev in h.events for ms in ev.measurements) for h, _ in items)
+        assert js["missingness"][m]["people"] == have
+        assert f"| {m} | {have} | {have / len(items):.0%} |" in text
+    # 12c model: release, mode, trainable parameters, landmark design
+    n = task.trainable_parameters()
+    assert f"release {task.hparams['release_path'].rstrip('/').split('/')[-1]}" in text
+    assert "mode frozen, initialised from the release" in text
+    assert f"trainable parameters {n['model'] + n['head']:,} of {n['total']:,}" in text
+    assert js["model_details"]["landmark"]["max_events"] == 4
+    # 23a: Uno's C and the integrated Brier score beside the other figures, with intervals
+    assert "uno_c" in text and "ibs" in text and "estimated on the evaluated train split itself" in text
+    for key in ("uno_c", "ibs"):
+        est = js[key]
+        assert math.isnan(est["value"]) or est["lo"] <= est["value"] <= est["hi"], (key, est)
+    grid = js["ibs_grid_days"]
+    assert grid and max(grid) < max(t["time"] for _, t in items)  # inside the follow-up
 
 
 def test_eval_and_forecast_commands(release_dir: Path, shards: Path, tmp_path: Path, capsys) -> None:

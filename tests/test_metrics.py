@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -14,10 +15,12 @@ from omnimodal.evaluation import (
     MetricUndefinedError,
     binary_metrics,
     bootstrap_ci,
+    brier_scores,
     calibration_bins,
     concordance_index,
     cumulative_incidence,
     format_ci,
+    integrated_brier_score,
     kaplan_meier,
     markdown_table,
     plot_ablation,
@@ -29,6 +32,7 @@ from omnimodal.evaluation import (
     survival_calibration_bins,
     time_dependent_auroc,
     time_to_event_metrics,
+    uno_c_index,
 )
 from omnimodal.evaluation.metrics import _fast_auprc, _fast_auroc
 from omnimodal.evaluation.plots import DPI
@@ -189,6 +193,196 @@ def test_time_to_event_metrics_report():
     with pytest.warns(UserWarning, match="no subject was followed beyond 9000 days"):
         late = time_to_event_metrics(time, event, risk, horizons=[365, 9000], n_boot=0)
     assert np.isnan(late["td_auroc"][9000.0].value) and str(late["td_auroc"][9000.0]) == "–"
+
+
+# ----------------------------------------------------------------------------- against scikit-survival
+# Real data shipped with scikit-survival, risks from a Cox model fitted on the one-hot covariates.
+# Where ours and scikit-survival define a figure the same way, they must agree to rounding (1e-9).
+# One difference of definition: when a censoring ties an event time, ours weighs the event by
+# 1/G(T-) and counts the event in the censoring Kaplan-Meier's risk set at T (R's survival does);
+# scikit-survival weighs it by 1/G(T) and removes the event from that risk set. Those tests move each
+# such censoring 1e-4 days later (our convention: censoring follows the event) to compare like with
+# like, and bound the gap on the raw data.
+@functools.cache
+def cox_on(dataset: str):
+    """(time, event 0/1, risk = Cox linear predictor, survival functions) on a scikit-survival dataset."""
+    from sksurv import datasets
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.preprocessing import OneHotEncoder
+
+    x, y = getattr(datasets, f"load_{dataset}")()
+    x = OneHotEncoder().fit_transform(x)
+    observed, time = (y[name] for name in y.dtype.names)
+    cox = CoxPHSurvivalAnalysis(alpha=1e-4).fit(x, y)  # a whisker of ridge for stable Newton steps
+    return time.astype(float), observed.astype(int), cox.predict(x), cox.predict_survival_function(x)
+
+
+def surv(time, event):
+    from sksurv.util import Surv
+
+    return Surv.from_arrays(np.asarray(event) > 0, time)
+
+
+def censoring_after_tied_events(time, event):
+    """The same data with each censoring that ties an event time moved 1e-4 days later."""
+    tied = (event == 0) & np.isin(time, time[event > 0])
+    return time + np.where(tied, 1e-4, 0.0)
+
+
+SKSURV_DATA = ["whas500", "gbsg2"]
+
+
+@pytest.mark.parametrize("dataset", SKSURV_DATA)
+def test_harrell_c_and_kaplan_meier_equal_scikit_survival(dataset):
+    """Same definitions (a censoring tied with an event follows it; tied risks count 1/2): equal."""
+    from sksurv.metrics import concordance_index_censored
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    time, event, risk, _ = cox_on(dataset)
+    ours = concordance_index(time, event, risk)
+    assert ours == pytest.approx(concordance_index_censored(event > 0, time, risk)[0], abs=1e-9)
+    assert ours > 0.65  # a real model, not noise
+    rounded = np.round(risk, 1)  # many tied risks
+    assert concordance_index(time, event, rounded) == pytest.approx(
+        concordance_index_censored(event > 0, time, rounded)[0], abs=1e-9
+    )
+    grid, s = kaplan_meier_estimator(event > 0, time)
+    np.testing.assert_allclose(kaplan_meier(time, event, grid), s, atol=1e-12)
+    np.testing.assert_allclose(kaplan_meier(time, event, grid - 0.5), np.r_[1.0, s[:-1]], atol=1e-12)  # left limits
+
+
+@pytest.mark.parametrize("dataset", SKSURV_DATA)
+def test_td_auroc_equals_cumulative_dynamic_auc(dataset):
+    """scikit-survival's cumulative/dynamic AUC: cases an event by t (weight 1/G), controls event-free
+    at t, G from the evaluated set (passed as its survival_train). With one cause ours is the same for
+    both control definitions ("not_case" adds competing events, and there are none)."""
+    from sksurv.metrics import cumulative_dynamic_auc
+
+    time, event, risk, _ = cox_on(dataset)
+    horizons = np.quantile(time[event > 0], [0.25, 0.5, 0.75])
+    t2 = censoring_after_tied_events(time, event)
+    ref = cumulative_dynamic_auc(surv(t2, event), surv(t2, event), risk, horizons)[0]
+    for controls in ("not_case", "event_free"):
+        np.testing.assert_allclose(time_dependent_auroc(t2, event, risk, horizons, controls=controls), ref, atol=1e-9)
+    half = np.arange(len(time)) % 2 == 0  # the censoring distribution of another set ("training split")
+    ref = cumulative_dynamic_auc(surv(t2, event)[half], surv(t2, event)[~half], risk[~half], horizons)[0]
+    ours = time_dependent_auroc(t2[~half], event[~half], risk[~half], horizons, censoring=(t2[half], event[half]))
+    np.testing.assert_allclose(ours, ref, atol=1e-9)
+    raw = cumulative_dynamic_auc(surv(time, event), surv(time, event), risk, horizons)[0]
+    np.testing.assert_allclose(time_dependent_auroc(time, event, risk, horizons), raw, atol=1e-4)  # ties only
+
+
+def test_aalen_johansen_and_cause_specific_c_equal_scikit_survival_on_bmt():
+    """Bone-marrow transplant data (scikit-survival's competing-risks set): cumulative incidence of
+    each cause and in all; the C-index for cause k equals scikit-survival's with the other cause as
+    censoring, which is how ours treats competing events; risks from a cause-specific Cox model."""
+    from sksurv.datasets import load_bmt
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
+    from sksurv.nonparametric import cumulative_incidence_competing_risks
+    from sksurv.preprocessing import OneHotEncoder
+
+    x, y = load_bmt()
+    event, time = y["status"], y["ftime"].astype(float)
+    assert set(event) == {0, 1, 2}
+    grid, cif = cumulative_incidence_competing_risks(event, time)
+    for cause in (1, 2):
+        np.testing.assert_allclose(cumulative_incidence(time, event, cause, grid), cif[cause], atol=1e-12)
+    np.testing.assert_allclose(1 - kaplan_meier(time, event > 0, grid), cif[0], atol=1e-12)
+    x = OneHotEncoder().fit_transform(x)
+    for cause in (1, 2):
+        y_k = surv(time, event == cause)
+        risk = CoxPHSurvivalAnalysis().fit(x, y_k).predict(x)  # one binary covariate: many tied risks
+        assert concordance_index(time, event, risk, cause) == pytest.approx(
+            concordance_index_censored(event == cause, time, risk)[0], abs=1e-9
+        )
+        assert uno_c_index(time, event, risk, cause) == pytest.approx(concordance_index_ipcw(y_k, y_k, risk)[0])
+
+
+@pytest.mark.parametrize("dataset", SKSURV_DATA)
+def test_uno_c_index(dataset):
+    """Uno's C is scikit-survival's concordance_index_ipcw (ours passes the data and its cause, and
+    says why it is undefined); without censoring it is Harrell's C."""
+    from sksurv.metrics import concordance_index_ipcw
+
+    time, event, risk, _ = cox_on(dataset)
+    tau = float(np.quantile(time, 0.8))
+    y = surv(time, event)
+    assert uno_c_index(time, event, risk, tau=tau) == concordance_index_ipcw(y, y, risk, tau=tau)[0]
+    half = np.arange(len(time)) % 2 == 0  # the censoring distribution of another set ("training split")
+    assert (
+        uno_c_index(time[~half], event[~half], risk[~half], tau=tau, censoring=(time[half], event[half]))
+        == (concordance_index_ipcw(y[half], y[~half], risk[~half], tau=tau)[0])
+    )
+    everyone = np.ones_like(event)
+    assert uno_c_index(time, everyone, risk) == pytest.approx(concordance_index(time, everyone, risk), abs=1e-12)
+    with pytest.raises(MetricUndefinedError, match="nobody had a cause-1 event"):
+        uno_c_index(time, np.zeros_like(event), risk)
+    with pytest.raises(MetricUndefinedError, match="no cause-1 event before tau = 0.5 days"):
+        uno_c_index(time, event, risk, tau=0.5)
+    with pytest.raises(ValueError, match="tau must be a positive time"):
+        uno_c_index(time, event, risk, tau=-1)
+    short = time < np.median(time)
+    with pytest.raises(ValueError, match="the censoring set ends at"):
+        uno_c_index(time, event, risk, censoring=(time[short], event[short]))
+
+
+@pytest.mark.parametrize("dataset", SKSURV_DATA)
+def test_integrated_brier_score_equals_scikit_survival(dataset):
+    """Cox survival functions S(t) on a grid inside the follow-up; ours takes the cumulative incidence
+    1 - S(t) (what our survival head predicts) and handles competing events, scikit-survival takes S."""
+    from sksurv.metrics import brier_score
+    from sksurv.metrics import integrated_brier_score as sk_ibs
+
+    time, event, _, functions = cox_on(dataset)
+    grid = np.linspace(np.quantile(time, 0.05), np.quantile(time, 0.8), 15)
+    s = np.vstack([f(grid) for f in functions])
+    t2 = censoring_after_tied_events(time, event)
+    y2 = surv(t2, event)
+    np.testing.assert_allclose(brier_scores(t2, event, 1 - s, grid), brier_score(y2, y2, s, grid)[1], atol=1e-9)
+    ours = integrated_brier_score(t2, event, 1 - s, grid)
+    assert ours == pytest.approx(sk_ibs(y2, y2, s, grid), abs=1e-9)
+    raw = integrated_brier_score(time, event, 1 - s, grid)
+    assert raw == pytest.approx(sk_ibs(surv(time, event), surv(time, event), s, grid), abs=1e-4)  # ties only
+    # the same forecast for everyone (the Kaplan-Meier): worse than the model
+    marginal = np.tile(kaplan_meier(time, event, grid), (len(time), 1))
+    assert integrated_brier_score(time, event, 1 - marginal, grid) > raw + 0.005
+    with pytest.raises(ValueError, match="at least 2 increasing times"):
+        integrated_brier_score(time, event, 1 - s[:, :1], grid[:1])
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        integrated_brier_score(time, event, s - 0.5, grid)
+    late = np.r_[grid[:-1], time.max() + 1]
+    with pytest.raises(MetricUndefinedError, match="Brier score at .* days is undefined: no subject was followed"):
+        integrated_brier_score(time, event, 1 - s, late)
+
+
+def test_brier_score_with_competing_events():
+    """A competing event by t is a known non-case (weight 1/G(T-)), not censoring: the true cumulative
+    incidence scores better than 1 - the cause's own survival, which ignores that competing events
+    prevent the cause."""
+    time, event, _, rate, *_ = competing_cohort(4000, seed=11)
+    grid = np.array([200.0, 500.0, 1000.0])
+    true_cif = 0.6 * (1 - np.exp(-rate[:, None] * grid))
+    latent = 1 - np.exp(-0.6 * rate[:, None] * grid)  # cause-1 hazard alone, competing events ignored
+    assert integrated_brier_score(time, event, true_cif, grid) < integrated_brier_score(time, event, latent, grid)
+    b = brier_scores(time, event, true_cif, grid)
+    assert (np.diff(b) > 0).all() and b[-1] < 0.25
+
+
+def test_time_to_event_metrics_with_uno_c_and_integrated_brier_score():
+    time, event, risk, _ = cox_on("whas500")
+    grid = np.linspace(30.0, 1500.0, 8)
+    cif = 1 - np.vstack([f(grid) for f in cox_on("whas500")[3]])
+    out = time_to_event_metrics(time, event, risk, horizons=[365], n_boot=40, tau=1500, grid=grid, cif_grid=cif)
+    assert out["uno_c"].value == uno_c_index(time, event, risk, tau=1500)
+    assert out["ibs"].value == integrated_brier_score(time, event, cif, grid)
+    for key in ("c_index", "uno_c", "ibs"):
+        assert out[key].lo <= out[key].value <= out[key].hi and out[key].n_boot == 40
+    with pytest.raises(ValueError, match=r"grid has 8 times: pass cif_grid \[N = 500, 8\]"):
+        time_to_event_metrics(time, event, risk, grid=grid, n_boot=0)
+    with pytest.warns(UserWarning, match="no cause-1 event before tau"):
+        early = time_to_event_metrics(time, event, risk, n_boot=0, tau=0.5)
+    assert np.isnan(early["uno_c"].value) and "ibs" not in early
 
 
 # ----------------------------------------------------------------------------- binary and bootstrap

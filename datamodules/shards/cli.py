@@ -2,6 +2,8 @@
 
     omnimodal-shard --subjects subjects.csv --events events.csv --labels labels.csv --out shards/
     omnimodal-shard --config build.yaml --spec ecg.rate_hz=500 --time-format '%d/%m/%Y %H:%M' --strict
+    omnimodal-shard --meds meds_dataset/ [--subjects consent.csv] [--events more_files.csv] --out shards/
+    omnimodal-shard export-meds --subjects subjects.csv --events events.csv [--labels labels.csv] --out meds/
     omnimodal-shard verify shards/
 
 The secret for keyed subject hashes comes from ``$OMNIMODAL_SHARD_SECRET`` or ``secret:`` in the config
@@ -25,9 +27,10 @@ from .builder import BuildConfig, build_shards, window_policies
 
 #: the type each BuildConfig field must have in a config file
 _TYPES: dict[str, tuple[type, ...]] = {
-    "subjects": (str,),
-    "events": (str,),
+    "subjects": (str, type(None)),
+    "events": (str, type(None)),
     "out": (str,),
+    "meds": (str, type(None)),
     "labels": (str, type(None)),
     "secret": (str, type(None)),
     "specs": (dict,),
@@ -98,7 +101,7 @@ def check_config(values: dict[str, Any], where: str) -> None:
         )
     try:
         specs = default_specs(**specs)  # type-checks each field (datamodules.specs.replace_fields)
-        window_policies(BuildConfig("", "", "", windows=windows), specs)
+        window_policies(BuildConfig(windows=windows), specs)
     except DataError as err:
         raise DataError(f"{err.where}: {err.reason}" if err.where else err.reason, where=where, hint=err.hint) from None
 
@@ -107,11 +110,13 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
     p = argparse.ArgumentParser(
         prog="omnimodal-shard",
         description=__doc__.split("\n\n")[0],
-        epilog="omnimodal-shard verify DIR checks a shard folder (see verify --help)",
+        epilog="omnimodal-shard verify DIR checks a shard folder (see verify --help); omnimodal-shard "
+        "export-meds writes the tables as a MEDS dataset (see export-meds --help)",
     )
     p.add_argument("--config", help="YAML/JSON file with any BuildConfig field (subjects, events, specs, secret, ...)")
-    p.add_argument("--subjects")
-    p.add_argument("--events")
+    p.add_argument("--meds", help="a MEDS v0.4 dataset root: subjects and clinical events (and files) come from it")
+    p.add_argument("--subjects", help="subjects table; with --meds optional: subject_id, consent (withdrawals)")
+    p.add_argument("--events", help="events table; with --meds optional: more events (files) joined on subject_id")
     p.add_argument("--labels")
     p.add_argument("--out")
     p.add_argument("--workers", type=int)
@@ -147,7 +152,17 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
         if not isinstance(values, dict):
             raise DataError("the config must map BuildConfig fields to values", where=a.config)
         check_config(values, a.config)
-    for k in ("subjects", "events", "labels", "out", "workers", "max_samples_per_shard", "strict", "time_format"):
+    for k in (
+        "meds",
+        "subjects",
+        "events",
+        "labels",
+        "out",
+        "workers",
+        "max_samples_per_shard",
+        "strict",
+        "time_format",
+    ):
         if getattr(a, k) is not None:
             values[k] = getattr(a, k)
     if a.spec:
@@ -160,7 +175,8 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
             windows.setdefault(m, {}).update(fields)
     flags = " ".join(f for f, given in (("--spec", a.spec), ("--window", a.window)) if given)
     check_config(values, flags or a.config or "the command line")
-    missing = [k for k in ("subjects", "events", "out") if not values.get(k)]
+    needed = ("out",) if values.get("meds") else ("subjects", "events", "out")
+    missing = [k for k in needed if not values.get(k)]
     if missing:
         p.error(f"missing {', '.join('--' + k for k in missing)} (or give them in --config)")
     return BuildConfig(**values)
@@ -183,11 +199,40 @@ def verify(argv: list[str]) -> int:
     return 1 if problems else 0
 
 
+def export_meds(argv: list[str]) -> int:
+    """``omnimodal-shard export-meds``: subjects/events/labels tables -> a MEDS v0.4 dataset (datamodules.meds)."""
+    p = argparse.ArgumentParser(prog="omnimodal-shard export-meds", description=export_meds.__doc__.split(": ")[1])
+    p.add_argument("--subjects", required=True)
+    p.add_argument("--events", required=True)
+    p.add_argument("--labels", help="labels table: written as MEDS label files (labels/NAME.parquet)")
+    p.add_argument("--out", required=True, help="the MEDS dataset root to write (must be empty or absent)")
+    p.add_argument("--time-format", help="as for a build: a strftime format times may have besides ISO 8601")
+    p.add_argument("--dataset-name", help="dataset.json dataset_name (default: the subjects table's folder name)")
+    p.add_argument("--dataset-version", default="1.0", help="dataset.json dataset_version (default 1.0)")
+    a = p.parse_args(argv)
+    from ..meds_export import write_meds  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    info = write_meds(
+        a.subjects,
+        a.events,
+        a.out,
+        a.labels,
+        time_format=a.time_format,
+        dataset_name=a.dataset_name,
+        dataset_version=a.dataset_version,
+    )
+    print(f"{info.summary()}\nwrote the MEDS dataset {a.out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["verify"]:
             return verify(argv[1:])
+        if argv[:1] == ["export-meds"]:
+            return export_meds(argv[1:])
         cfg = config_from_args(argv[1:] if argv[:1] == ["build"] else argv)
         t0 = time.perf_counter()
         report = build_shards(cfg)

@@ -38,6 +38,8 @@ class BuildReport:
     notes: list[str] = field(default_factory=list)  # warnings that did not reject a row
     #: per time-based modality: what its window policy kept and left out of the recordings read
     windows: dict[str, Account] = field(default_factory=dict)
+    #: a MEDS build: what the dataset held and what was not used (``datamodules.meds.MedsCohort.counts``)
+    meds: dict = field(default_factory=dict)
 
     def add_windows(self, modality: str, account: Account) -> None:
         tally(self.windows, modality, account)
@@ -57,6 +59,7 @@ class BuildReport:
             "rejected": [asdict(r) for r in self.rejected],
             "notes": self.notes,
             "windows": {m: a.to_json() for m, a in sorted(self.windows.items())},
+            **({"meds": self.meds} if self.meds else {}),
         }
 
     def summary(self) -> str:
@@ -74,6 +77,15 @@ class BuildReport:
                 f"\n  {kind}: {n} (first: {first[kind].table} row {first[kind].row})" for kind, n in kinds.most_common()
             ),
         ]
+        if self.meds:
+            m = self.meds
+            lines.append(
+                f"MEDS {m['root']}: {m['rows']} rows of {m['subjects']} subjects; {m['clinical_rows']} clinical rows"
+                f" and {m['files']} files read as events; {m['static_rows']} static rows not used"
+                f" ({len(m['static_codes'])} codes); {m.get('text_values_not_used', 0)} text values not used;"
+                f" {m['without_birth']} subjects without {'MEDS_BIRTH'} (rejected); {m['without_split_row']}"
+                " without a split row (hash split)"
+            )
         if self.windows:
             lines.append("recordings cut into windows (duration in files = kept + left out):")
             for m, a in sorted(self.windows.items()):

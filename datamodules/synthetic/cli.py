@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.holter_minutes,
         help=f"Holter length in minutes (default {defaults.holter_minutes:g})",
     )
+    p.add_argument(
+        "--meds",
+        action="store_true",
+        help="also write the cohort as a MEDS v0.4 dataset in OUT/meds (files referenced by path, not copied)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier cohort in --out")
     return p
 
@@ -71,6 +76,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"omnimodal-synth: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {info.out_dir}: {info.summary()}")
+    if args.meds:
+        import shutil  # noqa: PLC0415
+
+        from ..meds_export import write_meds  # noqa: PLC0415
+
+        meds_dir = args.out / "meds"
+        if args.overwrite:
+            shutil.rmtree(meds_dir, ignore_errors=True)
+        from ..schema import DataError  # noqa: PLC0415
+
+        try:
+            export = write_meds(
+                info.path("subjects.csv"),
+                info.path("events.csv"),
+                meds_dir,
+                info.path("labels.csv"),
+                dataset_name=f"omnimodal-synthetic-n{args.subjects}-s{args.seed}",
+            )
+        except DataError as exc:
+            print(f"omnimodal-synth: error: {exc}", file=sys.stderr)
+            return 2
+        print(export.summary())
     return 0
 
 

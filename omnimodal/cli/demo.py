@@ -10,6 +10,8 @@ from collections import Counter
 from datamodules.builtin_cohort import demo_shards
 from datamodules.datamodule import OmniDataModule
 
+from ..infra.console import quiet_third_party
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="omnimodal-demo", description=__doc__)
@@ -18,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
     a = p.parse_args(argv)
+    quiet_third_party()
     t0 = time.perf_counter()
     root = demo_shards(a.subjects, a.seed, a.workers)
     print(f"shards: {root} (ready in {time.perf_counter() - t0:.1f}s)")

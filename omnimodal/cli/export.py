@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..infra.console import closing, command, override, quiet_third_party, shown
 from ..release import ReleaseError, export
 
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", help="model name in the card (default: the folder name)")
     p.add_argument("--data-note", default="", help="one line on the training data for the model card")
     a = p.parse_args(argv)
+    quiet_third_party(transformers=True)
     prep = None
     if a.shards:
         from datamodules.shards.format import load_index
@@ -32,7 +34,15 @@ def main(argv: list[str] | None = None) -> None:
         out = export(a.checkpoint, a.out, preprocessing=prep, name=a.name, data_note=a.data_note)
     except ReleaseError as err:
         raise SystemExit(f"omnimodal-export: {err}") from None
-    print(f"release written to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    data = a.shards or "/path/to/shards"  # the downstream cohort's shards (omnimodal-shard)
+    finetune = override("release", shown(out)), override("data.root", shown(data) if a.shards else data)
+    print(
+        closing(
+            f"release written to {shown(out)}",
+            [", ".join(sorted(p.name for p in out.iterdir()))],
+            [(command("omnimodal-finetune", *finetune), "fine-tune it on a cohort's outcome (data.root: its shards)")],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 from datamodules.schema import Timeline
 
 from ..downstream.forecaster import Forecaster, find_person
+from ..infra.console import quiet_third_party
 from ..release import ReleaseError
 
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--upto-days", type=float, help="use only events up to this many days after the first")
     p.add_argument("--out", default="person.png", help="PNG to write")
     a = p.parse_args(argv)
+    quiet_third_party()
     try:
         f = Forecaster.from_checkpoint(a.checkpoint)
         tl = find_person(a.data, a.split, a.person, a.key, f.task.hparams.get("modalities"))

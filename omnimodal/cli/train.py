@@ -16,12 +16,16 @@ from datamodules.schema import DataError
 
 from ..infra import checkpoints
 from ..infra.config_check import ConfigError
+from ..infra.console import quiet_third_party
+from ..infra.loggers import check_packages
 from ..pretraining.run import run
 
 
 @hydra.main(version_base="1.3", config_path="pkg://omnimodal.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet_third_party()
     try:
+        check_packages(cfg)  # a missing tracker now, not after the data is built
         metrics = run(cfg)
     except (checkpoints.CheckpointError, ConfigError, DataError) as err:  # bad input: one line, no traceback
         raise SystemExit(f"omnimodal-train: {err}") from None

@@ -153,9 +153,9 @@ class LandmarkData(L.LightningDataModule):
         used = modalities or [m for m in prep.specs if m in probe.specs]
         prep.check_data(probe.specs, used, where=f"data.root={self.root}")
 
-    def dataset(self, split: str, train: bool | None = None) -> LandmarkDataset:
-        train = split == "train" if train is None else train
-        shards = ShardDataset(
+    def shards(self, split: str, train: bool) -> ShardDataset:
+        """A split's whole timelines (landmarks cut them), shuffled for training."""
+        return ShardDataset(
             self.root,
             split,
             shuffle=train,
@@ -164,6 +164,10 @@ class LandmarkData(L.LightningDataModule):
             crop=CropConfig(random=False),
             modalities=self.modalities,
         )
+
+    def dataset(self, split: str, train: bool | None = None) -> LandmarkDataset:
+        train = split == "train" if train is None else train
+        shards = self.shards(split, train)
         return LandmarkDataset(shards, self.head, self.lm, random_landmark=train and self.lm.train == "random")
 
     def loader(self, split: str, train: bool | None = None) -> DataLoader:

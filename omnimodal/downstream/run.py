@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from ..infra.config_check import ConfigError, check_section
+from ..infra.console import after_finetuning
 from ..infra.optim import OptimConfig
 from ..infra.trainer import make_trainer
 from ..release import ReleaseError
+from . import aces, aces_eval
 from .heads import HeadConfig
 from .landmarks import LandmarkConfig, LandmarkData
-from .task import FinetuneTask, LoraSettings
+from .task import FinetuneTask, LoraSettings, load_finetuned
 
 
 @dataclass
@@ -36,6 +39,11 @@ def check_config(cfg: DictConfig) -> None:
     check_section(cfg.head, HeadConfig, "head")
     check_section(cfg.landmark, LandmarkConfig, "landmark")
     check_section(cfg.lora, LoraSettings, "lora")
+    for key in ("task", "task_data"):
+        if cfg.get(key) is not None and not isinstance(cfg.get(key), str):
+            raise ConfigError(f"config key {key} = {cfg.get(key)!r}: expected a path")
+    if cfg.get("task_ids", "pseudonym") not in aces.ID_MODES:
+        raise ConfigError(f"config key task_ids = {cfg.get('task_ids')!r}: use one of {list(aces.ID_MODES)}")
 
 
 def build(cfg: DictConfig) -> tuple[FinetuneTask, LandmarkData, L.Trainer]:
@@ -46,6 +54,9 @@ def build(cfg: DictConfig) -> tuple[FinetuneTask, LandmarkData, L.Trainer]:
     if not cfg.data.get("root"):
         raise ReleaseError("config key data.root: set data.root=/path/to/shards of the downstream cohort")
     head = OmegaConf.to_container(cfg.head, resolve=True)
+    landmarks = aces.prepare(cfg) if cfg.get("task") else None
+    if landmarks is not None:  # an ACES task's label is boolean: a binary classification head
+        head.update(kind="classification", num_classes=2, label=Path(cfg.task).stem)
     modalities = list(cfg.get("modalities") or []) or None
     task = FinetuneTask.from_release(
         cfg.release,
@@ -59,16 +70,18 @@ def build(cfg: DictConfig) -> tuple[FinetuneTask, LandmarkData, L.Trainer]:
         landmark=OmegaConf.to_container(cfg.landmark, resolve=True),
     )
     # the checkpoint records the landmark design: omnimodal-eval and forecasts use the one it was trained for
-    dm = LandmarkData(
-        cfg.data.root,
-        task.prep,
-        task.head_cfg,
-        task.landmark,
+    data_kw = dict(
         batch_size=int(cfg.data.batch_size),
         num_workers=int(cfg.data.num_workers),
         seed=int(cfg.seed),
         modalities=modalities,
     )
+    if landmarks is None:
+        dm = LandmarkData(cfg.data.root, task.prep, task.head_cfg, task.landmark, **data_kw)
+    else:
+        dm = aces.AcesLandmarkData(
+            cfg.data.root, task.prep, task.head_cfg, task.landmark, landmarks=landmarks, **data_kw
+        )
     trainer = make_trainer(cfg)
     if trainer.world_size > 1:
         raise ValueError(
@@ -84,19 +97,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
     t0 = time.perf_counter()
     task, dm, trainer = build(cfg)
     n = task.trainable_parameters()
+    if isinstance(dm, aces.AcesLandmarkData):
+        print(dm.landmarks.summary())
     print(
         f"fine-tuning ({cfg.mode}, init={cfg.init}, head={task.head_cfg.kind}): {n['model'] + n['head']:,} trainable "
         f"of {n['total']:,} parameters (model {n['model']:,}, head {n['head']:,})"
     )
     trainer.fit(task, datamodule=dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if isinstance(dm, aces.AcesLandmarkData):  # predictions of the best checkpoint, scored two ways
+        best = Path(cfg.run_dir) / "checkpoints" / "best.ckpt"
+        report = aces_eval.evaluate_splits(load_finetuned(best) if best.is_file() else task, dm, cfg.run_dir)
+        print(f"ACES task scores ({'best.ckpt' if best.is_file() else 'last weights'}; {cfg.run_dir}/predictions):")
+        print(aces_eval.format_scores(report))
+        metrics.update(aces_eval.headline(report))
     ds = dm.dataset("val")
     print(
         f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "
         + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss"))
     )
-    print(
-        f"checkpoints: {cfg.run_dir}/checkpoints (evaluate with omnimodal-eval <checkpoint> data.root=... ); "
-        f"landmark at {ds.lm.eval_days:g} days for val/test"
-    )
+    aces_run = isinstance(dm, aces.AcesLandmarkData)
+    predictions = Path(cfg.run_dir) / "predictions" if aces_run else None
+    print(after_finetuning(cfg.run_dir, cfg.data.root, trainer.loggers, ds.lm.eval_days, predictions))
     return metrics

@@ -65,6 +65,8 @@ class FinetuneTask(L.LightningModule):
         self.backbone_lr_ratio = float(optim.pop("backbone_lr_ratio", 0.1))
         self.optim_cfg = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
         self.mode = mode
+        #: where the weights started: the release's ("release") or a fresh initialisation ("scratch")
+        self.init = "release" if load_release_weights else "scratch"
         torch.manual_seed(seed)
         self.model = OmniForTimelines(OmniConfig.from_model_dict(model_config))
         if load_release_weights:
@@ -178,8 +180,10 @@ def load_finetuned(path: str | Path) -> FinetuneTask:
     hp = dict(ckpt.get("hyper_parameters") or {})
     if "head" not in hp or "model_config" not in hp:
         raise ReleaseError(f"{path}: not an omnimodal-finetune checkpoint (no hyper_parameters.head/model_config)")
-    hp["load_release_weights"] = False
+    pretrained = bool(hp.get("load_release_weights"))
+    hp["load_release_weights"] = False  # the fine-tuned weights are in the checkpoint
     task = FinetuneTask(**hp)
+    task.init = "release" if pretrained else "scratch"
     task.load_state_dict(ckpt["state_dict"])
     task.eval()
     return task

@@ -1,8 +1,9 @@
 """Evaluation metrics on plain numpy arrays (one value per subject; no model imports).
 
 Discrimination (AUROC, AUPRC), regression error (MAE, RMSE, R^2, Pearson r), time-to-event with
-competing risks (cause-specific Harrell's C-index, cumulative/dynamic time-dependent AUROC with
-inverse-probability-of-censoring weights, Aalen-Johansen cumulative incidence) and calibration
+competing risks (cause-specific Harrell's C-index, Uno's IPCW C-index through scikit-survival,
+cumulative/dynamic time-dependent AUROC with inverse-probability-of-censoring weights, IPCW Brier
+score and its integral over time, Aalen-Johansen cumulative incidence) and calibration
 (quantile bins of observed vs predicted, expected calibration error, Brier score, logistic
 recalibration slope and intercept, and the same at a horizon for time-to-event). Confidence
 intervals are percentile bootstraps over subjects (:func:`bootstrap_ci`). Time-to-event coding:
@@ -35,7 +36,10 @@ __all__ = [
     "kaplan_meier",
     "cumulative_incidence",
     "concordance_index",
+    "uno_c_index",
     "time_dependent_auroc",
+    "brier_scores",
+    "integrated_brier_score",
     "time_to_event_metrics",
     "calibration_bins",
     "survival_calibration_bins",
@@ -297,7 +301,8 @@ def _step_at(u: np.ndarray, values: np.ndarray, t, initial: float, left: bool = 
 
 
 def kaplan_meier(time, observed, times) -> np.ndarray:
-    """Kaplan-Meier survival S(t) at ``times``; ``observed`` [N] is 1 for an event, 0 if censored."""
+    """Kaplan-Meier survival S(t) at ``times``; ``observed`` [N] is 1 for an event, 0 if censored
+    (scikit-survival's ``kaplan_meier_estimator``, evaluated as a right-continuous step function)."""
     time, observed = _vectors(time=time, observed=observed)
     u, surv, _, _ = _km_steps(time, observed != 0)
     return _step_at(u, surv, np.asarray(times, float), 1.0)
@@ -306,7 +311,8 @@ def kaplan_meier(time, observed, times) -> np.ndarray:
 def cumulative_incidence(time, event, cause: int, times) -> np.ndarray:
     """Aalen-Johansen cumulative incidence of ``cause`` at ``times`` (days), competing causes
     removing subjects from risk: CIF(t) = sum over event times s <= t of S(s-) d_cause(s) / n(s),
-    with S the all-cause Kaplan-Meier. With a single cause it equals 1 - Kaplan-Meier."""
+    with S the all-cause Kaplan-Meier. With a single cause it equals 1 - Kaplan-Meier; it equals
+    scikit-survival's ``cumulative_incidence_competing_risks``."""
     time, event = _events(time, event)
     u, surv, _, at_risk = _km_steps(time, event > 0)
     _, inv = np.unique(time, return_inverse=True)
@@ -324,6 +330,8 @@ def concordance_index(time, event, risk, cause: int = 1) -> float:
     censored or had a competing event (censoring and competing events at a tied time are taken to
     follow the event). Competing events count as censoring at their time. Two ``cause`` events at
     the same time are not comparable. Tied risks count 1/2. Perfect ranking gives 1, reversed 0.
+    The same definition as scikit-survival's ``concordance_index_censored`` with the event indicator
+    ``event == cause`` (equal to 1e-9 on its WHAS500, GBSG2 and BMT data, tests/test_metrics.py).
     """
     time, event, risk = _events(time, event, ("risk", risk))
     cases = np.flatnonzero(event == cause)
@@ -344,27 +352,113 @@ def concordance_index(time, event, risk, cause: int = 1) -> float:
     return float((concordant + 0.5 * tied) / total)
 
 
-def _ipcw(time: np.ndarray, event: np.ndarray, horizon: float, cause: int):
+def uno_c_index(time, event, risk, cause: int = 1, tau: float | None = None, censoring=None) -> float:
+    """Uno's C (Uno 2011): Harrell's pairs for ``cause``, each case weighted by 1/G(T)^2, so the
+    value does not depend on the censoring pattern; computed by scikit-survival's
+    ``concordance_index_ipcw``.
+
+    ``tau`` (days) truncates: only cases before ``tau`` count (C over the first ``tau`` days; use
+    the prediction horizon, where the censoring distribution G is still positive). ``censoring``:
+    ``(time, event)`` of the set G is estimated from (scikit-survival calls it ``survival_train``;
+    the training split is the usual choice), default the evaluated people. Competing events count
+    as censoring, as in :func:`concordance_index` (cause-specific C), both in the pairs and in G.
+    """
+    from sksurv.exceptions import NoComparablePairException
+    from sksurv.metrics import concordance_index_ipcw
+    from sksurv.util import Surv
+
+    time, event, risk = _events(time, event, ("risk", risk))
+    if tau is not None and not tau > 0:
+        raise ValueError(f"tau must be a positive time in days; got {tau}")
+    what = f"Uno's C for cause {cause}"
+    if not (event == cause).any():
+        raise MetricUndefinedError(f"{what} is undefined: nobody had a cause-{cause} event")
+    if tau is not None and not ((event == cause) & (time < tau)).any():
+        raise MetricUndefinedError(f"{what} is undefined: no cause-{cause} event before tau = {tau:g} days")
+    test = Surv.from_arrays(event == cause, time)
+    if censoring is None:
+        train = test
+    else:
+        c_time, c_event = _events(*censoring)
+        train = Surv.from_arrays(c_event == cause, c_time)
+        if (event == cause).any() and time[event == cause].max() > c_time.max():
+            raise ValueError(
+                f"{what}: the censoring set ends at {c_time.max():g} days, before the last event evaluated "
+                f"({time[event == cause].max():g} days); pass tau <= {c_time.max():g} or a longer-followed set"
+            )
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 (no weighted pair) is NaN, refused below
+            value = float(concordance_index_ipcw(train, test, risk, tau=tau)[0])
+    except NoComparablePairException:
+        raise MetricUndefinedError(f"{what} is undefined: no comparable pairs") from None
+    except ValueError as err:
+        if "censoring survival function is zero" in str(err):
+            raise MetricUndefinedError(
+                f"{what} is undefined: the censoring distribution reaches 0 at an event time "
+                f"(everyone else was censored by then); pass a smaller tau (the horizon)"
+            ) from None
+        raise
+    if not np.isfinite(value):
+        raise MetricUndefinedError(f"{what} is undefined: no comparable pair has a positive weight")
+    return value
+
+
+def _censoring_km(time: np.ndarray, event: np.ndarray, censoring) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier of the censoring times, ``(times, G)``: from ``censoring`` = ``(time, event)`` of
+    another set (e.g. the training split) when given, else from the evaluated people themselves."""
+    if censoring is None:
+        return _km_steps(time, event == 0)[:2]
+    c_time, c_event = _events(*censoring)
+    return _km_steps(c_time, c_event == 0)[:2]
+
+
+def _ipcw(time: np.ndarray, event: np.ndarray, horizon: float, cause: int, censoring=None):
     """Status at ``horizon`` and inverse-probability-of-censoring weights (Kaplan-Meier of the
-    censoring times, G): cases and competing events by ``horizon`` get 1/G(T-), subjects still
-    event-free get 1/G(horizon), those censored before ``horizon`` get 0."""
+    censoring times, G, see :func:`_censoring_km`): cases and competing events by ``horizon`` get
+    1/G(T-), subjects still event-free get 1/G(horizon), those censored before ``horizon`` get 0.
+
+    Ties: a censoring at an event's time follows the event (the event weighs 1/G(T-)), and G's
+    jump there counts everyone still at risk, the events included (as R's ``survival`` does).
+    scikit-survival instead removes the events from G's risk set and weighs an event by 1/G(T); the
+    two agree wherever no censoring ties an event time."""
     by_h = time <= horizon
     if by_h.all():
         raise MetricUndefinedError(
             f"no subject was followed beyond {horizon:g} days (longest "
             f"follow-up {time.max():g} days); choose a shorter horizon"
         )
-    u, g, _, _ = _km_steps(time, event == 0)
+    u, g = _censoring_km(time, event, censoring)
     case = by_h & (event == cause)
     competing = by_h & (event > 0) & (event != cause)
     survivor = ~by_h
-    w = np.zeros(len(time))
-    w[case | competing] = 1.0 / _step_at(u, g, time[case | competing], 1.0, left=True)
-    w[survivor] = 1.0 / _step_at(u, g, horizon, 1.0)
+    g_at = np.ones(len(time))
+    g_at[case | competing] = _step_at(u, g, time[case | competing], 1.0, left=True)
+    g_at[survivor] = _step_at(u, g, horizon, 1.0)
+    if (g_at[case | competing | survivor] <= 0).any():
+        raise MetricUndefinedError(
+            f"the censoring distribution reaches 0 before {horizon:g} days (everyone was censored by "
+            "then), so no inverse-probability weight exists; choose a shorter horizon"
+        )
+    w = np.where(case | competing | survivor, 1.0 / np.maximum(g_at, 1e-300), 0.0)
     return case, competing, survivor, w
 
 
-def time_dependent_auroc(time, event, risk_at_t, horizons, cause: int = 1, controls: str = "not_case"):
+def _per_time(time, event, name: str, values, n: int, what: str, repeat: bool) -> list[np.ndarray]:
+    """``(time, event, values [N, n])`` checked (:func:`_events`): a column of ``values`` per horizon or time;
+    ``repeat``: a vector [N] is the same score at each of them."""
+    arr = np.asarray(values, float)
+    if arr.ndim == 1 and repeat:
+        arr = np.repeat(arr[:, None], n, 1)
+    if arr.ndim != 2 or arr.shape[1] != n:
+        shape = f"[N] or [N, {n}]" if repeat else f"[N, {n}]"
+        raise ValueError(f"{name} must be {shape} (one column per {what}); got shape {np.shape(values)}")
+    time, event, *_ = _events(time, event, *((f"{name}[:, {k}]", arr[:, k]) for k in range(n)))
+    return [time, event, arr]
+
+
+def time_dependent_auroc(
+    time, event, risk_at_t, horizons, cause: int = 1, controls: str = "not_case", censoring=None
+) -> float | np.ndarray:
     """Cumulative/dynamic AUROC at each horizon (days) with IPCW (Uno 2007; Blanche 2013).
 
     Cases at t: a ``cause`` event by t. Controls (``controls="not_case"``, Blanche's definition 2):
@@ -372,23 +466,23 @@ def time_dependent_auroc(time, event, risk_at_t, horizons, cause: int = 1, contr
     ``"event_free"`` keeps only subjects event-free at t (definition 1). Subjects censored before t
     are represented through the inverse-probability-of-censoring weights. ``risk_at_t`` is [N]
     (one score for all horizons) or [N, H] (a score per horizon, e.g. predicted cumulative
-    incidence by t). Returns a float for a scalar horizon, else an array [H].
+    incidence by t). ``censoring``: ``(time, event)`` of the set the censoring distribution is
+    estimated from (e.g. the training split), default the evaluated people. Returns a float for a
+    scalar horizon, else an array [H].
+
+    With one cause both control definitions are scikit-survival's ``cumulative_dynamic_auc`` with the
+    evaluated data as its ``survival_train``, except at censorings tied with event times (see
+    :func:`_ipcw`); with competing risks scikit-survival has no counterpart.
     """
     if controls not in ("not_case", "event_free"):
         raise ValueError(f"controls must be 'not_case' or 'event_free'; got {controls!r}")
     scalar = np.ndim(horizons) == 0
     hs = np.atleast_1d(np.asarray(horizons, float))
-    risk = np.asarray(risk_at_t, float)
-    risk = np.repeat(risk[:, None], len(hs), 1) if risk.ndim == 1 else risk
-    if risk.ndim != 2 or risk.shape[1] != len(hs):
-        raise ValueError(
-            f"risk_at_t must be [N] or [N, {len(hs)}] (one column per horizon); got shape {np.shape(risk_at_t)}"
-        )
-    time, event, *_ = _events(time, event, *((f"risk_at_t[:, {k}]", risk[:, k]) for k in range(len(hs))))
+    time, event, risk = _per_time(time, event, "risk_at_t", risk_at_t, len(hs), "horizon", repeat=True)
     out = np.empty(len(hs))
     for k, h in enumerate(hs):
         try:
-            case, competing, survivor, w = _ipcw(time, event, h, cause)
+            case, competing, survivor, w = _ipcw(time, event, h, cause, censoring)
         except MetricUndefinedError as err:
             raise MetricUndefinedError(f"time-dependent AUROC at {h:g} days is undefined: {err}") from None
         ctrl = survivor | competing if controls == "not_case" else survivor
@@ -401,6 +495,52 @@ def time_dependent_auroc(time, event, risk_at_t, horizons, cause: int = 1, contr
     return float(out[0]) if scalar else out
 
 
+def brier_scores(time, event, cif_at, times, cause: int = 1, censoring=None) -> np.ndarray:
+    """IPCW Brier score at each of ``times`` (days) [T] of the predicted cumulative incidence of
+    ``cause`` by then, ``cif_at`` [N, T] (Graf 1999; with competing risks Schoop 2011): mean over
+    people of w (1{cause event by t} - CIF(t))^2, a competing event by t being a known non-case,
+    with the weights w of :func:`_ipcw` (G from ``censoring`` = ``(time, event)`` when given).
+
+    With one cause, CIF(t) = 1 - S(t) and this is scikit-survival's ``brier_score`` (which needs
+    the survival function), except at censorings tied with event times (see :func:`_ipcw`).
+    """
+    ts = np.atleast_1d(np.asarray(times, float))
+    time, event, cif = _per_time(time, event, "cif_at", cif_at, len(ts), "time", repeat=len(ts) == 1)
+    _probabilities("cif_at", cif)
+    out = np.empty(len(ts))
+    for k, t in enumerate(ts):
+        try:
+            case, _, _, w = _ipcw(time, event, t, cause, censoring)
+        except MetricUndefinedError as err:
+            raise MetricUndefinedError(f"Brier score at {t:g} days is undefined: {err}") from None
+        out[k] = np.mean(w * (case - cif[:, k]) ** 2)
+    return out
+
+
+def integrated_brier_score(time, event, cif_at, times, cause: int = 1, censoring=None) -> float:
+    """The Brier score (:func:`brier_scores`) integrated over ``times`` [T >= 2, increasing] by the
+    trapezoid rule and divided by ``times[-1] - times[0]``, as scikit-survival's
+    ``integrated_brier_score`` does (0 = perfect; 0.25 = a constant 50% forecast). Choose ``times``
+    inside the follow-up: someone must be followed beyond the last one."""
+    ts = np.asarray(times, float)
+    if ts.ndim != 1 or len(ts) < 2 or (np.diff(ts) <= 0).any():
+        raise ValueError(f"times must be at least 2 increasing times (days); got {np.asarray(times).tolist()}")
+    return float(np.trapezoid(brier_scores(time, event, cif_at, ts, cause, censoring), ts) / (ts[-1] - ts[0]))
+
+
+_NAN = Estimate(float("nan"), float("nan"), float("nan"))
+
+
+def _bootstrap_or_nan(metric_fn: Callable[..., float], *arrays, **kw) -> Estimate:
+    """:func:`bootstrap_ci`, or a NaN Estimate and a warning saying why where the metric is undefined
+    on the data (the report keeps the row)."""
+    try:
+        return bootstrap_ci(metric_fn, *arrays, **kw)
+    except MetricUndefinedError as err:
+        warnings.warn(str(err), stacklevel=3)
+        return _NAN
+
+
 def time_to_event_metrics(
     time,
     event,
@@ -411,13 +551,24 @@ def time_to_event_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    *,
+    tau: float | None = None,
+    grid: Sequence[float] = (),
+    cif_grid=None,
+    censoring=None,
 ) -> dict:
-    """C-index and time-dependent AUROC per horizon (days), each with a bootstrap CI, and counts.
+    """Harrell's and Uno's C-index, time-dependent AUROC per horizon (days) and, given a ``grid``,
+    the integrated Brier score, each with a bootstrap CI over people, and counts.
 
-    ``risk`` [N] ranks subjects for the C-index; ``risk_at_t`` ([N] or [N, H], default ``risk``)
-    scores them at each horizon. Returns ``{"c_index", "td_auroc": {horizon: Estimate}, "n",
-    "n_events", "n_competing", "n_censored"}``; a horizon where the AUROC is undefined (no case
-    by then, nobody followed beyond it) gets a NaN Estimate and a warning saying why.
+    ``risk`` [N] ranks subjects for the C-indices; ``risk_at_t`` ([N] or [N, H], default ``risk``)
+    scores them at each horizon; Uno's C is truncated at ``tau`` (default: none). ``cif_grid``
+    [N, G]: predicted cumulative incidence of ``cause`` at each time of ``grid`` [G >= 2] (with one
+    cause, 1 - the survival function), for the integrated Brier score over the grid. ``censoring``
+    (``(time, event)``, e.g. the training split) gives the censoring distribution of Uno's C, the
+    time-dependent AUROC and the Brier score; default the evaluated people. Returns ``{"c_index",
+    "uno_c", "td_auroc": {horizon: Estimate}, "ibs" (with a grid), "n", "n_events", "n_competing",
+    "n_censored"}``; a figure undefined on the data (no case by a horizon, nobody followed beyond
+    it) gets a NaN Estimate and a warning saying why.
     """
     time, event, risk = _events(time, event, ("risk", risk))
     hs = np.asarray(horizons, float).reshape(-1)
@@ -428,22 +579,37 @@ def time_to_event_metrics(
             f"risk_at_t must be [N] or [N, {len(hs)}] (N = {len(time)} subjects, one "
             f"column per horizon); got shape {np.shape(risk_at_t)}"
         )
+    gs = np.asarray(grid, float).reshape(-1)
+    if len(gs) and (cif_grid is None or np.shape(cif_grid) != (len(time), len(gs))):
+        raise ValueError(
+            f"grid has {len(gs)} times: pass cif_grid [N = {len(time)}, {len(gs)}], the predicted cumulative "
+            f"incidence at each; got shape {None if cif_grid is None else np.shape(cif_grid)}"
+        )
     kw = dict(n_boot=n_boot, seed=seed, alpha=alpha)
 
     def c_index(t, e, r):
         return concordance_index(t, e, r, cause)
 
-    out = {"c_index": bootstrap_ci(c_index, time, event, risk, **kw), "td_auroc": {}}
+    def uno_c(t, e, r):
+        return uno_c_index(t, e, r, cause, tau, censoring)
+
+    out = {
+        "c_index": bootstrap_ci(c_index, time, event, risk, **kw),
+        "uno_c": _bootstrap_or_nan(uno_c, time, event, risk, **kw),
+        "td_auroc": {},
+    }
     for k, h in enumerate(hs):
 
         def td_auroc(t, e, r, h=h):
-            return time_dependent_auroc(t, e, r, h, cause)
+            return time_dependent_auroc(t, e, r, h, cause, censoring=censoring)
 
-        try:
-            out["td_auroc"][float(h)] = bootstrap_ci(td_auroc, time, event, r_t[:, k], **kw)
-        except MetricUndefinedError as err:  # a horizon the data cannot support stays in the report
-            warnings.warn(str(err), stacklevel=2)
-            out["td_auroc"][float(h)] = Estimate(float("nan"), float("nan"), float("nan"))
+        out["td_auroc"][float(h)] = _bootstrap_or_nan(td_auroc, time, event, r_t[:, k], **kw)
+    if len(gs):
+
+        def ibs(t, e, c):
+            return integrated_brier_score(t, e, c, gs, cause, censoring)
+
+        out["ibs"] = _bootstrap_or_nan(ibs, time, event, np.asarray(cif_grid, float), **kw)
     out.update(
         n=len(time),
         n_events=int((event == cause).sum()),
@@ -562,7 +728,6 @@ def survival_calibration_bins(time, event, pred, horizon: float, cause: int = 1,
     count = np.array([len(b) for b in bins])
     predicted = np.array([pred[b].mean() for b in bins])
     observed = np.array([cumulative_incidence(time[b], event[b], cause, [horizon])[0] for b in bins])
-    case, _, _, w = _ipcw(time, event, horizon, cause)
     nan = np.full(len(bins), np.nan)
     return CalibrationBins(
         predicted,
@@ -571,7 +736,7 @@ def survival_calibration_bins(time, event, pred, horizon: float, cause: int = 1,
         nan,
         nan.copy(),
         ece=float(np.sum(count * np.abs(observed - predicted)) / len(time)),
-        brier=float(np.mean(w * (case - pred) ** 2)),
+        brier=float(brier_scores(time, event, pred, [horizon], cause)[0]),
         slope=float("nan"),
         intercept=float("nan"),
         horizon_days=float(horizon),

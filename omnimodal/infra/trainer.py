@@ -6,13 +6,14 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from .loggers import make_loggers
 from .saving import AtomicCheckpointIO
 
 
 def make_trainer(cfg: DictConfig) -> L.Trainer:
     """The Lightning Trainer of a composed config: its ``trainer`` (with the strategy), ``logger`` and
     ``callbacks`` groups, writing under ``run_dir`` (shared by omnimodal-train and omnimodal-finetune)."""
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    loggers = make_loggers(cfg)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     return hydra.utils.instantiate(
         cfg.trainer,

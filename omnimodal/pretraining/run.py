@@ -4,7 +4,6 @@ synthetic cohort or shards), the model config from the shards' specs, the task, 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 import warnings
@@ -24,6 +23,7 @@ from datamodules.shards.format import load_index
 from ..infra import checkpoints
 from ..infra.checkpoints import check_resume
 from ..infra.config_check import ConfigError, check_section
+from ..infra.console import after_pretraining
 from ..infra.optim import OptimConfig
 from ..infra.saving import clean_partial
 from ..infra.trainer import make_trainer
@@ -32,7 +32,6 @@ from .consolidate import load_weights
 from .objectives import ObjectiveConfig
 from .task import PretrainTask
 
-log = logging.getLogger("omnimodal.train")
 # ShardLoader's length is exact per rank and worker (datamodules/loader.py); Lightning cannot know that.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined")
 
@@ -164,8 +163,7 @@ def resume_path(cfg: DictConfig) -> str | None:
         return None
     if cfg.resume == "auto":
         found, notes = checkpoints.newest_checkpoint(cfg.run_dir)
-        for note in notes:
-            log.warning("resume=auto: %s", note)
+        for note in notes:  # printed as the other resume lines are (once: not also logged, which Hydra prints)
             print(f"resume=auto: {note}")
         return str(found) if found else None
     if not Path(cfg.resume).exists():  # a file, or a folder (DeepSpeed, FSDP)
@@ -211,5 +209,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
         f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "
         + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("loss"))
     )
-    print(f"run folder: {cfg.run_dir} (checkpoints/, logs/version_*/metrics.csv, tb/)")
+    if trainer.is_global_zero:
+        print(after_pretraining(cfg.run_dir, dm.root, trainer.loggers))
     return metrics
