@@ -40,6 +40,14 @@ import pyarrow.parquet as pq
 from .schema import DataError
 
 BIRTH, DEATH = meds.birth_code, meds.death_code  # "MEDS_BIRTH", "MEDS_DEATH"
+
+
+def is_code(base: str) -> pl.Expr:
+    """Rows whose code is ``base`` or ``base//...`` (``MEDS_BIRTH``, ``MEDS_BIRTH//HOSPITAL``)."""
+    code = pl.col("code")
+    return (code == base) | code.str.starts_with(base + "//")
+
+
 #: the sex codes read (case-insensitive): group 1 is the value
 SEX_CODE = r"(?i)^(?:GENDER|SEX)(?://|/|:|_)(M|MALE|F|FEMALE)$"
 #: the code of a row that references a file: ``{MODALITY}//RECORDING``, its file in the ``path`` column
@@ -205,8 +213,7 @@ def _id_names(root: Path, ids: pl.DataFrame) -> pl.DataFrame:
 
 def _subjects(data: pl.DataFrame, splits: pl.DataFrame | None, ids: pl.DataFrame) -> tuple[pd.DataFrame, dict]:
     code = pl.col("code")
-    birth = (code == BIRTH) | code.str.starts_with(BIRTH + "//")
-    death = (code == DEATH) | code.str.starts_with(DEATH + "//")
+    birth, death = is_code(BIRTH), is_code(DEATH)
     sex = code.str.extract(SEX_CODE, 1).str.to_uppercase().str.slice(0, 1)
     timed = pl.col("time").is_not_null()
     per = (
@@ -227,13 +234,24 @@ def _subjects(data: pl.DataFrame, splits: pl.DataFrame | None, ids: pl.DataFrame
         .join(ids, on="subject_id", how="left")
     )
     if splits is not None:
-        per = per.join(splits.unique("subject_id", keep="first"), on="subject_id", how="left")
+        per_split = splits.group_by("subject_id").agg(
+            split=pl.col("split").first(), splits=pl.col("split").n_unique(), split_rows=pl.len()
+        )
+        per = per.join(per_split, on="subject_id", how="left")
     else:
-        per = per.with_columns(split=pl.lit(None, pl.String))
+        per = per.with_columns(split=pl.lit(None, pl.String), splits=pl.lit(0), split_rows=pl.lit(0))
     ok_split = pl.col("split").is_null() | pl.col("split").is_in(list(SPLITS_IN))
     problem = (
         pl.when(pl.col("birth").is_null())
         .then(pl.lit(f"no {BIRTH} row with a time [MEDS places ages from it: add the subject's {BIRTH} row]"))
+        .when(pl.col("splits") > 1)
+        .then(
+            pl.format(
+                "{} different splits in metadata/subject_splits.parquet for this subject [keep one row per subject: "
+                "a person in two splits would leak between training and test]",
+                pl.col("splits"),
+            )
+        )
         .when(~ok_split)
         .then(
             pl.format(
@@ -268,16 +286,14 @@ def _subjects(data: pl.DataFrame, splits: pl.DataFrame | None, ids: pl.DataFrame
         "in_several_files": int((per["files"] > 1).sum()),
     }
     if splits is not None:
+        counts["duplicate_split_rows"] = int((per["split_rows"].fill_null(0) - per["splits"].fill_null(0)).sum())
         counts["split_rows_without_data"] = splits.join(per.select("subject_id"), on="subject_id", how="anti").height
     return out, counts
 
 
 def _events(data: pl.DataFrame, root: Path, ids: pl.DataFrame) -> tuple[pd.DataFrame, dict]:
     code = pl.col("code")
-    special = (
-        (code == BIRTH) | code.str.starts_with(BIRTH + "//") | (code == DEATH) | code.str.starts_with(DEATH + "//")
-    )
-    special = special | code.str.contains(SEX_CODE)
+    special = is_code(BIRTH) | is_code(DEATH) | code.str.contains(SEX_CODE)
     static = ~special & pl.col("time").is_null()
     counts: dict[str, Any] = {"rows": data.height}
     st = data.filter(static).group_by("code").len().sort("len", descending=True)

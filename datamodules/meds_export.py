@@ -50,10 +50,11 @@ class MedsExport:
         )
 
 
-def meds_ids(ids: pd.Series) -> pd.Series:
+def meds_ids(ids: pd.Series, where: str | None = None) -> pd.Series:
     """int64 MEDS ids for a table's subject ids. Rule: if every id is an integer that fits int64 (``17``,
     ``-3``, ``007``), that integer; else, for every id, the first 63 bits of SHA-256 of its text (stable: a
-    subject keeps its MEDS id when the cohort grows). :class:`DataError` if two ids give the same MEDS id."""
+    subject keeps its MEDS id when the cohort grows). :class:`DataError` if two ids give the same MEDS id (``where``:
+    the subjects table, named in it with the rows; ``ids`` keeps the table's index, 0-based)."""
     import hashlib  # noqa: PLC0415
 
     text = ids.astype(str)
@@ -63,8 +64,11 @@ def meds_ids(ids: pd.Series) -> pd.Series:
     else:
         out = text.map(lambda s: int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "big") >> 1).astype("int64")
     if out.duplicated().any():
+        clash = out.duplicated(keep=False)
+        rows = [int(i) + 1 for i in out.index[clash]][:10]  # the table's 1-based data rows, never the ids
         raise DataError(
-            f"{int(out.duplicated().sum())} subject ids give the same MEDS id (e.g. 7 and 007)",
+            f"{int(out.duplicated().sum())} subject ids give the same MEDS id (e.g. 7 and 007): rows {rows}",
+            where=where,
             hint="make the subject ids unique as integers, or use text ids",
         )
     return out
@@ -107,9 +111,14 @@ def write_meds(
     ok = subj["consent"].map(lambda c: c is True)
     info.withdrawn = int((~ok).sum())
     subj = subj[ok].copy()
-    subj["mid"] = meds_ids(subj["subject_id"]).to_numpy()
+    # left out as a build from the tables would leave them out (their rows are not written either: counted)
+    no_birth = subj["birth"].isna()
+    skip("subject without a birth date (no MEDS_BIRTH row; the subject and its rows are left out)", no_birth.sum())
+    bad_split = subj["split"].notna() & ~subj["split"].isin(list(SPLITS_OUT))
+    skip("subject whose split is not train, val or test (the subject and its rows are left out)", bad_split.sum())
+    subj = subj[~no_birth & ~bad_split]
+    subj["mid"] = meds_ids(subj.set_index(subj["row"] - 1)["subject_id"], str(subjects_table)).to_numpy()
     mid = dict(zip(subj["subject_id"], subj["mid"]))
-    skip("subject without a birth date (no MEDS_BIRTH row)", subj["birth"].isna().sum())
     ev, extra = _event_rows(tables.load_events(events_table, time_format), mid, out.resolve(), skip)
     rows = [
         _rows(subj[subj["sex_male"].notna()], pd.NaT, subj["sex_male"].map(SEX_OUT), 0),
@@ -151,7 +160,10 @@ def _event_rows(ev: pd.DataFrame, mid: dict, base: Path, skip: Any) -> tuple[pd.
     from .schema import MODALITIES  # noqa: PLC0415
 
     known = ev["subject_id"].isin(mid)
-    skip("subject left out (consent not true) or not in the subjects table", (~known).sum())
+    skip(
+        "row of a subject left out (consent not true, no birth date, bad split) or not in the subjects table",
+        (~known).sum(),
+    )
     ev = ev[known]
     bad_mod, no_time = ~ev["modality"].isin(list(MODALITIES)), ev["time"].isna()
     clinical = ev["modality"] == "clinical"
@@ -236,8 +248,16 @@ def _write_labels(path: str | Path, out: Path, mid: dict, time_format: str | Non
     lab = lab[known]
     usable = lab["time"].notna() & lab["value"].notna() & (lab["name"] != "")
     skip("label without a time, value or name (MEDS labels need a prediction_time)", (~usable).sum())
-    n = 0
+    n, files = 0, {}
     for name, g in lab[usable].groupby("name"):
+        file = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.parquet"
+        if file in files:
+            raise DataError(
+                f"labels {files[file]!r} and {name!r} would both be written to labels/{file}",
+                where=str(path),
+                hint="rename one of them (MEDS label files are named by the label)",
+            )
+        files[file] = name
         cols = {
             "subject_id": pa.array(g["subject_id"].map(mid), pa.int64()),
             "prediction_time": pa.array(g["time"].astype("datetime64[us]"), pa.timestamp("us")),
@@ -245,7 +265,7 @@ def _write_labels(path: str | Path, out: Path, mid: dict, time_format: str | Non
         if g["value"].isin([0.0, 1.0]).all():
             cols["boolean_value"] = pa.array(g["value"] == 1.0)
         cols["float_value"] = pa.array(g["value"].astype("float32"), pa.float32())
-        _write(meds.LabelSchema, pa.table(cols), out / "labels" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.parquet")
+        _write(meds.LabelSchema, pa.table(cols), out / "labels" / file)
         n += len(g)
     return n
 

@@ -157,6 +157,7 @@ def test_meds_death_consent_and_more_events(generated: Path, tmp_path: Path) -> 
     report = _build(root, tmp_path / "out", subjects=str(tmp_path / "c.csv"), events=str(tmp_path / "more.csv"))
     (after,) = [r for r in report.rejected if r.reason.startswith("event after death")]
     assert (after.table, after.row) == ("data/1.parquet", late_row)
+    assert "after the death date of its MEDS_DEATH row" in after.reason  # a MEDS build has no death_date column
     assert after.key == subject_key(str(death["subject_id"]), SECRET.encode())
     assert report.withdrawn == [subject_key(str(ids[0]), SECRET.encode())]
     assert report.meds["consent_rows_not_in_meds"] == 1
@@ -364,3 +365,56 @@ def test_subject_ids_for_labels_beside_a_meds_dataset(simple_static_MEDS: Path, 
     write_meds(tmp_path / "s.csv", tmp_path / "e.csv", tmp_path / "m")
     mapped = pd.read_csv(tmp_path / "m" / ID_MAP, dtype={"subject_id": str})
     assert subject_ids(tmp_path / "m", mapped["meds_subject_id"].tolist()[::-1]) == mapped["subject_id"].tolist()[::-1]
+
+
+def test_conflicting_split_rows_reject_the_subject(tmp_path: Path) -> None:
+    """A subject in two splits of subject_splits.parquet would leak between training and test: it is rejected,
+    naming the MEDS file and row; an exact duplicate split row is only counted."""
+    import meds
+    from meds_testing_helpers.dataset import MEDSDataset
+
+    rows = {"subject_id": [], "time": [], "code": [], "numeric_value": []}
+    for i in range(3):
+        for t, code in ((pd.Timestamp("1960-01-01"), "MEDS_BIRTH"), (pd.Timestamp("2010-01-01"), "HR")):
+            rows["subject_id"].append(i)
+            rows["time"].append(t)
+            rows["code"].append(code)
+            rows["numeric_value"].append(None if code != "HR" else 70.0)
+    splits = pl.DataFrame({"subject_id": [0, 1, 1, 2, 2], "split": ["train", "train", "held_out", "tuning", "tuning"]})
+    MEDSDataset(
+        data_shards={"0": pl.DataFrame(rows)},
+        dataset_metadata=meds.DatasetMetadataSchema(dataset_name="splits"),
+        subject_splits=splits,
+    ).write(tmp_path)
+    report = _build(tmp_path, tmp_path / "out")
+    (rej,) = report.rejected
+    assert rej.table == "data/0.parquet" and rej.row == 3  # subject 1's MEDS_BIRTH row
+    assert rej.key == subject_key("1", SECRET.encode()) and "2 different splits" in rej.reason
+    assert report.meds["duplicate_split_rows"] == 1
+    assert dict(report.splits) == {"train": 1, "val": 1}
+
+
+def test_export_leaves_out_what_a_build_would_reject(tmp_path: Path) -> None:
+    """A subject without a birth date or with a split that is not train/val/test is left out of the export with
+    its rows, counted, as a build from the tables rejects it (not moved to a hash split by a later MEDS build)."""
+    pd.DataFrame(
+        {
+            "subject_id": ["A", "B", "C"],
+            "birth_date": ["1950-01-01", None, "1960-01-01"],
+            "sex": ["F", "M", "F"],
+            "consent": ["true"] * 3,
+            "split": ["train", "train", "validation"],
+        }
+    ).to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame(
+        {"subject_id": ["A", "B", "C"], "time": ["2010-01-01"] * 3, "modality": ["clinical"] * 3, "code": ["HR"] * 3}
+    ).to_csv(tmp_path / "e.csv", index=False)
+    info = write_meds(tmp_path / "s.csv", tmp_path / "e.csv", tmp_path / "meds")
+    assert info.subjects == 1 and info.clinical == 1
+    assert sum(v for k, v in info.skipped.items() if k.startswith("subject ")) == 2
+    assert info.skipped[next(k for k in info.skipped if k.startswith("row of a subject left out"))] == 2
+    data = pl.read_parquet(tmp_path / "meds" / "data" / "*.parquet")
+    assert data["subject_id"].n_unique() == 1
+    with pytest.raises(DataError, match=r"rows \[1, 2\]") as err:
+        meds_ids(pd.Series(["7", "007"]), "subjects.csv")
+    assert err.value.where == "subjects.csv"

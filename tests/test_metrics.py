@@ -325,6 +325,9 @@ def test_uno_c_index(dataset):
     short = time < np.median(time)
     with pytest.raises(ValueError, match="the censoring set ends at"):
         uno_c_index(time, event, risk, censoring=(time[short], event[short]))
+    # with tau inside the censoring set's follow-up, only the cases before tau need it
+    tau_in = float(np.quantile(time[short], 0.5))
+    assert 0 < uno_c_index(time, event, risk, tau=tau_in, censoring=(time[short], event[short])) < 1
 
 
 @pytest.mark.parametrize("dataset", SKSURV_DATA)

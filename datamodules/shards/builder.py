@@ -77,6 +77,13 @@ class _SubjectJob:
     row: int = 0  # the subject's row in the subjects table
     table: str = "subjects"  # that table (a MEDS file for a MEDS build)
 
+    def source(self) -> str:
+        """Where the subject's birth date comes from, for messages: its subjects row, or in a MEDS build its
+        ``MEDS_BIRTH`` row."""
+        if self.table == "subjects":
+            return f"subjects row {self.row}"
+        return f"the subject's MEDS_BIRTH row ({self.table} row {self.row})"
+
     def scrub(self, text: str, path: str | None = None) -> str:
         """Remove the raw id and the file path from a message (paths often embed the raw id)."""
         if path:
@@ -202,16 +209,17 @@ def _plan(cfg: BuildConfig, secret: bytes, report: BuildReport) -> list[_Subject
                 reject(_table(r, tbl), r.row, None, f"subject_id not in {where}")
     for r in subj[~dup].itertuples():
         table = _table(r, "subjects")
-        if getattr(r, "problem", None):
-            reject(table, r.row, r.key, r.problem)
-            continue
         if r.consent is None:
             reject(table, r.row, r.key, "consent value not understood (use true/false)")
             continue
-        if not r.consent:
+        if not r.consent:  # before any other check: a withdrawn subject is listed as withdrawn, nothing else
             report.withdrawn.append(r.key)
             continue
-        birth_problem = _birth_problem(r.birth, r.birth_year_only, cfg.time_format)
+        if getattr(r, "problem", None):
+            reject(table, r.row, r.key, r.problem)
+            continue
+        column = "the birth_date/birth_year column" if table == "subjects" else "the subject's MEDS_BIRTH row"
+        birth_problem = _birth_problem(r.birth, r.birth_year_only, cfg.time_format, column)
         if birth_problem:
             reject(table, r.row, r.key, birth_problem)
             continue
@@ -223,7 +231,8 @@ def _plan(cfg: BuildConfig, secret: bytes, report: BuildReport) -> list[_Subject
         lab_rows = lab_by.get(r.subject_id, [])
         death = getattr(r, "death", None)
         if death is not None and not pd.isna(death) and death < r.birth:
-            reject(table, r.row, r.key, "death date before the birth date: check the death_date column")
+            where_death = "the death_date column" if table == "subjects" else "the subject's MEDS_DEATH row"
+            reject(table, r.row, r.key, f"death date before the birth date: check {where_death}")
             continue
         jobs.append(
             _SubjectJob(
@@ -282,9 +291,12 @@ def _table(row: Any, default: str) -> str:
     return t if isinstance(t, str) and t else default
 
 
-def _birth_problem(birth: pd.Timestamp, year_only: bool, time_format: str | None) -> str | None:
+def _birth_problem(
+    birth: pd.Timestamp, year_only: bool, time_format: str | None, column: str = "the birth_date/birth_year column"
+) -> str | None:
     """Why a birth date cannot be used: missing, not a date, in the future or before 1900 (the report names the
-    subjects row, never the date itself: no date leaves the builder)."""
+    subjects row, never the date itself: no date leaves the builder); ``column``: where to look (a MEDS build:
+    the subject's MEDS_BIRTH row)."""
     if pd.isna(birth):
         return (
             "birth_year missing or not a year"
@@ -293,9 +305,9 @@ def _birth_problem(birth: pd.Timestamp, year_only: bool, time_format: str | None
         )
     now = pd.Timestamp.now("UTC").tz_localize(None)
     if (birth.year > now.year) if year_only else birth > now:
-        return "birth date is in the future: check the birth_date/birth_year column"
+        return f"birth date is in the future: check {column}"
     if birth < pd.Timestamp("1900-01-01"):
-        return "birth date is before 1900 (implausible): check the birth_date/birth_year column"
+        return f"birth date is before 1900 (implausible): check {column}"
     return None
 
 
@@ -337,16 +349,17 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
             reject(
                 "events",
                 row,
-                f"event before birth [{days:.0f} days before the birth date of subjects row "
-                f"{job.row}: fix the event's time or the birth date]",
+                f"event before birth [{days:.0f} days before the birth date of {job.source()}: fix the event's "
+                "time or the birth date]",
             )
         elif job.death is not None and row["time"] > job.death:
             days = (row["time"] - job.death).total_seconds() / DAY_S
             reject(
                 "events",
                 row,
-                f"event after death [{days:.0f} days after the death date of subjects row "
-                f"{job.row}: fix the event's time or the death date]",
+                f"event after death [{days:.0f} days after the death date of "
+                f"{job.source() if job.table == 'subjects' else 'its MEDS_DEATH row'}: fix the event's time or the "
+                "death date]",
             )
         elif ident in seen:
             reject("events", row, "duplicate event row (same time, modality and file/code) [drop one of the rows]")

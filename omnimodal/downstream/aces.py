@@ -35,7 +35,7 @@ import polars as pl
 from torch.utils.data import IterableDataset
 
 from datamodules.loader import ShardDataset, _seed
-from datamodules.meds import BIRTH, subject_ids  # the builder's own MEDS rules (ids, birth)
+from datamodules.meds import BIRTH, is_code, subject_ids  # the builder's own MEDS rules (ids, birth)
 from datamodules.schema import DataError, Timeline
 from datamodules.shards.format import SECRET_ENV, load_index, resolve_secret, subject_key
 
@@ -43,8 +43,9 @@ from ..infra.config_check import ConfigError
 from .landmarks import LandmarkConfig, LandmarkData, at_landmark
 
 DAY_S = 86400.0
-AT_TIME_DAYS = 1.0 / DAY_S  # events up to one second after a prediction time are at it (float days)
-ID_MODES = ("pseudonym", "meds")
+#: events up to 1 ms after a prediction time are at it (float days carry ~1e-7 s of error; an outcome a second
+#: after the trigger must not enter the history)
+AT_TIME_DAYS = 1e-3 / DAY_S
 LEFT_OUT_NOT_IN_SHARDS = "person not in the shards"
 LEFT_OUT_NO_BIRTH = "no MEDS_BIRTH event for the person (its time axis is unknown)"
 LEFT_OUT_NO_HISTORY = "no event at or before the prediction time"
@@ -120,10 +121,9 @@ def extract_labels(task_path: str | Path, meds_dir: str | Path) -> pl.DataFrame:
 def births(meds_dir: str | Path) -> dict[int, datetime]:
     """``MEDS_BIRTH`` (or ``MEDS_BIRTH//...``) time per MEDS subject_id, the earliest: the rule the shard
     builder reads MEDS data by (:mod:`datamodules.meds`), so ages agree with the shards' ``age_days``."""
-    code = pl.col("code")
     df = (
         pl.scan_parquet([str(f) for f in meds_data_files(meds_dir)])
-        .filter(((code == BIRTH) | code.str.starts_with(BIRTH + "//")) & pl.col("time").is_not_null())
+        .filter(is_code(BIRTH) & pl.col("time").is_not_null())
         .group_by("subject_id")
         .agg(pl.col("time").min())
         .collect()
@@ -142,7 +142,7 @@ def key_names(meds_dir: str | Path, meds_ids: pl.Series) -> dict[int, str]:
 @dataclass(frozen=True)
 class PredictionTime:
     """One sample: the landmark on the shards' axis (days since the first event), the label, and what the
-    predictions file says about it (``subject_id`` as ``task_ids`` says, the MEDS ``prediction_time``)."""
+    predictions file says about it (``subject_id``: the pseudonym, the MEDS ``prediction_time``)."""
 
     days: float
     label: bool
@@ -208,12 +208,9 @@ def match(
     birth: dict[int, datetime],
     names: dict[int, str],
     root: str | Path,
-    ids: str = "pseudonym",
     where: str = "",
 ) -> AcesLandmarks:
     """ACES labels -> prediction times on the shards' time axis, per split and key (see the module docstring)."""
-    if ids not in ID_MODES:
-        raise ConfigError(f"config key task_ids = {ids!r}: use one of {list(ID_MODES)}")
     secret = _secret()
     axes = shard_axes(root)
     out = AcesLandmarks({split: {} for split in load_index(root)["splits"]}, n_labels=len(labels))
@@ -231,8 +228,7 @@ def match(
         if days + AT_TIME_DAYS < 0:  # before the first event
             out.excluded[LEFT_OUT_NO_HISTORY] += 1
             continue
-        pid = pseudonym_id(key) if ids == "pseudonym" else int(sid)
-        out.splits[split].setdefault(key, []).append(PredictionTime(days, bool(y), pid, t))
+        out.splits[split].setdefault(key, []).append(PredictionTime(days, bool(y), pseudonym_id(key), t))
     if len(labels) and not any(out.splits.values()):
         raise DataError(
             f"none of the {labels['subject_id'].n_unique()} people with ACES labels is in the shards",
@@ -309,7 +305,7 @@ class AcesLandmarkData(LandmarkData):
 
 
 def prepare(cfg: Any) -> AcesLandmarks:
-    """The ``task``/``task_data``/``task_ids`` keys of a finetune config -> the task's prediction times."""
+    """The ``task``/``task_data`` keys of a finetune config -> the task's prediction times."""
     if not cfg.get("task_data"):
         raise ConfigError("config key task_data: set task_data=/path/to/MEDS dataset the ACES task is defined on")
     labels = extract_labels(cfg.task, cfg.task_data)
@@ -321,8 +317,7 @@ def prepare(cfg: Any) -> AcesLandmarks:
         )
     where = f"task_data={cfg.task_data}, data.root={cfg.data.root}"
     names = key_names(cfg.task_data, labels["subject_id"])
-    ids = str(cfg.get("task_ids") or "pseudonym")
-    return match(labels, births(cfg.task_data), names, cfg.data.root, ids=ids, where=where)
+    return match(labels, births(cfg.task_data), names, cfg.data.root, where=where)
 
 
 __all__ = [

@@ -1,7 +1,7 @@
 """An ACES task's predictions in meds-evaluation's schema, scored by meds-evaluation and by us.
 
-``{run_dir}/predictions/{val,test}.parquet``: ``subject_id`` (int64: the pseudonym from the shard key, or
-the MEDS id with ``task_ids=meds``), ``prediction_time``, ``boolean_value`` (ACES's label),
+``{run_dir}/predictions/{val,test}.parquet``: ``subject_id`` (int64: the pseudonym from the shard key,
+never the MEDS id), ``prediction_time``, ``boolean_value`` (ACES's label),
 ``predicted_boolean_value`` (probability >= 0.5) and ``predicted_boolean_probability``, checked with
 ``meds_evaluation.schema.PredictionSchema``; ``{run_dir}/aces_metrics.json``: per split meds-evaluation's
 ``evaluate_binary_classification`` and :func:`omnimodal.evaluation.metrics.binary_metrics` (AUROC, AUPRC

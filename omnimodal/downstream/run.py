@@ -42,8 +42,6 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("task", "task_data"):
         if cfg.get(key) is not None and not isinstance(cfg.get(key), str):
             raise ConfigError(f"config key {key} = {cfg.get(key)!r}: expected a path")
-    if cfg.get("task_ids", "pseudonym") not in aces.ID_MODES:
-        raise ConfigError(f"config key task_ids = {cfg.get('task_ids')!r}: use one of {list(aces.ID_MODES)}")
 
 
 def build(cfg: DictConfig) -> tuple[FinetuneTask, LandmarkData, L.Trainer]:
@@ -110,7 +108,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         report = aces_eval.evaluate_splits(load_finetuned(best) if best.is_file() else task, dm, cfg.run_dir)
         print(f"ACES task scores ({'best.ckpt' if best.is_file() else 'last weights'}; {cfg.run_dir}/predictions):")
         print(aces_eval.format_scores(report))
-        metrics.update(aces_eval.headline(report))
+        scores = aces_eval.headline(report)
+        metrics.update(scores)
+        for lg in trainer.loggers:  # beside the losses in CSV, TensorBoard, W&B, MLflow
+            lg.log_metrics(scores, step=trainer.global_step)
+            lg.save()
     ds = dm.dataset("val")
     print(
         f"done in {time.perf_counter() - t0:.0f}s: {trainer.global_step} steps; "

@@ -381,10 +381,11 @@ def uno_c_index(time, event, risk, cause: int = 1, tau: float | None = None, cen
     else:
         c_time, c_event = _events(*censoring)
         train = Surv.from_arrays(c_event == cause, c_time)
-        if (event == cause).any() and time[event == cause].max() > c_time.max():
+        counted = (event == cause) & (time < tau) if tau is not None else event == cause  # the cases C counts
+        if counted.any() and time[counted].max() > c_time.max():
             raise ValueError(
                 f"{what}: the censoring set ends at {c_time.max():g} days, before the last event evaluated "
-                f"({time[event == cause].max():g} days); pass tau <= {c_time.max():g} or a longer-followed set"
+                f"({time[counted].max():g} days); pass tau <= {c_time.max():g} or a longer-followed set"
             )
     try:
         with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 (no weighted pair) is NaN, refused below

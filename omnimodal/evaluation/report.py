@@ -91,8 +91,9 @@ def compute_metrics(
     out["survival"].update(horizon_days=float(horizon), brier_grid_days=[float(g) for g in grid])
     try:
         out["calibration"] = M.survival_calibration_bins(time, event, np.clip(p.risk, 0, 1), horizon, 1, n_bins=5)
-    except M.MetricUndefinedError as err:  # nobody followed beyond the horizon: the rest of the report stands
+    except M.MetricUndefinedError as err:  # e.g. nobody followed beyond the horizon: the rest of the report stands
         warnings.warn(f"calibration at the horizon not computed: {err}", stacklevel=2)
+        out["survival"]["calibration_undefined"] = str(err)
     known, y = status_at(time, event, horizon)
     if known.sum() and 0 < y[known].sum() < known.sum():
         out["binary"] = M.binary_metrics(y[known], p.risk[known], n_boot=n_boot, seed=seed)
@@ -263,8 +264,8 @@ def write_report(reports: list[ModelReport], out: str | Path, split: str) -> Pat
             + (
                 ""
                 if "calibration" in reports[0].metrics
-                else f"; calibration at the horizon ({s['horizon_days']:g} days) is not computed: nobody was "
-                "followed beyond it"
+                else f"; calibration at the horizon ({s['horizon_days']:g} days) is not computed: "
+                + s.get("calibration_undefined", "nobody was followed beyond it")
             )
             + ". Uno's C, td_auroc and ibs weigh people by the censoring distribution (Kaplan-Meier of the "
             f"censoring times) estimated on the evaluated {split} split itself (omnimodal-eval reads only that split).",

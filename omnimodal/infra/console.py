@@ -178,16 +178,22 @@ def after_finetuning(
     made, steps = run_made(run_dir, loggers)
     if predictions is not None:
         pred = Path(predictions)
+        files = sorted(p.name for p in pred.glob("*.parquet"))
         made[1:1] = [
-            f"{pred.name}/: val.parquet, test.parquet (the best checkpoint's, in meds-evaluation's schema)",
+            f"{pred.name}/: {', '.join(files) or 'none (no prediction time in val or test)'} (meds-evaluation's "
+            "schema)",
             "aces_metrics.json: meds-evaluation's scores and ours, the counts, who was left out",
         ]
-        cmd = command(
-            "meds-evaluation-cli",
-            f"predictions_path={shown(pred / 'test.parquet')}",
-            f"output_file={shown(Path(run_dir) / 'meds_evaluation_test.json')}",
-        )
-        return closing(f"run folder: {shown(run_dir)}", made, [(cmd, "score the test predictions again"), *steps])
+        for split in ("test", "val"):
+            if f"{split}.parquet" in files:
+                cmd = command(
+                    "meds-evaluation-cli",
+                    override("predictions_path", shown(pred / f"{split}.parquet")),
+                    override("output_file", shown(Path(run_dir) / f"meds_evaluation_{split}.json")),
+                )
+                steps.insert(0, (cmd, f"score the {split} predictions again, with meds-evaluation's own command"))
+                break
+        return closing(f"run folder: {shown(run_dir)}", made, steps)
     why = f"evaluate the best checkpoint on the test split (landmark at {landmark_days:g} days, as for val)"
     return closing(f"run folder: {shown(run_dir)}", made, [(eval_command(run_dir, data), why), *steps])
 
