@@ -413,7 +413,7 @@ def _censoring_km(time: np.ndarray, event: np.ndarray, censoring) -> tuple[np.nd
     return _km_steps(c_time, c_event == 0)[:2]
 
 
-def _ipcw(time: np.ndarray, event: np.ndarray, horizon: float, cause: int, censoring=None):
+def _ipcw(time: np.ndarray, event: np.ndarray, horizon: float, cause: int, censoring=None, what: str = "IPCW"):
     """Status at ``horizon`` and inverse-probability-of-censoring weights (Kaplan-Meier of the
     censoring times, G, see :func:`_censoring_km`): cases and competing events by ``horizon`` get
     1/G(T-), subjects still event-free get 1/G(horizon), those censored before ``horizon`` get 0.
@@ -421,11 +421,12 @@ def _ipcw(time: np.ndarray, event: np.ndarray, horizon: float, cause: int, censo
     Ties: a censoring at an event's time follows the event (the event weighs 1/G(T-)), and G's
     jump there counts everyone still at risk, the events included (as R's ``survival`` does).
     scikit-survival instead removes the events from G's risk set and weighs an event by 1/G(T); the
-    two agree wherever no censoring ties an event time."""
+    two agree wherever no censoring ties an event time. ``what``: the metric, named in the errors."""
+    undefined = f"{what} at {horizon:g} days is undefined"
     by_h = time <= horizon
     if by_h.all():
         raise MetricUndefinedError(
-            f"no subject was followed beyond {horizon:g} days (longest "
+            f"{undefined}: no subject was followed beyond {horizon:g} days (longest "
             f"follow-up {time.max():g} days); choose a shorter horizon"
         )
     u, g = _censoring_km(time, event, censoring)
@@ -437,7 +438,7 @@ def _ipcw(time: np.ndarray, event: np.ndarray, horizon: float, cause: int, censo
     g_at[survivor] = _step_at(u, g, horizon, 1.0)
     if (g_at[case | competing | survivor] <= 0).any():
         raise MetricUndefinedError(
-            f"the censoring distribution reaches 0 before {horizon:g} days (everyone was censored by "
+            f"{undefined}: the censoring distribution reaches 0 before {horizon:g} days (everyone was censored by "
             "then), so no inverse-probability weight exists; choose a shorter horizon"
         )
     w = np.where(case | competing | survivor, 1.0 / np.maximum(g_at, 1e-300), 0.0)
@@ -482,10 +483,7 @@ def time_dependent_auroc(
     time, event, risk = _per_time(time, event, "risk_at_t", risk_at_t, len(hs), "horizon", repeat=True)
     out = np.empty(len(hs))
     for k, h in enumerate(hs):
-        try:
-            case, competing, survivor, w = _ipcw(time, event, h, cause, censoring)
-        except MetricUndefinedError as err:
-            raise MetricUndefinedError(f"time-dependent AUROC at {h:g} days is undefined: {err}") from None
+        case, competing, survivor, w = _ipcw(time, event, h, cause, censoring, "time-dependent AUROC")
         ctrl = survivor | competing if controls == "not_case" else survivor
         if not case.any():
             raise MetricUndefinedError(
@@ -510,10 +508,7 @@ def brier_scores(time, event, cif_at, times, cause: int = 1, censoring=None) -> 
     _probabilities("cif_at", cif)
     out = np.empty(len(ts))
     for k, t in enumerate(ts):
-        try:
-            case, _, _, w = _ipcw(time, event, t, cause, censoring)
-        except MetricUndefinedError as err:
-            raise MetricUndefinedError(f"Brier score at {t:g} days is undefined: {err}") from None
+        case, _, _, w = _ipcw(time, event, t, cause, censoring, "Brier score")
         out[k] = np.mean(w * (case - cif[:, k]) ** 2)
     return out
 
