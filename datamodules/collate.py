@@ -6,12 +6,14 @@ audio and video are zero-padded to the spec's maximum with a length mask.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
-from .schema import MODALITIES, ModalityBatch, OmniBatch, Spec, Timeline
+from .schema import MODALITIES, DataError, ModalityBatch, OmniBatch, Spec, Timeline
 
 
 class Collator:
@@ -68,22 +70,46 @@ class Collator:
 
 
 def stack_instances(arrays: Sequence[np.ndarray], spec: Spec) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Canonical arrays of one modality -> ``data [N, *spec.shape()]`` and its mask (or None)."""
-    full = spec.shape()
+    """Canonical arrays of one modality -> ``data [N, *spec.shape()]`` and its mask (or None). Each output is
+    written once, in place (:func:`batch_tensor`: in a DataLoader worker, straight into shared memory)."""
+    full = (len(arrays), *spec.shape())
+    data, out = batch_tensor(full, spec.dtype)
     if spec.variable_axis is not None:
         ax = spec.variable_axis
-        out = np.zeros((len(arrays), *full), dtype=spec.dtype)
         lengths = np.array([a.shape[ax] for a in arrays])
+        before = (slice(None),) * ax
         for i, a in enumerate(arrays):
-            out[i][tuple(slice(0, s) for s in a.shape)] = a
-        mask = torch.from_numpy(np.arange(full[ax])[None, :] < lengths[:, None])
-        return torch.from_numpy(out), mask
-    out = np.stack(arrays)
+            if a.shape[:ax] + a.shape[ax + 1 :] != full[1 : ax + 1] + full[ax + 2 :] or a.shape[ax] > full[ax + 1]:
+                raise DataError(f"{spec.kind} instance of shape {a.shape}, its spec's is {full[1:]}", where="collate")
+            out[(i, *before, slice(0, a.shape[ax]))] = a
+            out[(i, *before, slice(a.shape[ax], None))] = 0  # the padding
+        mask, m = batch_tensor((len(arrays), full[ax + 1]), "bool")
+        np.less(np.arange(full[ax + 1])[None, :], lengths[:, None], out=m)
+        return data, mask
+    np.stack(arrays, out=out)
     if not spec.nan_is_missing:
-        return torch.from_numpy(out), None
-    finite = np.isfinite(out)
-    mask = finite.any(-1) if spec.kind == "waveform" else finite  # waveform: a whole lead is present or not
-    return torch.from_numpy(np.where(finite, out, 0).astype(spec.dtype, copy=False)), torch.from_numpy(mask)
+        return data, None
+    if spec.kind == "waveform":  # a whole lead is present or not
+        finite = np.isfinite(out)
+        mask, m = batch_tensor(full[:-1], "bool")
+        np.any(finite, axis=-1, out=m)
+    else:
+        mask, finite = batch_tensor(full, "bool")
+        np.isfinite(out, out=finite)
+    np.copyto(out, 0, where=~finite)
+    return data, mask
+
+
+def batch_tensor(shape: tuple[int, ...], dtype: str) -> tuple[torch.Tensor, np.ndarray]:
+    """An uninitialised tensor for a batch, and a NumPy view of it to fill. In a DataLoader worker it is made in
+    shared memory, as torch's ``default_collate`` makes its batches, so sending it to the main process copies
+    nothing (torch would otherwise copy every tensor of the batch into shared memory)."""
+    t = torch.from_numpy(np.empty(0, dtype=dtype))
+    if get_worker_info() is None:
+        t = torch.empty(shape, dtype=t.dtype)
+    else:
+        t = t.new(t._typed_storage()._new_shared(math.prod(shape))).view(shape)
+    return t, t.numpy()
 
 
 def _table(rows: Sequence[dict[str, float]]) -> dict[str, torch.Tensor]:

@@ -95,7 +95,8 @@ class ShardLoader(StatefulDataLoader):
 
 
 class OmniDataModule(L.LightningDataModule):
-    """Loaders for the ``train``/``val``/``test`` splits of a shard folder written by ``omnimodal-shard``.
+    """Loaders for the ``train``/``val``/``test`` splits of a shard folder written by ``omnimodal-shard``: a local
+    path, or a remote folder (an http(s):// URL, an fsspec URL, a ``pipe:`` command; :mod:`datamodules.shards.store`).
 
     Timelines are bounded at load time (:mod:`datamodules.crop`): ``max_instances`` caps a modality's
     instances (``{"wearable": 60}``), then ``max_events`` / ``max_tokens`` (tokens per instance from

@@ -13,8 +13,13 @@ the split (its own first ones, wrapping round), marked ``Timeline.padding`` / ``
 Padding is deterministic per (seed, epoch), fewer than ``world x workers`` timelines per epoch, plus
 one for each sample skipped (``on_error='skip'``) or left without events by ``modalities``.
 
-Trust nothing from disk: each shard's size (and with ``verify`` its sha256) is checked against ``index.json``
-before any of its samples is used, its sample count and tar structure as it streams
+Where from: a local folder, or a remote one streamed shard by shard: an http(s):// URL, an fsspec URL or a
+``pipe:`` command (:mod:`datamodules.shards.store`), with the same checks, errors (naming the URL) and
+accounting; only the shards a slot needs are fetched.
+
+Trust nothing from disk or network: each shard's size (and with ``verify`` its sha256) is checked against
+``index.json`` before any of its samples is used (a remote shard's size as it streams where the server does not
+announce it), its sample count and tar structure as it streams
 (:func:`datamodules.shards.format.tar_samples`), each member against the checksum ``meta.json`` lists, its
 dtype as stored, then its shape and values; a promised sample that does not come is an error naming shard
 and key, or with ``on_error='skip'`` one more in ``skipped``. A :class:`DataError` in a DataLoader worker
@@ -24,7 +29,8 @@ reaches the main process as one line
 
 Determinism and resume: the shard order and the shuffle buffer are seeded by (seed, epoch, slot),
 cropping by (seed, epoch, key). The iterator is ``Stateful`` (torchdata's ``StatefulDataLoader`` saves
-and restores it): on restore it skips the samples already yielded *before* decoding them.
+and restores it): on restore it skips the samples already yielded *before* decoding them (a remote slot streams
+its shards again up to its position: the samples are not decoded, but their bytes are fetched).
 """
 
 from __future__ import annotations
@@ -55,15 +61,8 @@ from .schema import (
     check_modality,
     specs_from_json,
 )
-from .shards.format import (
-    INDEX_NAME,
-    REBUILD,
-    index_problems,
-    load_index,
-    shard_file_problem,
-    tar_samples,
-    unlisted_shards,
-)
+from .shards.format import INDEX_NAME, REBUILD, index_problems, tar_samples
+from .shards.store import ShardStore
 
 log = logging.getLogger(__name__)
 
@@ -115,28 +114,29 @@ class ShardDataset(IterableDataset):
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise DataError(f"on_error={on_error!r}", hint="use 'raise' or 'skip'")
-        self.root = Path(root)
-        self.index = load_index(self.root)
+        self.store = ShardStore(root)
+        self.root = self.store.root  # a Path, or a remote root's URL / command
+        self.index = self.store.index()
         if self.index.get("schema_version") != SCHEMA_VERSION:
             raise DataError(
                 f"shards have schema version {self.index.get('schema_version')}, this code reads {SCHEMA_VERSION}",
-                where=str(self.root),
+                where=self.store.shown(),
                 hint="rebuild them with omnimodal-shard",
             )
         if split not in self.index["splits"]:
             raise DataError(
-                f"no split {split!r}", where=str(self.root), hint=f"splits here: {sorted(self.index['splits'])}"
+                f"no split {split!r}", where=self.store.shown(), hint=f"splits here: {sorted(self.index['splits'])}"
             )
         self.split = split
         for problem in index_problems(self.index, split):
             raise DataError(
                 problem,
-                where=str(self.root / INDEX_NAME),
+                where=self.store.shown(INDEX_NAME),
                 hint="the index is inconsistent: rebuild the shards with omnimodal-shard",
             )
         self.specs: dict[str, Spec] = specs_from_json(self.index["specs"])
         info = self.index["splits"][split]
-        self.entries = {str(self.root / s["name"]): s for s in info["shards"]}
+        self.entries = {self.store.url(s["name"]): s for s in info["shards"]}
         self.shards = [(url, int(s["samples"])) for url, s in self.entries.items()]
         self.urls = [u for u, _ in self.shards]
         self.num_samples = int(info["samples"])
@@ -150,12 +150,12 @@ class ShardDataset(IterableDataset):
         self.skipped = 0
         self.padded = 0
         self.errors: list[str] = []
-        unlisted = [n for n in unlisted_shards(self.root, self.index) if n.startswith(f"{split}-")]
+        unlisted = [n for n in self.store.unlisted(self.index) if n.startswith(f"{split}-")]
         if unlisted:
             self._fail(
                 DataError(
                     f"shard(s) {unlisted} of split {split!r} are not listed in {INDEX_NAME}",
-                    where=str(self.root),
+                    where=self.store.shown(),
                     hint="their samples would never be read: rebuild the shards with omnimodal-shard",
                 ),
                 0,
@@ -246,28 +246,27 @@ class ShardDataset(IterableDataset):
 
     def _shard(self, url: str, n: int, lo: int, hi: int, padding: bool) -> Iterator[dict[str, Any]]:
         """Samples ``[lo, hi)`` of the shard at ``url`` (``n`` in the index), checked as they stream: the file's
-        size (and sha256 with ``verify``) first, then that it holds exactly ``n`` samples (a slot that reads
-        up to the end checks there is no more) and is sound tar data throughout."""
-        name, got, last = Path(url).name, 0, None
+        size (and sha256 with ``verify``) first (:meth:`ShardStore.open_shard`), then that it holds exactly ``n``
+        samples (a slot that reads up to the end checks there is no more) and is sound tar data throughout."""
+        name, got, last = self.store.where(url), 0, None
         try:
-            problem = shard_file_problem(Path(url), self.entries[url], sha256=self.verify)
-            if problem:
-                raise DataError(problem, where=name, hint=REBUILD)
-            count = 0
-            for count, sample in enumerate(tar_samples(url), 1):
-                if count > n:
-                    raise DataError(
-                        f"holds more samples than the {n} {INDEX_NAME} lists (key {sample['__key__']} "
-                        f"is sample {count})",
-                        where=name,
-                        hint=REBUILD,
-                    )
-                last = sample["__key__"]
-                if count > lo:
-                    got += 1
-                    yield sample
-                if count == hi < n:
-                    return
+            with self.store.open_shard(url, self.entries[url], sha256=self.verify) as stream:
+                count = 0
+                samples = tar_samples(url) if stream is None else tar_samples(url, stream)
+                for count, sample in enumerate(samples, 1):
+                    if count > n:
+                        raise DataError(
+                            f"holds more samples than the {n} {INDEX_NAME} lists (key {sample['__key__']} "
+                            f"is sample {count})",
+                            where=name,
+                            hint=REBUILD,
+                        )
+                    last = sample["__key__"]
+                    if count > lo:
+                        got += 1
+                        yield sample
+                    if count == hi < n:
+                        return
             if count < hi:
                 after = f" (the last is key {last})" if last else ""
                 raise DataError(
@@ -305,7 +304,7 @@ class ShardDataset(IterableDataset):
         return DataError(
             f"no sample of split {self.split!r} gives a timeline: all are unreadable or skipped, or "
             f"none has events of modalities {list(self.modalities or MODALITIES)}",
-            where=str(self.root),
+            where=self.store.shown(),
             hint="check the shards (on_error='raise' names the first bad one) and the modalities",
         )
 
@@ -397,14 +396,15 @@ def in_worker(err: DataError) -> DataError:
 def verify_folder(root: str | os.PathLike) -> tuple[int, list[str]]:
     """What ``omnimodal-shard verify`` checks: ``index.json``, then every shard of every split (size, sha256,
     sample count, tar structure) and every member (checksum, decoded, validated), and that no key is in two
-    places. Returns (samples that passed, problems), each problem naming shard, key and member."""
-    root = Path(root)
-    index = load_index(root)
+    places. Returns (samples that passed, problems), each problem naming shard, key and member. ``root`` may be
+    remote (:mod:`datamodules.shards.store`; a remote folder cannot be listed for shards left out of the index)."""
+    store = ShardStore(root)
+    index = store.index()
     splits = list(index.get("splits", {})) if isinstance(index.get("splits"), dict) else []
-    problems = [] if splits else [f"{root / INDEX_NAME}: lists no split"]
+    problems = [] if splits else [f"{store.shown(INDEX_NAME)}: lists no split"]
     problems += [
-        f"{root}: shard {n} is not listed in {INDEX_NAME}"
-        for n in unlisted_shards(root, index)
+        f"{store.shown()}: shard {n} is not listed in {INDEX_NAME}"
+        for n in store.unlisted(index)
         if not any(n.startswith(f"{s}-") for s in splits)
     ]
     seen: dict[str, str] = {}

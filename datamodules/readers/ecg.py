@@ -141,13 +141,38 @@ def _load_wfdb(path: Path, options: Mapping[str, Any], max_s: float | None = Non
             where=str(path),
             hint="copy the record's .hea file into the same folder",
         )
-    header = wfdb.rdheader(str(record))
-    total = int(header.sig_len or 0)
-    stop = total if max_s is None or not total else min(total, int(np.ceil(max_s * header.fs)))
+    fs, total = _record_line(record.with_suffix(".hea")) or _rdheader(wfdb, record)
+    stop = total if max_s is None or not total else min(total, int(np.ceil(max_s * fs)))
     rec = wfdb.rdrecord(str(record), sampto=stop or None, return_res=32)  # float32: a day's Holter fits in memory
     scale = np.array([_per_mv(u, str(path)) for u in (rec.units or [None] * rec.n_sig)], dtype=np.float32)
     signal = np.asarray(rec.p_signal, dtype=np.float32).T * scale[:, None]
     return signal, float(rec.fs), list(rec.sig_name), (total or signal.shape[1]) / float(rec.fs)
+
+
+#: a WFDB record line: name[/segments] signals [fs[/counter fs][(base counter)] [samples per signal [...]]]
+_RECORD_LINE = re.compile(
+    r"\S+\s+\d+(?:\s+(?P<fs>\d+(?:\.\d*)?|\.\d+)(?:/[0-9.]+)?(?:\([0-9.+-]*\))?(?:\s+(?P<len>\d+)(?:\s.*)?)?)?"
+)
+
+
+def _record_line(header: Path) -> tuple[float, int] | None:
+    """Sampling rate and samples per signal from a WFDB header's record line (its first line that is not a
+    comment), or None if it is not in the plain form. ``wfdb.rdheader`` parses every signal line too, through
+    pandas: 40 ms a header, and ``rdrecord`` parses it again."""
+    try:
+        lines = header.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    line = next((ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    m = _RECORD_LINE.fullmatch(line)
+    if not m:
+        return None
+    return float(m["fs"]) if m["fs"] else 250.0, int(m["len"] or 0)  # WFDB's default rate: 250 Hz
+
+
+def _rdheader(wfdb: Any, record: Path) -> tuple[float, int]:
+    header = wfdb.rdheader(str(record))
+    return float(header.fs), int(header.sig_len or 0)
 
 
 def _load_dicom(path: Path, options: Mapping[str, Any], max_s: float | None = None) -> Loaded:

@@ -30,8 +30,10 @@ def read_video(
     """Decode the whole clip (at most ``max_s`` seconds), sample at ``spec.fps`` and resize -> a stream of
     ``[T, 3, H, W]`` uint8 frames."""
     import av
+    from av.video.reformatter import VideoReformatter
 
     where = str(path)
+    rgb = VideoReformatter()  # one per clip: frame.to_ndarray(format=...) set up a converter for every frame
     out: list[np.ndarray] = []
     limit = math.inf if max_s is None else max(1, int(round(max_s * spec.fps)))
     with av.open(str(path)) as container:
@@ -49,7 +51,7 @@ def read_video(
             start = t if start is None else start
             t -= start
             while current is not None and len(out) < limit and len(out) / spec.fps + _EPS < t:
-                current_img = current_img if current_img is not None else _resize(_rgb(current[1]), spec.size)
+                current_img = current_img if current_img is not None else _resize(_rgb(current[1], rgb), spec.size)
                 out.append(current_img)
             if len(out) >= limit:
                 break
@@ -57,7 +59,7 @@ def read_video(
         if current is not None and len(out) < limit:  # hold the last frame until the clip ends
             last = current[1]
             dt = float(last.duration * last.time_base) if getattr(last, "duration", None) else default_dt
-            img = _resize(_rgb(current[1]), spec.size)
+            img = _resize(_rgb(current[1], rgb), spec.size)
             while len(out) < limit and len(out) / spec.fps + _EPS < current[0] + dt:
                 out.append(img)
     if not out:
@@ -78,9 +80,9 @@ def _declared_duration(container: Any, stream: Any) -> float:
     return float(container.duration) / 1e6 if container.duration else 0.0
 
 
-def _rgb(frame: Any) -> np.ndarray:
-    """Decoded frame -> upright ``[H, W, 3]`` uint8 RGB."""
-    img = frame.to_ndarray(format="rgb24")
+def _rgb(frame: Any, reformatter: Any) -> np.ndarray:
+    """Decoded frame -> upright ``[H, W, 3]`` uint8 RGB (converted by ``reformatter``, an ``av`` VideoReformatter)."""
+    img = reformatter.reformat(frame, format="rgb24").to_ndarray()
     quarter_turns = int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
     return np.ascontiguousarray(np.rot90(img, k=quarter_turns)) if quarter_turns else img
 

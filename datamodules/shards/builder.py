@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import sys
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,9 @@ class BuildConfig:
     #: window policies of time-based modalities, overriding the defaults field by field (``datamodules.windows``):
     #: e.g. ``{"wearable": {"min_coverage": 0.5}, "ecg": {"max_windows": 20, "select": "first"}}``
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: build only share ``"I/N"`` (I from 1 to N) of the subjects, chosen by their keys, into
+    #: ``out/parts/part-I-of-N/``; ``omnimodal-shard merge OUT`` joins the N parts (``datamodules.shards.parts``)
+    part: str | None = None
 
 
 @dataclass
@@ -92,7 +98,9 @@ class _SubjectJob:
 
 
 @dataclass
-class _SubjectResult:
+class SubjectResult:
+    """One subject read and encoded: its sample's members (None: no valid event) and its share of the report."""
+
     key: str
     split: str
     members: dict[str, bytes] | None
@@ -102,70 +110,158 @@ class _SubjectResult:
     notes: list[str]
     windows: dict[str, Account] = field(default_factory=dict)
 
+    def to_record(self) -> dict[str, Any]:
+        """Everything but the members, as JSON data (exact: floats survive a JSON round trip); ``sample`` says
+        whether there are members."""
+        return {
+            "key": self.key,
+            "split": self.split,
+            "sample": self.members is not None,
+            "counts": dict(self.counts),
+            "codes": dict(self.codes),
+            "rejections": [dataclasses.asdict(r) for r in self.rejections],
+            "notes": list(self.notes),
+            "windows": {m: dataclasses.asdict(a) for m, a in self.windows.items()},
+        }
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any], members: dict[str, bytes] | None) -> SubjectResult:
+        return cls(
+            d["key"],
+            d["split"],
+            members,
+            Counter(d["counts"]),
+            Counter(d["codes"]),
+            [Rejection(**r) for r in d["rejections"]],
+            list(d["notes"]),
+            {m: Account(**a) for m, a in d["windows"].items()},
+        )
+
 
 def build_shards(cfg: BuildConfig) -> BuildReport:
-    """Build shards, ``index.json`` and ``report.{json,md}`` in ``cfg.out``; return the report."""
+    """Build shards, ``index.json`` and ``report.{json,md}`` in ``cfg.out``; return the report. A part of a build
+    (``cfg.part``) is :func:`datamodules.shards.parts.build_part`'s."""
+    if cfg.part:
+        raise DataError(
+            f"part {cfg.part!r} given to build_shards, which builds every subject",
+            hint="build a part with datamodules.shards.parts.build_part (omnimodal-shard --part does)",
+        )
+    prepared = prepare(cfg)
+    shards = ShardFolder(Path(cfg.out), cfg.max_samples_per_shard, cfg.max_shard_bytes, prepared.report)
+    with subject_results(cfg, prepared, prepared.jobs) as results:
+        for res in results:
+            shards.add(res)
+    return shards.finish(specs_to_json(prepared.specs), prepared.descriptions)
+
+
+@dataclass
+class Prepared:
+    """A build's checked tables: one job per included subject (sorted by key) and what the tables alone decided
+    (``report``: rows rejected, consent withdrawn, subjects in the table), the same for every part of a build."""
+
+    specs: dict[str, Spec]
+    windows: dict[str, WindowPolicy]
+    report: BuildReport
+    jobs: list[_SubjectJob]
+    descriptions: dict[str, str]  # clinical code -> description (a MEDS build's codes.parquet)
+    secret: bytes
+
+
+def prepare(cfg: BuildConfig) -> Prepared:
+    """Resolve the secret, specs and window policies, and read and check the tables (main process)."""
     secret = resolve_secret(cfg.secret)
     specs = default_specs(**cfg.specs)
     windows = window_policies(cfg, specs)
     report = BuildReport()
     jobs = _plan(cfg, secret, report)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("*.tar"), *out.glob("*.tar.tmp")]:
-        stale.unlink()
-    writers = {s: TarShardWriter(out, s, cfg.max_samples_per_shard, cfg.max_shard_bytes) for s in tables.SPLITS}
-    train_codes: Counter = Counter()
-    descriptions = report.meds.pop("descriptions", {})
-    policy_json = {m: dataclasses.asdict(p) for m, p in windows.items()}
-    args = [(job, specs_to_json(specs), policy_json, cfg.strict, cfg.time_format) for job in jobs]
-    pool = None
-    if cfg.workers > 1:
-        # fork after importing the readers this build needs: workers start at once instead of each
-        # importing torch/MONAI/PyAV again (tens of seconds); spawn where fork does not exist.
-        preload_readers({row["modality"] for job in jobs for row in job.events})
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(cfg.workers, initializer=_worker_init)
+    return Prepared(specs, windows, report, jobs, report.meds.pop("descriptions", {}), secret)
+
+
+@contextmanager
+def subject_results(cfg: BuildConfig, prepared: Prepared, jobs: list[_SubjectJob]) -> Iterator[Iterator[SubjectResult]]:
+    """Each job read, checked and encoded, in the order of ``jobs``: in ``cfg.workers`` processes, or in this one.
+
+    Every subject is encoded single-threaded (torch's intra-op threads are one per process): a worker is a core,
+    and the bytes do not depend on the machine's core count."""
+    policy_json = {m: dataclasses.asdict(p) for m, p in prepared.windows.items()}
+    args = [(job, specs_to_json(prepared.specs), policy_json, cfg.strict, cfg.time_format) for job in jobs]
+    # import the readers this build needs first: forked workers start at once instead of each importing
+    # torch/MONAI/PyAV again (tens of seconds); spawn where fork does not exist.
+    preload_readers({row["modality"] for job in jobs for row in job.events})
+    if cfg.workers <= 1:
+        with _one_thread():
+            yield map(_build_subject, args)
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    pool = ctx.Pool(cfg.workers, initializer=_worker_init)
     try:
-        results = pool.imap(_build_subject, args, chunksize=1) if pool else map(_build_subject, args)
-        for res in results:
-            report.rejected.extend(res.rejections)
-            report.notes.extend(res.notes)
-            for m, account in res.windows.items():
-                report.add_windows(m, account)
-            if res.members is None:
-                report.no_events.append(res.key)
-                continue
-            writers[res.split].add(res.key, res.members)
-            report.modalities.update(res.counts)
-            report.splits[res.split] += 1
-            if res.split == "train":
-                train_codes.update(res.codes)
+        yield pool.imap(_build_subject, args, chunksize=1)
     finally:
-        if pool:
-            pool.terminate()
-    if not report.samples:
-        (out / INDEX_NAME).unlink(missing_ok=True)  # nothing to train on: no index a loader could open
+        pool.terminate()
+
+
+class ShardFolder:
+    """The final shard folder being written: subjects' results added in key order go into ``{split}-NNNNNN.tar``
+    and the report; :meth:`finish` writes ``index.json`` and ``report.{json,md}``. A one-machine build and the
+    merge of a build's parts (:mod:`datamodules.shards.parts`) both write through it, so their bytes agree."""
+
+    def __init__(self, out: Path, max_samples: int, max_bytes: int, report: BuildReport) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in [*out.glob("*.tar"), *out.glob("*.tar.tmp")]:
+            stale.unlink()
+        self.out, self.report = out, report
+        self.writers = {s: TarShardWriter(out, s, max_samples, max_bytes) for s in tables.SPLITS}
+        self.train_codes: Counter = Counter()
+
+    def add(self, res: SubjectResult) -> None:
+        tally_result(self.report, res, self.train_codes)
+        if res.members is not None:
+            self.writers[res.split].add(res.key, res.members)
+
+    def close(self) -> dict[str, list[dict[str, Any]]]:
+        """Finish the open shards; each split's shard entries (name, samples, bytes, sha256) in order."""
+        return {s: w.close() for s, w in self.writers.items()}
+
+    def finish(self, specs_json: dict[str, Any], descriptions: dict[str, str]) -> BuildReport:
+        """Write ``index.json`` and ``report.{json,md}``; a :class:`DataError` if no sample was written."""
+        out, report = self.out, self.report
+        if not report.samples:
+            (out / INDEX_NAME).unlink(missing_ok=True)  # nothing to train on: no index a loader could open
+            report.write(out)
+            raise DataError(
+                f"0 samples written: of {report.subjects_in_table} subjects, {len(report.withdrawn)} withdrew "
+                f"consent and {len(report.no_events)} have no valid event; {len(report.rejected)} rows were "
+                "rejected",
+                where=str(out),
+                hint=f"{out / 'report.md'} lists every rejected row with its reason",
+            )
+        index = {
+            "schema_version": SCHEMA_VERSION,
+            "specs": specs_json,
+            "clinical_codes": sorted(self.train_codes),
+            "splits": {s: {"samples": report.splits[s], "shards": entries} for s, entries in self.close().items()},
+        }
+        kept = {c: descriptions[c] for c in sorted(self.train_codes) if descriptions.get(c)}
+        if kept:
+            index["clinical_code_descriptions"] = kept  # from the MEDS codes.parquet
+        (out / INDEX_NAME).write_bytes(dumps(index))
         report.write(out)
-        raise DataError(
-            f"0 samples written: of {report.subjects_in_table} subjects, {len(report.withdrawn)} withdrew "
-            f"consent and {len(report.no_events)} have no valid event; {len(report.rejected)} rows were "
-            "rejected",
-            where=str(out),
-            hint=f"{out / 'report.md'} lists every rejected row with its reason",
-        )
-    index = {
-        "schema_version": SCHEMA_VERSION,
-        "specs": specs_to_json(specs),
-        "clinical_codes": sorted(train_codes),
-        "splits": {s: {"samples": report.splits[s], "shards": w.close()} for s, w in writers.items()},
-    }
-    kept = {c: descriptions[c] for c in sorted(train_codes) if descriptions.get(c)}
-    if kept:
-        index["clinical_code_descriptions"] = kept  # from the MEDS codes.parquet
-    (out / INDEX_NAME).write_bytes(dumps(index))
-    report.write(out)
-    return report
+        return report
+
+
+def tally_result(report: BuildReport, res: SubjectResult, train_codes: Counter) -> None:
+    """Add one subject's result to the report (and its clinical codes, if a training subject, to ``train_codes``)."""
+    report.rejected.extend(res.rejections)
+    report.notes.extend(res.notes)
+    for m, account in res.windows.items():
+        report.add_windows(m, account)
+    if res.members is None:
+        report.no_events.append(res.key)
+        return
+    report.modalities.update(res.counts)
+    report.splits[res.split] += 1
+    if res.split == "train":
+        train_codes.update(res.codes)
 
 
 def window_policies(cfg: BuildConfig, specs: dict[str, Spec]) -> dict[str, WindowPolicy]:
@@ -177,6 +273,21 @@ def _worker_init() -> None:
     import torch  # noqa: PLC0415
 
     torch.set_num_threads(1)  # one process per core already
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """An in-process build as a worker runs: torch on one thread, restored afterwards (on every core, a subject's
+    small tensors made a 1-worker build 3.6x slower on a busy 2-core machine: scripts/bench/builder.py)."""
+    torch = sys.modules.get("torch")  # loaded by the readers this build needs (preload_readers), or not needed
+    before = torch.get_num_threads() if torch else 0
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch:
+            torch.set_num_threads(before)
 
 
 def _plan(cfg: BuildConfig, secret: bytes, report: BuildReport) -> list[_SubjectJob]:
@@ -317,12 +428,12 @@ def _hash_split(key: str, fractions: tuple[float, float, float]) -> str:
     return tables.SPLITS[int(np.searchsorted(cum, u, side="right"))]
 
 
-def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool, str | None]) -> _SubjectResult:
+def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool, str | None]) -> SubjectResult:
     """Read, check and encode one subject (runs in a worker process)."""
     job, specs_json, policy_json, strict, time_format = arg
     specs: dict[str, Spec] = specs_from_json(specs_json)
     windows = {m: WindowPolicy(**p) for m, p in policy_json.items()}
-    res = _SubjectResult(job.key, job.split, None, Counter(), Counter(), [], [])
+    res = SubjectResult(job.key, job.split, None, Counter(), Counter(), [], [])
 
     def reject(table: str, row: dict[str, Any], reason: str) -> None:
         rej = Rejection(_table(row, table), int(row["row"]), job.key, row.get("modality"), reason)

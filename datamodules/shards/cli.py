@@ -5,6 +5,8 @@
     omnimodal-shard --meds meds_dataset/ [--subjects consent.csv] [--events more_files.csv] --out shards/
     omnimodal-shard export-meds --subjects subjects.csv --events events.csv [--labels labels.csv] --out meds/
     omnimodal-shard verify shards/
+    omnimodal-shard --config build.yaml --out shards/ --part 3/16    # share 3 of 16 into shards/parts/part-3-of-16/
+    omnimodal-shard merge shards/                                     # the 16 parts -> shards/, as one build writes it
 
 The secret for keyed subject hashes comes from ``$OMNIMODAL_SHARD_SECRET`` or ``secret:`` in the config
 file, never from the command line (it would show in the process list and shell history). Exit codes: 0 done,
@@ -24,6 +26,7 @@ import yaml
 
 from ..schema import DataError, default_specs
 from .builder import BuildConfig, build_shards, window_policies
+from .parts import build_part, merge_parts, parse_part, part_folder
 
 #: the type each BuildConfig field must have in a config file
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -41,6 +44,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "split_fractions": (list, tuple),
     "time_format": (str, type(None)),
     "windows": (dict,),
+    "part": (str, type(None)),
 }
 
 
@@ -99,6 +103,8 @@ def check_config(values: dict[str, Any], where: str) -> None:
             where=where,
             hint="e.g. windows: {wearable: {min_coverage: 0.5}}",
         )
+    if values.get("part") is not None:
+        parse_part(values["part"], where)
     try:
         specs = default_specs(**specs)  # type-checks each field (datamodules.specs.replace_fields)
         window_policies(BuildConfig(windows=windows), specs)
@@ -111,7 +117,8 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
         prog="omnimodal-shard",
         description=__doc__.split("\n\n")[0],
         epilog="omnimodal-shard verify DIR checks a shard folder (see verify --help); omnimodal-shard "
-        "export-meds writes the tables as a MEDS dataset (see export-meds --help)",
+        "export-meds writes the tables as a MEDS dataset (see export-meds --help); omnimodal-shard merge OUT joins "
+        "the parts built with --part (see merge --help)",
     )
     p.add_argument("--config", help="YAML/JSON file with any BuildConfig field (subjects, events, specs, secret, ...)")
     p.add_argument("--meds", help="a MEDS v0.4 dataset root: subjects and clinical events (and files) come from it")
@@ -122,6 +129,12 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
     p.add_argument("--workers", type=int)
     p.add_argument("--max-samples-per-shard", type=int)
     p.add_argument("--strict", action="store_true", default=None, help="stop at the first bad row")
+    p.add_argument(
+        "--part",
+        metavar="I/N",
+        help="build only share I of N (I from 1) of the subjects, chosen by key, into OUT/parts/part-I-of-N/; "
+        "`omnimodal-shard merge OUT` joins the N parts (one per task of a SLURM array: scripts/slurm/shard.sbatch)",
+    )
     p.add_argument(
         "--time-format",
         help="a strftime format times may have besides ISO 8601, e.g. '%%d/%%m/%%Y %%H:%%M' (nothing else is guessed)",
@@ -162,6 +175,7 @@ def config_from_args(argv: list[str] | None = None) -> BuildConfig:
         "max_samples_per_shard",
         "strict",
         "time_format",
+        "part",
     ):
         if getattr(a, k) is not None:
             values[k] = getattr(a, k)
@@ -226,6 +240,23 @@ def export_meds(argv: list[str]) -> int:
     return 0
 
 
+def merge(argv: list[str]) -> int:
+    """``omnimodal-shard merge OUT``: join the N parts built with ``--part I/N --out OUT`` into OUT, byte-identical to
+    a one-machine build (datamodules.shards.parts); the parts are removed once merged."""
+    p = argparse.ArgumentParser(prog="omnimodal-shard merge", description=merge.__doc__.split(": ")[1])
+    p.add_argument("out", help="the --out of the part builds (their parts are in OUT/parts/)")
+    p.add_argument("--keep-parts", action="store_true", help="keep OUT/parts/ after the merge")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    report, n = merge_parts(a.out, keep_parts=a.keep_parts)
+    print(report.summary())
+    print(
+        f"merged {n} parts: wrote {report.samples} samples to {a.out} in {time.perf_counter() - t0:.1f}s "
+        "(index.json, report.md)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -233,14 +264,24 @@ def main(argv: list[str] | None = None) -> int:
             return verify(argv[1:])
         if argv[:1] == ["export-meds"]:
             return export_meds(argv[1:])
+        if argv[:1] == ["merge"]:
+            return merge(argv[1:])
         cfg = config_from_args(argv[1:] if argv[:1] == ["build"] else argv)
         t0 = time.perf_counter()
-        report = build_shards(cfg)
+        report = build_part(cfg) if cfg.part else build_shards(cfg)
     except DataError as exc:
         print(f"omnimodal-shard: error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
-    print(f"wrote {report.samples} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s (index.json, report.md)")
+    took = f"in {time.perf_counter() - t0:.1f}s"
+    if cfg.part:
+        i, n = parse_part(cfg.part)
+        print(
+            f"part {i}/{n}: wrote {report.samples} samples to {part_folder(cfg.out, i, n)} {took}; once all {n} "
+            f"parts are built: omnimodal-shard merge {cfg.out}"
+        )
+    else:
+        print(f"wrote {report.samples} samples to {cfg.out} {took} (index.json, report.md)")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..windows import REASONS, Account, tally
@@ -40,6 +40,31 @@ class BuildReport:
     windows: dict[str, Account] = field(default_factory=dict)
     #: a MEDS build: what the dataset held and what was not used (``datamodules.meds.MedsCohort.counts``)
     meds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Every field as JSON data, exactly (``to_json`` is what report.json shows); :meth:`from_dict` reads it."""
+        return {
+            **{f.name: getattr(self, f.name) for f in fields(self)},
+            "splits": dict(self.splits),
+            "modalities": dict(self.modalities),
+            "rejected": [asdict(r) for r in self.rejected],
+            "windows": {m: asdict(a) for m, a in self.windows.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BuildReport:
+        """The report :meth:`to_dict` wrote, back from JSON (a part's, merged by ``datamodules.shards.parts``)."""
+        return cls(
+            subjects_in_table=d["subjects_in_table"],
+            splits=Counter(d["splits"]),
+            modalities=Counter(d["modalities"]),
+            rejected=[Rejection(**r) for r in d["rejected"]],
+            withdrawn=list(d["withdrawn"]),
+            no_events=list(d["no_events"]),
+            notes=list(d["notes"]),
+            windows={m: Account(**a) for m, a in d["windows"].items()},
+            meds=d["meds"],
+        )
 
     def add_windows(self, modality: str, account: Account) -> None:
         tally(self.windows, modality, account)

@@ -129,6 +129,7 @@ class Subject:
     seed: int = 0  # of the cohort: the continuous path's own draws depend on (seed, index)
     grid_days: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the simulator's grid (visits included)
     grid_states: np.ndarray = field(default_factory=lambda: np.zeros((0, N_STATE)))  # [len(grid_days), N_STATE]
+    risk0: float = 0.0  # the log-hazard's personal offset (genetic risk and age at the first visit): :func:`log_hazard`
 
     @property
     def first_time(self) -> dt.datetime:
@@ -212,6 +213,13 @@ def _visit_days(rng: np.random.Generator, hour0: float) -> np.ndarray:
     hours = _clinic_hours(rng, len(days))
     hours[0] = hour0
     return days + (hours - hour0) / 24.0
+
+
+def log_hazard(state: np.ndarray, risk0: float | np.ndarray) -> np.ndarray:
+    """Log of the disease hazard per year at ``state`` (``[..., N_STATE]``) for a person whose personal offset is
+    ``risk0`` (:attr:`Subject.risk0`): what :func:`_simulate` uses on its grid, and what the benchmark's oracles
+    (:mod:`.oracle`) integrate forward."""
+    return _LOG_H0 + risk0 + np.asarray(state) @ _HAZARD_W
 
 
 def _simulate(
@@ -320,6 +328,7 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
         seed=seed,
         grid_days=grid,
         grid_states=grid_states,
+        risk0=risk0,
     )
     if onset == onset:  # the diagnosis is recorded at the first visit at or after onset
         first_ill = int(np.searchsorted(days, onset))

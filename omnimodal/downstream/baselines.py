@@ -20,10 +20,10 @@ def _summary(modality: str, data: np.ndarray, spec: Spec) -> np.ndarray:
     x = np.asarray(data, dtype=np.float64)
     if spec.kind == "vector":  # omics panel: the values themselves
         return x.reshape(-1)
-    if spec.kind in ("waveform", "timeseries"):  # per channel mean and std over time
-        return (
-            np.concatenate([np.nanmean(x, -1), np.nanstd(x, -1)]) if np.isfinite(x).any() else np.zeros(2 * x.shape[0])
-        )
+    if spec.kind in ("waveform", "timeseries"):  # per channel mean and std over time (0 for a channel not worn)
+        seen = np.isfinite(x).any(-1)
+        x = np.where(seen[:, None], x, 0.0)
+        return np.concatenate([np.nanmean(x, -1), np.nanstd(x, -1)])
     if spec.kind == "video":  # per colour channel mean and std, and frame count
         x = x.astype(np.float64) / 255.0
         return np.array([*x.mean((0, 2, 3)), *x.std((0, 2, 3)), len(x)])

@@ -13,6 +13,7 @@ from ..infra.config_check import ConfigError, check_section
 from ..infra.console import after_finetuning
 from ..infra.optim import OptimConfig
 from ..infra.trainer import make_trainer
+from ..pretraining.task import fit_value_scaling
 from ..release import ReleaseError
 from . import aces, aces_eval
 from .heads import HeadConfig
@@ -67,6 +68,8 @@ def build(cfg: DictConfig) -> tuple[FinetuneTask, LandmarkData, L.Trainer]:
         seed=int(cfg.seed),
         landmark=OmegaConf.to_container(cfg.landmark, resolve=True),
     )
+    if cfg.init == "scratch":  # a fresh model: its clinical values are scaled by this cohort's train split
+        fit_value_scaling(task.model.omni, cfg.data.root, task.prep.clinical_codes)
     # the checkpoint records the landmark design: omnimodal-eval and forecasts use the one it was trained for
     data_kw = dict(
         batch_size=int(cfg.data.batch_size),

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
+from datamodules.shards.store import is_remote
+
 #: (logger name, start of the message) of third-party log records that tell an omnimodal user nothing
 NOISE_LOGS = (
     # LoadImage builds every MONAI reader, NvImgCodecPydicomReader included, whose constructor logs this when the
@@ -64,7 +66,10 @@ def quiet_third_party(transformers: bool = False) -> None:
 
 
 def shown(path: str | os.PathLike) -> str:
-    """A path as a user types it: relative to the working directory when it lies under it, else absolute."""
+    """A path as a user types it: relative to the working directory when it lies under it, else absolute; a
+    URL (``https://...``, ``s3://...``) or a ``pipe:`` command as it is."""
+    if is_remote(path):
+        return str(path)
     p = Path(path).resolve()
     try:
         return str(p.relative_to(Path.cwd().resolve()))

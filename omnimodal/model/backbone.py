@@ -2,13 +2,18 @@
 
 Rotary angles come from each token's time in days (not its index), with periods from one day to a
 century, so attention sees how far apart two measurements are. Attention is full within an event,
-causal across events, and never crosses subjects packed into one row: FlexAttention block masks on
-CUDA, SDPA with an explicit boolean mask elsewhere.
+causal across events, and never crosses subjects packed into one row. Two paths compute it
+(``attention``): SDPA with an explicit mask, and FlexAttention with a block mask, which skips the blocks of
+pairs that never attend. ``auto`` takes FlexAttention on CUDA (compiled to a fused Triton kernel) and SDPA
+elsewhere; ``flex`` takes it on CPU too, where torch gives it no backward, so there it runs where no gradient
+is needed (evaluation, inference, embedding; tests/test_flex_attention.py checks it against SDPA): compiled by
+inductor to its C++ kernel, or unfused where that kernel is wrong (:data:`CPU_FUSED_MIN_HEAD_DIM`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +31,12 @@ SIZES: dict[str, dict[str, int]] = {  # one size dial: name -> (width, depth, he
     "large": dict(d_model=1536, n_layers=24, n_heads=16),
     "xl": dict(d_model=2048, n_layers=20, n_heads=16),  # ~1B parameters
 }
+ATTENTION = ("auto", "sdpa", "flex")
+#: The fused CPU FlexAttention kernel (inductor's C++ template, torch 2.14) gives NaN or wrong rows for head
+#: sizes below this (8 and 16 tried) at row lengths under 128 that are not a multiple of 16 (8, 24, ..., 120
+#: tried; right at 16 to 80 in 16s, 128 to 256); head sizes 32 and 64 are right at all tried (8 to 200). Below it
+#: the CPU path runs FlexAttention unfused (the tiny backbone's heads are 16 wide).
+CPU_FUSED_MIN_HEAD_DIM = 32
 
 
 @dataclass
@@ -85,7 +96,9 @@ def block_causal_mask(packed: Packed) -> Tensor:
 
 
 def flex_block_mask(packed: Packed) -> Any:
-    from torch.nn.attention.flex_attention import create_block_mask  # noqa: PLC0415 - CUDA path only
+    """The :func:`block_causal_mask` rule as a FlexAttention ``BlockMask`` (128 x 128 blocks; a block no pair of
+    which attends is skipped, one all of whose pairs attend is computed without the mask)."""
+    from torch.nn.attention.flex_attention import create_block_mask  # noqa: PLC0415 - the flex path only
 
     doc, ev = packed.doc, packed.event
 
@@ -114,20 +127,32 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
             )
         else:
-            y = _flex_attention()(q, k, v, block_mask=mask)
+            y = flex_attention_fn(q.device.type, self.head_dim)(q, k, v, block_mask=mask)
         return self.out(y.transpose(1, 2).reshape(R, L, d))
 
 
-_FLEX: Any = None
+_FLEX: dict[bool, Any] = {}
 
 
-def _flex_attention() -> Any:
-    global _FLEX
-    if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: PLC0415
+def flex_attention_fn(device_type: str, head_dim: int) -> Any:
+    """FlexAttention for ``device_type``: compiled (``dynamic=False``: one kernel per row shape; the fused Triton
+    kernel on CUDA, inductor's C++ one on CPU), or unfused (scores materialized, as SDPA with a mask) on CPU
+    for head sizes below :data:`CPU_FUSED_MIN_HEAD_DIM`, where the fused kernel is wrong."""
+    fused = device_type != "cpu" or head_dim >= CPU_FUSED_MIN_HEAD_DIM
+    if fused not in _FLEX:
+        from torch.nn.attention import flex_attention as fa  # noqa: PLC0415 - the flex path only
 
-        _FLEX = torch.compile(flex_attention, dynamic=False)
-    return _FLEX
+        _FLEX[fused] = torch.compile(fa.flex_attention, dynamic=False) if fused else _unfused(fa.flex_attention)
+    return _FLEX[fused]
+
+
+def _unfused(flex: Any) -> Any:
+    def run(q: Tensor, k: Tensor, v: Tensor, block_mask: Any) -> Tensor:
+        with warnings.catch_warnings():  # torch's advice to compile it: here it is unfused by choice (above)
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex(q, k, v, block_mask=block_mask)
+
+    return run
 
 
 class Block(nn.Module):
@@ -151,18 +176,33 @@ class Backbone(nn.Module):
         super().__init__()
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+        if cfg.attention not in ATTENTION:
+            raise ValueError(f"model.backbone.attention={cfg.attention!r}: use one of {', '.join(ATTENTION)}")
         self.cfg = cfg
         self.rotary = TimeRotary(cfg.d_model // cfg.n_heads, cfg.min_period_days, cfg.max_period_days)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
 
     def use_flex(self, device: torch.device) -> bool:
-        if self.cfg.attention == "flex" and device.type != "cuda":
-            raise ValueError("attention='flex' needs a CUDA device; use 'auto' or 'sdpa' on CPU")
-        return device.type == "cuda" and self.cfg.attention in ("auto", "flex")
+        """FlexAttention (else SDPA): ``auto`` on CUDA, ``flex`` on CUDA or CPU."""
+        if self.cfg.attention == "flex" and device.type not in ("cuda", "cpu"):
+            raise ValueError(
+                f"model.backbone.attention=flex runs on CUDA or CPU, not {device.type}; use auto or sdpa there"
+            )
+        return self.cfg.attention == "flex" or (self.cfg.attention == "auto" and device.type == "cuda")
 
     def forward(self, x: Tensor, packed: Packed) -> Tensor:
         if self.use_flex(x.device):
+            if (
+                x.device.type == "cpu"
+                and torch.is_grad_enabled()
+                and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+            ):
+                raise ValueError(
+                    f"model.backbone.attention=flex on CPU: torch {torch.__version__} has no FlexAttention backward "
+                    "on CPU, so it cannot train there; train on CPU with model.backbone.attention=auto (SDPA). On "
+                    "CPU, flex runs where no gradient is needed (evaluation, inference, embedding)."
+                )
             mask = flex_block_mask(packed)
         else:
             mask = block_causal_mask(packed)

@@ -201,8 +201,9 @@ class OmniModel(nn.Module):
         x = torch.cat(tokens) + absent
         t, a = torch.cat(tm), torch.cat(age)
         x = x + self.modality_emb(torch.cat(mod)) + self.slot_emb(torch.cat(slot)) + self.time_emb(time_features(t, a))
-        # on CUDA, row lengths in steps of 128 so compiled attention kernels see few distinct shapes
-        packed = pack(torch.cat(subj), torch.cat(ev), t, len(batch), self.cfg.row_len, pad_to=128 if x.is_cuda else 8)
+        # on CUDA or with FlexAttention, row lengths in steps of 128 so compiled kernels see few distinct shapes
+        step = 128 if x.is_cuda or self.backbone.use_flex(x.device) else 8
+        packed = pack(torch.cat(subj), torch.cat(ev), t, len(batch), self.cfg.row_len, pad_to=step)
         h = packed.gather(self.backbone(packed.scatter(x), packed))
         context, start = {}, 0
         for m in order:

@@ -18,7 +18,8 @@ from datamodules.builtin_cohort import demo_shards
 from datamodules.datamodule import OmniDataModule
 from datamodules.modalities import registry
 from datamodules.schema import DataError, specs_from_json
-from datamodules.shards.format import load_index
+from datamodules.shards.store import read_index, shard_root
+from encoders.base import encoder_options
 
 from ..infra import checkpoints
 from ..infra.checkpoints import check_resume
@@ -30,19 +31,21 @@ from ..infra.trainer import make_trainer
 from ..model.backbone import SIZES
 from .consolidate import load_weights
 from .objectives import ObjectiveConfig
-from .task import PretrainTask
+from .task import PretrainTask, fit_value_scaling
 
 # ShardLoader's length is exact per rank and worker (datamodules/loader.py); Lightning cannot know that.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined")
 
 
-def data_root(cfg: DictConfig) -> Path:
+def data_root(cfg: DictConfig) -> Path | str:
+    """The shard folder: the built-in synthetic cohort's, or ``data.root`` (a path, or a URL: http(s)://, an
+    fsspec URL, a ``pipe:`` command; :class:`datamodules.shards.store.ShardStore`)."""
     if cfg.data.get("synthetic"):
         s = cfg.data.synthetic
         return demo_shards(int(s.n_subjects), int(s.seed), int(s.workers))
     if not cfg.data.get("root"):
         raise DataError("no data: set data.root=/path/to/shards (or data=synthetic)", where="config key data.root")
-    return Path(cfg.data.root)
+    return shard_root(cfg.data.root)
 
 
 def model_dict(cfg: DictConfig, index: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +66,8 @@ def model_dict(cfg: DictConfig, index: dict[str, Any]) -> dict[str, Any]:
             )
         e = enc_cfg.get(m) or {"name": declared[m].default_encoder, "kwargs": {}}
         kwargs = {**specs[m].encoder_layout(vocab_size=len(index["clinical_codes"]) + 1), **(e.get("kwargs") or {})}
+        if "value_scaling" in encoder_options(e["name"]):  # a new model scales values per code (fit_value_scaling)
+            kwargs.setdefault("value_scaling", True)
         encoders[m] = {"name": e["name"], "kwargs": kwargs}
     b = cfg.model.backbone
     if b.size not in SIZES:
@@ -108,7 +113,7 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
     check_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     root = data_root(cfg)
-    index = load_index(root)
+    index = read_index(root)
     modalities = list(cfg.model.get("modalities") or []) or None
     task = PretrainTask(
         model_dict(cfg, index),
@@ -118,6 +123,7 @@ def build(cfg: DictConfig) -> tuple[PretrainTask, OmniDataModule, L.Trainer]:
         compile=bool(cfg.model.backbone.get("compile", False)),
         preprocessing={"specs": index["specs"], "clinical_codes": index["clinical_codes"]},
     )
+    fit_value_scaling(task.model, root, index["clinical_codes"])
     dm = data_module(cfg, root, task.model, modalities=modalities)
     if dm.dataset("train").num_samples == 0:
         raise DataError(

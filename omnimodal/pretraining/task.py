@@ -6,11 +6,15 @@ kwargs, sizes, weights): a checkpoint never holds code or ``_target_`` paths.
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 
+from datamodules.code_stats import CodeValueStats, code_value_stats
 from datamodules.schema import OmniBatch
 
 from ..infra.checkpoints import WORLD_SIZE_KEY
@@ -27,6 +31,25 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     d["backbone"] = BackboneConfig(**d["backbone"])
     d["encoders"] = {m: EncoderSpec(**e) for m, e in d["encoders"].items()}
     return ModelConfig(**d)
+
+
+def fit_value_scaling(model: OmniModel, root: str | os.PathLike, codes: Sequence[str]) -> CodeValueStats | None:
+    """A model built from scratch on the shards in ``root``: its clinical encoder's per-code value scaling (if
+    it has one) from the numeric clinical values of their train split (``datamodules.code_stats``); ``codes``
+    is the vocabulary the model reads (its collator's). None where there is nothing to scale."""
+    enc = model.encoders["clinical"] if "clinical" in model.encoders else None
+    if enc is None or not getattr(enc, "value_scaling", False):
+        return None
+    stats = code_value_stats(root, codes)
+    enc.set_value_scaling(stats.center, stats.scale)
+    logging.getLogger("omnimodal").info(
+        "clinical values scaled per code (%s) for %d of %d codes, from the train split of %s",
+        stats.method,
+        int((stats.count > 0).sum()),
+        len(codes),
+        root,
+    )
+    return stats
 
 
 class PretrainTask(L.LightningModule):
