@@ -42,6 +42,7 @@ TRAIN = (
     "trainer.log_every_n_steps=1",
     "trainer.check_val_every_n_epoch=1000",
     "callbacks.checkpoint.every_n_train_steps=4",
+    "callbacks.checkpoint.keep_last=null",  # keep every step checkpoint: the test waits for step 4's
     "trainer.enable_progress_bar=false",
     "~logger.tensorboard",
 )
