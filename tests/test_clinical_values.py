@@ -111,7 +111,7 @@ def test_per_code_statistics_come_from_the_train_split(shards: Path) -> None:
 
 
 def test_a_model_built_from_the_shards_is_scaled_and_carries_its_scaling(shards: Path, tmp_path: Path) -> None:
-    from omnimodal.benchmark.real_survival import compose
+    from omnimodal.infra.config_store import compose
     from omnimodal.pretraining import run as pretrain
 
     cfg = compose(

@@ -48,6 +48,7 @@ from datamodules.synthetic.state import YEAR_DAYS, Recordings, simulate_subject,
 
 from ..evaluation import metrics as M
 from ..infra.config_check import ConfigError
+from ..infra.config_store import compose
 
 #: public on purpose: the synthetic cohort has no real identifiers (as the demo cohort's secret)
 BENCH_SECRET = "omnimodal-synthetic-benchmark-cohort"
@@ -131,14 +132,6 @@ def build_cohort(cfg: DictConfig, cache: Path) -> Cohort:
 
 
 # ----------------------------------------------------------------------------------------------- training
-def compose(name: str, overrides: Sequence[str]) -> DictConfig:
-    from hydra import compose as hydra_compose  # noqa: PLC0415
-    from hydra import initialize_config_module  # noqa: PLC0415
-    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="omnimodal.configs", version_base="1.3"):
-        return hydra_compose(name, overrides=list(overrides))
 
 
 def pretrain(cfg: DictConfig, cohort: Cohort, cache: Path) -> Path:

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.loader import CropConfig, ShardDataset, crop_timeline
+from datamodules.loader import CropConfig, ShardDataset
 from datamodules.schema import MODALITIES, Timeline
 
 from ..evaluation.plots import plot_person
 from ..release import ReleaseError
+from .landmarks import bounded_history
 from .task import FinetuneTask, load_finetuned
 
 
@@ -42,14 +43,12 @@ class Forecaster:
         return self.task.head_cfg.horizon_days
 
     def _history(self, tl: Timeline, upto: int | None = None) -> Timeline:
+        """The events up to ``upto`` (all by default), bounded as in fine-tuning: the checkpoint's landmark
+        design (``max_events``, ``select``, ``max_instances``), so the head reads the histories it learned on."""
         events = tl.events[: None if upto is None else upto + 1]
         if not events:
             raise ValueError("the timeline has no events: nothing to forecast from")
-        return crop_timeline(
-            Timeline(tl.key, tl.static, events, {}),
-            CropConfig(max_events=self.task.landmark.max_events, random=False),
-            np.random.default_rng(0),
-        )
+        return bounded_history(tl, events, self.task.landmark)
 
     @torch.no_grad()
     def _risks(self, histories: list[Timeline], batch_size: int = 16) -> np.ndarray:

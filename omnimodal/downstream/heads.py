@@ -17,6 +17,13 @@ A subject whose outcome (or censoring) comes at or before the landmark is not at
 ``age`` (at the landmark, i.e. the history's last event, as (years - 60) / 15) and any static
 covariate of the shards (``sex_male``; missing -> 0). Age is the strongest single predictor of most
 outcomes; a head that must dig it out of a 256-d embedding with a few hundred people learns it poorly.
+
+``HeadConfig.lr_scale``: the head's layers learn at ``lr_scale`` x the optimizer's rate. ``optim.lr`` is set for
+weights that start somewhere useful (the pretrained model, at ``backbone_lr_ratio`` of it); the head starts from
+nothing and a downstream run is short (a small cohort, some 100-200 steps), so at that rate its weights barely
+leave their initialisation and every person gets the same forecast (the base rate). It is a fixed gain on each of
+the head's linear layers (weights stored divided by it): under Adam(W), whose steps do not depend on the
+gradient's scale, that is the same as a larger learning rate for the head alone, in every mode.
 """
 
 from __future__ import annotations
@@ -48,12 +55,16 @@ class HeadConfig:
     hidden: int = 0  # 0: linear head; else one hidden layer
     dropout: float = 0.1
     covariates: tuple[str, ...] = ()  # "age" and/or static covariates ("sex_male") next to the embedding
+    #: the head learns at lr_scale x optim.lr (module docstring); 1.0 in checkpoints written before it existed
+    lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"config key head.kind: {self.kind!r}; use one of {list(KINDS)}")
-        if self.horizon_days <= 0 or self.bins < 1 or self.causes < 1 or self.scale <= 0:
-            raise ValueError("config keys head.horizon_days, head.bins, head.causes, head.scale must be positive")
+        if self.horizon_days <= 0 or self.bins < 1 or self.causes < 1 or self.scale <= 0 or not self.lr_scale > 0:
+            raise ValueError(
+                "config keys head.horizon_days, head.bins, head.causes, head.scale, head.lr_scale must be positive"
+            )
         self.covariates = tuple(self.covariates or ())
 
     @property
@@ -115,6 +126,22 @@ def covariates(names: tuple[str, ...], batch: OmniBatch) -> Tensor | None:
     return torch.stack(cols, -1)
 
 
+class GainLinear(nn.Linear):
+    """``gain * (x W^T + b)``, its parameters initialised as ``nn.Linear``'s divided by ``gain``: the same function
+    at initialisation, learning ``gain`` times faster under Adam(W) (``HeadConfig.lr_scale``)."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = 1.0) -> None:
+        super().__init__(in_features, out_features)
+        self.gain = float(gain)
+        with torch.no_grad():
+            self.weight.div_(self.gain)
+            self.bias.div_(self.gain)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)
+        return out * self.gain if self.gain != 1.0 else out
+
+
 class Head(nn.Module):
     def __init__(self, cfg: HeadConfig, d_model: int) -> None:
         super().__init__()
@@ -123,16 +150,16 @@ class Head(nn.Module):
         width = d_model + len(cfg.covariates)
         layers: list[nn.Module] = []
         if cfg.hidden:
-            layers += [nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
-        layers.append(nn.Linear(cfg.hidden or width, cfg.out_dim))
+            layers += [GainLinear(width, cfg.hidden, cfg.lr_scale), nn.GELU(), nn.Dropout(cfg.dropout)]
+        layers.append(GainLinear(cfg.hidden or width, cfg.out_dim, cfg.lr_scale))
         self.net = nn.Sequential(*layers)
         if cfg.kind == "survival":  # start from a small hazard per bin (~3%), not 50%: forecasts begin plausible
             with torch.no_grad():
                 last = self.net[-1]
                 last.weight.mul_(0.1)
                 bias = last.bias.view(cfg.bins, cfg.causes + 1)
-                bias[:, 0] = math.log(0.97)
-                bias[:, 1:] = math.log(0.03 / cfg.causes)
+                bias[:, 0] = math.log(0.97) / last.gain
+                bias[:, 1:] = math.log(0.03 / cfg.causes) / last.gain
         edges = torch.linspace(0.0, cfg.horizon_days, cfg.bins + 1)
         self.register_buffer("edges", edges, persistent=False)
 
@@ -202,4 +229,4 @@ class Head(nn.Module):
         return pred if pred.ndim == 1 else pred[:, -1]
 
 
-__all__ = ["Head", "HeadConfig", "KINDS", "covariates", "target"]
+__all__ = ["GainLinear", "Head", "HeadConfig", "KINDS", "covariates", "target"]

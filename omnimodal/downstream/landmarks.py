@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.loader import CropConfig, ShardDataset, _seed, crop_timeline
-from datamodules.schema import OmniBatch, Timeline
+from datamodules.schema import Event, OmniBatch, Timeline
 
 from ..release import Preprocessing
 from .heads import HeadConfig, target
@@ -42,13 +42,18 @@ class LandmarkConfig:
     max_instances: dict[str, int] | None = None
 
 
+def bounded_history(tl: Timeline, events: Sequence[Event], lm: LandmarkConfig) -> Timeline:
+    """``events`` (a person's, up to a landmark) as the history the head reads: the per-modality caps, then the
+    most recent ``lm.max_events`` (or spread over it, ``lm.select``); no labels. Fine-tuning, evaluation and
+    the per-person forecaster all cut histories here, so a forecast reads what the model was trained on."""
+    crop = CropConfig(max_events=lm.max_events, select=lm.select, max_instances=lm.max_instances or {}, random=False)
+    return crop_timeline(Timeline(tl.key, tl.static, list(events), {}), crop, np.random.default_rng(0))
+
+
 def at_landmark(tl: Timeline, landmark_days: float, lm: LandmarkConfig) -> Timeline | None:
     """The history up to ``landmark_days`` (events at or before it), bounded as ``lm`` says."""
     before = [ev for ev in tl.events if ev.time_days <= landmark_days]
-    if not before:
-        return None
-    crop = CropConfig(max_events=lm.max_events, select=lm.select, max_instances=lm.max_instances or {}, random=False)
-    return crop_timeline(Timeline(tl.key, tl.static, before, {}), crop, np.random.default_rng(0))
+    return bounded_history(tl, before, lm) if before else None
 
 
 def landmark_sample(
