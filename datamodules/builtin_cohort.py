@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .shards.builder import BuildConfig, build_shards
 from .shards.format import INDEX_NAME
+
+if TYPE_CHECKING:
+    from .synthetic.interventions import InterventionConfig
 
 #: Public on purpose: the synthetic cohort has no real identifiers to protect. Real cohorts use a
 #: secret of their own in $OMNIMODAL_SHARD_SECRET.
@@ -18,9 +22,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OMNIMODAL_CACHE", Path.home() / ".cache" / "omnimodal"))
 
 
-def cohort_fingerprint() -> str:
+def cohort_fingerprint(interventions: InterventionConfig | None = None) -> str:
     """What the demo cohort's files and shards depend on besides (n, seed): the generator version and its render
-    parameters, every declared modality with its spec and visit rate, and the builder's window policies. A change
+    parameters, every declared modality with its spec and visit rate, and the builder's window policies; with
+    ``interventions`` (an ``InterventionConfig``), that too (without, the key is what it always was). A change
     (a new modality, say) builds a new cached cohort."""
     import dataclasses  # noqa: PLC0415
     import hashlib  # noqa: PLC0415
@@ -38,6 +43,8 @@ def cohort_fingerprint() -> str:
         "visit_rates": visit_rates(),
         "windows": {m: dataclasses.asdict(p) for m, p in window_policies(BuildConfig("", "", ""), specs).items()},
     }
+    if interventions is not None:
+        key["interventions"] = interventions.to_json()
     return hashlib.sha256(dumps(key)).hexdigest()[:10]
 
 
@@ -47,11 +54,13 @@ def demo_shards(
     workers: int = 2,
     root: str | os.PathLike | None = None,
     max_samples_per_shard: int = 16,
+    interventions: InterventionConfig | None = None,
 ) -> Path:
-    """Shard folder of the synthetic cohort ``(n_subjects, seed)``; built once, then reused."""
+    """Shard folder of the synthetic cohort ``(n_subjects, seed)`` (with ``interventions``, an
+    ``InterventionConfig``: that cohort, cached apart); built once, then reused."""
     from .synthetic import synthesize_cohort  # noqa: PLC0415 - only needed on first use
 
-    base = Path(root) if root else cache_dir() / f"synthetic-n{n_subjects}-s{seed}-{cohort_fingerprint()}"
+    base = Path(root) if root else cache_dir() / f"synthetic-n{n_subjects}-s{seed}-{cohort_fingerprint(interventions)}"
     shards = base / "shards"
     if (shards / INDEX_NAME).is_file():
         return shards
@@ -63,7 +72,7 @@ def demo_shards(
     )
     if not (cohort / "cohort.json").is_file():
         shutil.rmtree(cohort, ignore_errors=True)
-        synthesize_cohort(cohort, n_subjects=n_subjects, seed=seed, workers=workers)
+        synthesize_cohort(cohort, n_subjects=n_subjects, seed=seed, workers=workers, interventions=interventions)
     tmp = base / "shards.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     build_shards(

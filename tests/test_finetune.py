@@ -316,6 +316,48 @@ def test_eval_and_forecast_commands(release_dir: Path, shards: Path, tmp_path: P
         forecast_main([ckpt, "--data", str(shards), "--split", "train", "--person", "999"])
     with pytest.raises(SystemExit, match="no such checkpoint"):
         eval_main([str(tmp_path / "nope.ckpt"), "--data", str(shards)])
+    # what-if: an intervention this release never saw is refused, naming the code and what it knows
+    args = [ckpt, "--data", str(shards), "--split", "train", "--person", "1", "--out", str(tmp_path / "w.png")]
+    with pytest.raises(SystemExit, match=r"RX:NEVER//START is not in the release's clinical vocabulary"):
+        forecast_main([*args, "--what-if", "RX:NEVER@now"])
+    with pytest.raises(SystemExit, match="2"):  # argparse: not a number of days
+        forecast_main([*args, "--what-if", "RX:NEVER@soon"])
+    _what_if_mechanics(ckpt, shards, tmp_path)
+
+
+def _what_if_mechanics(ckpt: str, shards: Path, tmp_path: Path) -> None:
+    """Forecaster.what_if on a release whose vocabulary names an intervention (one code renamed RX:TEST//START):
+    the START row joins the last event (or is its own event later), both forecasts differ, the paired dropout
+    interval holds the difference, bad times name at_days, and the plot draws both."""
+    f = Forecaster.from_checkpoint(ckpt)
+    codes = f.task.prep.clinical_codes
+    codes[codes.index("LOINC:8480-6")] = "RX:TEST//START"  # a code id the model has an embedding for
+    tl = find_person(shards, "train", 1)
+    last = tl.events[-1]
+    treated, at, base = f.with_intervention(tl, "RX:TEST", dose=5.0)
+    assert (at, base) == (last.time_days, "RX:TEST") and len(treated.events) == len(tl.events)
+    row = treated.events[-1].measurements[-1]
+    assert (row.modality, row.code, row.value) == ("clinical", "RX:TEST//START", 5.0)
+    later, at2, _ = f.with_intervention(tl, "RX:TEST//START", at_days=last.time_days + 100)
+    assert at2 == last.time_days + 100 and len(later.events) == len(tl.events) + 1
+    assert later.events[-1].age_days == pytest.approx(last.age_days + 100)
+    w = f.what_if(tl, "RX:TEST", dose=5.0, samples=100)
+    assert w.without == pytest.approx(f.forecast(tl), abs=1e-6)  # the same forecast as without a what-if
+    assert w.treated != w.without and w.samples == 100 and w.gap_days == 0.0
+    lo, hi = w.interval
+    assert lo < hi and lo - 0.02 <= w.difference <= hi + 0.02, w
+    assert "what if RX:TEST at dose 5 starts" in w.line()
+    assert f.what_if(tl, "RX:TEST", dose=5.0, samples=100) == w  # seeded: the same draws again
+    with pytest.raises(ValueError, match="at_days .*before the history ends"):
+        f.what_if(tl, "RX:TEST", at_days=last.time_days - 1)
+    with pytest.raises(ValueError, match="at_days .*past the horizon"):
+        f.what_if(tl, "RX:TEST", at_days=last.time_days + f.horizon_days + 1)
+    with pytest.raises(ValueError, match="code 'RX:TEST//STOP'"):
+        f.what_if(tl, "RX:TEST//STOP")
+    with pytest.raises(ValueError, match="dose -1"):
+        f.what_if(tl, "RX:TEST", dose=-1.0)
+    png = f.plot(tl, tmp_path / "what_if.png", what_if=w)
+    assert Image.open(png).size[0] > 400
 
 
 # --- the last-visit baseline -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import tables
+from .. import interventions, tables
 from ..modalities import registry
 from ..readers import Reading, preload_readers, read_recording
 from ..schema import (
@@ -501,6 +501,7 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
                     accepted.append((t, row["row"], row, w, recordings, reading.meta))
                 recordings += 1
         seen.add(ident)
+    accepted = _check_interventions(accepted, reject)
     if not accepted:
         return res
     accepted.sort(key=lambda a: (a[0], MODALITIES.index(a[2]["modality"]), a[1], a[3].index if a[3] else 0))
@@ -554,6 +555,23 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
     members["meta.json"] = dumps(meta)
     res.members = members
     return res
+
+
+def _check_interventions(accepted: list[tuple[Any, ...]], reject: Any) -> list[tuple[Any, ...]]:
+    """Treatment START/STOP rows (``datamodules.interventions``) checked in time order (rows at the same time in
+    the table's order): a STOP of a code that is not active, a bad dose, an empty code are rejected and left out."""
+    clinical = sorted(
+        (a for a in accepted if a[3] is None and interventions.parse(a[2]["code"]) is not None),
+        key=lambda a: (a[0], _table(a[2], "events"), a[1]),
+    )
+    if not clinical:
+        return accepted
+    problems = interventions.check_rows((a[0], a[2]["code"], a[2].get("numeric_value")) for a in clinical)
+    bad = {id(a) for a, problem in zip(clinical, problems) if problem is not None}
+    for a, problem in zip(clinical, problems):
+        if problem is not None:
+            reject("events", a[2], problem)
+    return [a for a in accepted if id(a) not in bad]
 
 
 def _read(job: _SubjectJob, row: dict[str, Any], spec: Spec, policy: WindowPolicy | None, strict: bool) -> Reading:

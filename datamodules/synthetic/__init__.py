@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names __getattr__ below imports on first use
     from .cohort import EVENT_COLUMNS, TABLES, CohortInfo, synthesize_cohort  # noqa: F401
+    from .interventions import InterventionConfig  # noqa: F401
     from .state import GENERATOR_VERSION, STATE_NAMES, Recordings, Subject, simulate_subject  # noqa: F401
 
 _EXPORTS = {
@@ -19,6 +20,7 @@ _EXPORTS = {
     "synthesize_cohort": "cohort",
     "TABLES": "cohort",
     "EVENT_COLUMNS": "cohort",
+    "InterventionConfig": "interventions",
     "simulate_subject": "state",
     "Subject": "state",
     "Recordings": "state",

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write the cohort as a MEDS v0.4 dataset in OUT/meds (files referenced by path, not copied)",
     )
+    p.add_argument(
+        "--interventions",
+        action="store_true",
+        help="add treatments with known effects (an antihypertensive, an exercise programme; a randomised arm and a "
+        "care arm treated by indication) as START/STOP rows, with their truth in OUT/interventions.csv",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier cohort in --out")
     return p
 
@@ -57,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .cohort import synthesize_cohort  # here, so spawned workers re-importing __main__ stay light
+    from .interventions import DEFAULT_INTERVENTIONS
     from .state import Recordings
 
     if args.subjects < 1 or args.workers < 1 or args.seed < 0:
@@ -71,11 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             modalities=args.modalities,
             recordings=Recordings(args.wear_days, args.holter_share, args.holter_minutes),
+            interventions=DEFAULT_INTERVENTIONS if args.interventions else None,
         )
     except (FileExistsError, ValueError) as exc:
         print(f"omnimodal-synth: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {info.out_dir}: {info.summary()}")
+    if args.interventions:
+        print(f"  interventions: START/STOP rows in events.csv, their truth in {info.path('interventions.csv')}")
     if args.meds:
         import shutil  # noqa: PLC0415
 

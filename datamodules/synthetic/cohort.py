@@ -9,6 +9,10 @@ Output layout under ``out_dir`` (the input format of ``omnimodal-shard``)::
     states.csv        per visit: the hidden state vector
     cohort.json       seed, version, counts, native rendering parameters (and the long recordings' knobs), specs
     files/<subject_id>/vNN_<modality>.<ext>   (a wearable visit: a wear period of days; some ECGs: Holters)
+
+With ``interventions`` (:mod:`.interventions`) the events table also holds treatment START/STOP rows, and
+``interventions.csv`` (truth, never read by ``omnimodal-shard``) has per subject and intervention: arm, assignment,
+what was given, and the counterfactual onset risks with and without it (:func:`.oracle.assignment_risks`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pandas as pd
 
 from ..modalities import registry
 from ..schema import default_specs, specs_to_json
+from .interventions import InterventionConfig
 from .render import EventRow, render_task
 from .render_tables import iso
 from .state import (
@@ -41,6 +46,10 @@ from .state import (
 )
 
 TABLES = ("subjects.csv", "events.csv", "labels.csv", "ground_truth.csv", "states.csv", "cohort.json")
+#: the truth of a cohort with interventions (beside the tables, not an input of the shard builder)
+INTERVENTIONS_TABLE = "interventions.csv"
+#: the horizons (years) of the counterfactual risks in :data:`INTERVENTIONS_TABLE`
+TRUTH_HORIZONS = (1.0, 5.0)
 EVENT_COLUMNS = ("subject_id", "time", "modality", "path", "code", "numeric_value")
 
 
@@ -80,7 +89,7 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
         if not overwrite:
             raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(out_dir / "files", ignore_errors=True)
-        for name in TABLES:
+        for name in (*TABLES, INTERVENTIONS_TABLE):
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -188,6 +197,36 @@ def _states_table(subjects: list[Subject]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _interventions_table(subjects: list[Subject], cfg: InterventionConfig) -> pd.DataFrame:
+    """Per subject and intervention code: arm, assignment, what was given (days since the first visit; a dose
+    change lists both doses), and the counterfactual truth at ``at_days`` (:func:`.oracle.assignment_risks`)."""
+    from .oracle import assignment_risks  # noqa: PLC0415
+
+    rows = []
+    for s in subjects:
+        t = s.treatment
+        for code in cfg.codes:
+            own = [sp for sp in t.spans if sp.code == code]
+            truth = assignment_risks(s, code, TRUTH_HORIZONS, cfg)
+            row: dict[str, object] = {
+                "subject_id": s.subject_id,
+                "code": code,
+                "arm": t.arm,
+                "enrolled_days": t.enrolled_days,
+                "assigned": int(t.assigned[code]),
+                "treated": int(bool(own)),
+                "start_days": own[0].start_days if own else float("nan"),
+                "stop_days": own[-1].stop_days if own and own[-1].stop_days is not None else float("nan"),
+                "doses": ";".join("" if sp.dose is None else f"{sp.dose:g}" for sp in own),
+                "at_days": truth.at_days if truth else float("nan"),
+            }
+            for k, h in enumerate(TRUTH_HORIZONS):
+                row[f"risk_{h:g}y_with"] = truth.with_[k] if truth else float("nan")
+                row[f"risk_{h:g}y_without"] = truth.without[k] if truth else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def render_parameters(recordings: Recordings = DEFAULT_RECORDINGS) -> dict[str, object]:
     """The native formats and parameters the renderers use (recorded in cohort.json): each modality's
     declaration says its own; ``recordings``: the size knobs of long recordings."""
@@ -207,6 +246,7 @@ def synthesize_cohort(
     overwrite: bool = False,
     modalities: Sequence[str] | None = None,
     recordings: Recordings | None = None,
+    interventions: InterventionConfig | None = None,
 ) -> CohortInfo:
     """Generate a synthetic omnimodal cohort in ``out_dir`` (see the module docstring for the layout).
 
@@ -217,6 +257,9 @@ def synthesize_cohort(
     cohort of the same seed and modalities, whatever other modalities are declared).
     ``recordings``: the size knobs of long recordings (wear period, Holter share and length; default
     :class:`~.state.Recordings`); they change those files only.
+    ``interventions``: an :class:`~.interventions.InterventionConfig` (default None: no interventions, every
+    output as without this argument): treatments with known effects, their START/STOP rows in the events table,
+    their truth in ``interventions.csv`` and the config in ``cohort.json``.
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
@@ -226,13 +269,20 @@ def synthesize_cohort(
     if unknown or not keep:
         raise ValueError(f"modalities: {unknown or 'none given'}; choose from {order}")
     recordings = (recordings or DEFAULT_RECORDINGS).check()
+    if interventions is not None:
+        interventions = interventions.check()
     start = time.perf_counter()
     out = Path(out_dir)
     _prepare(out, overwrite)
-    subjects = [simulate_subject(seed, i) for i in range(n_subjects)]
+    if interventions is None:
+        subjects = [simulate_subject(seed, i) for i in range(n_subjects)]
+    else:
+        subjects = [simulate_subject(seed, i, interventions=interventions) for i in range(n_subjects)]
     for s in subjects:
         for v in s.visits:
             v.modalities = [m for m in v.modalities if m in keep]
+        if s.treatment is not None:
+            s.treatment.recorded = "clinical" in keep
     _ensure_coverage(subjects, keep)
     _ensure_splits(subjects)
     rows = [r for subject_rows in _render_all(seed, subjects, out.resolve(), workers, recordings) for r in subject_rows]
@@ -242,6 +292,9 @@ def synthesize_cohort(
     _labels_table(subjects).to_csv(out / "labels.csv", index=False)
     _ground_truth_table(subjects).to_csv(out / "ground_truth.csv", index=False, float_format="%.10g")
     _states_table(subjects).to_csv(out / "states.csv", index=False, float_format="%.10g")
+    if interventions is not None:
+        truth = _interventions_table(subjects, interventions)
+        truth.to_csv(out / INTERVENTIONS_TABLE, index=False, float_format="%.10g")
     counts = events["modality"].value_counts()
     info = CohortInfo(
         out_dir=out,
@@ -263,6 +316,15 @@ def synthesize_cohort(
         render=render_parameters(recordings),
         specs=specs_to_json(default_specs()),
     )
+    if interventions is not None:  # only then: a cohort without them has the cohort.json it always had
+        meta["interventions"] = interventions.to_json()
+        meta["treated"] = {
+            code: {
+                arm: int(((truth["code"] == code) & (truth["arm"] == arm) & (truth["treated"] == 1)).sum())
+                for arm in ("trial", "care")
+            }
+            for code in interventions.codes
+        }
     (out / "cohort.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return dataclasses.replace(info, elapsed_s=time.perf_counter() - start, size_bytes=size)

@@ -15,17 +15,31 @@ integrated with the same noise draws, so differences between people carry no Mon
   reference population simulated from another seed (people still at risk at the landmark).
 
 The gap between the two is what a person's history (their drift, their genetic risk as it shows over time) can
-add over one visit. Numpy and scikit-learn only.
+add over one visit.
+
+**Counterfactual truth** (a cohort with interventions, :mod:`.interventions`): :func:`counterfactual_risks` gives
+a person's chance of onset within each horizon after ``at_days`` *with* an intervention started then and
+*without* it, from the true state then, the personal drift with the interventions in force then (spans active at
+``at_days`` go on to their recorded stop; none that starts later is counted, in either world) and the offset;
+both worlds use the same noise (common random numbers), so their difference carries little Monte Carlo noise.
+:func:`assignment_risks` gives the truth of what each person actually got (at their start, or at a trial
+control's randomisation visit), :func:`average_effect` its mean over an arm. Numpy and scikit-learn only.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .state import _GRID_YEARS, _SIGMA, N_STATE, YEAR_DAYS, Subject, log_hazard, simulate_subject
+from ..interventions import Span
+from .state import _GRID_YEARS, _SIGMA, N_STATE, YEAR_DAYS, Subject, Treatment, log_hazard, simulate_subject
+
+if TYPE_CHECKING:
+    from .interventions import InterventionConfig
 
 #: a seed for the reference population of the snapshot oracle: apart from any cohort's (a cohort's seed is small)
 REFERENCE_SEED = 1_000_003
@@ -45,6 +59,19 @@ def _noise(paths: int, steps: int, seed: int) -> np.ndarray:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _shared_noise(paths: int, steps: int, seed: int) -> np.ndarray:
+    """:func:`_noise` kept for the counterfactual functions (read-only), at least 10 years long so that one
+    person's risks do not depend on the other horizons asked."""
+    out = _noise(paths, max(steps, _CF_STEPS), seed)
+    out.flags.writeable = False
+    return out
+
+
+#: the counterfactual functions' noise covers at least this many months (longer horizons get more)
+_CF_STEPS = 120
+
+
 def _steps(horizons_years: Sequence[float]) -> tuple[int, np.ndarray]:
     """Monthly steps to the longest horizon, and each horizon's step count."""
     at = np.array([int(round(h / _GRID_YEARS)) for h in horizons_years])
@@ -57,9 +84,16 @@ def forward_risk(
     state: np.ndarray, drift: np.ndarray, risk0: float, horizons_years: Sequence[float], noise: np.ndarray
 ) -> np.ndarray:
     """P(onset within each horizon | state now, drift, risk0, no onset yet) by the simulator's dynamics, with
-    ``noise`` ``[paths, steps, N_STATE]`` standard normal draws (steps: months to the longest horizon)."""
+    ``noise`` ``[paths, steps, N_STATE]`` standard normal draws (steps: months to the longest horizon). ``drift``:
+    per year, ``[N_STATE]`` (constant) or ``[steps, N_STATE]`` (each month's own: interventions that start or stop,
+    :func:`drift_steps`)."""
     steps, at = _steps(horizons_years)
     dt = _GRID_YEARS
+    drift = np.asarray(drift, float)
+    if drift.ndim == 2:
+        if drift.shape[0] < steps or drift.shape[1] != N_STATE:
+            raise ValueError(f"drift: per-step drift must be [>= {steps}, {N_STATE}], got {list(drift.shape)}")
+        drift = drift[:steps]
     walk = np.cumsum(drift * dt + _SIGMA * np.sqrt(dt) * noise[:, :steps], axis=1)  # [paths, steps, N_STATE]
     hazard = np.exp(log_hazard(state + walk, risk0))  # at each step's end, as the simulator does
     cum = np.cumsum(hazard * dt, axis=1)  # [paths, steps]
@@ -81,6 +115,146 @@ def trajectory_risks(
     for i, (s, d) in enumerate(zip(subjects, at_days)):
         out[i] = forward_risk(s.state_at(np.array([d]))[0], s.drift, s.risk0, horizons_years, noise)
     return out
+
+
+def drift_steps(subject: Subject, at_days: float, steps: int, spans: Sequence[Span], effects: Sequence) -> np.ndarray:
+    """``[steps, N_STATE]``: the drift per year over each month after ``at_days`` with these ``spans`` and their
+    ``effects`` (per year, ``[N_STATE]`` each) in force: the personal drift plus each span's effect times the
+    share of the month it covers."""
+    world = Treatment(arm="", spans=list(spans), effects=[np.asarray(e, float) for e in effects])
+    ends = at_days + _GRID_YEARS * YEAR_DAYS * np.arange(steps + 1)
+    return subject.drift + np.diff(world.integral(at_days, ends), axis=0) / _GRID_YEARS
+
+
+def _in_force(subject: Subject, at_days: float) -> list[tuple[Span, np.ndarray]]:
+    t = subject.treatment
+    return [] if t is None else [(s, e) for s, e in zip(t.spans, t.effects) if s.active_at(at_days)]
+
+
+def _at_risk(subject: Subject, at_days: float) -> float:
+    at_days = float(at_days)
+    if not np.isfinite(at_days) or at_days < 0:
+        raise ValueError(f"at_days: must be >= 0 (days since the first visit), got {at_days}")
+    if at_days > subject.end_days:
+        raise ValueError(
+            f"at_days: {at_days:g} is past the end of {subject.subject_id}'s follow-up ({subject.end_days:g} days): "
+            "whether it is still at risk then is not known"
+        )
+    if subject.onset_days <= at_days:
+        raise ValueError(
+            f"at_days: {subject.subject_id} had the onset at {subject.onset_days:g} days, before {at_days:g}: "
+            "not at risk then"
+        )
+    return at_days
+
+
+def _worlds(
+    subject: Subject,
+    at_days: float,
+    with_: list[tuple[Span, np.ndarray]],
+    without: list[tuple[Span, np.ndarray]],
+    horizons_years: Sequence[float],
+    cfg: OracleConfig,
+    paths: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    steps, _ = _steps(horizons_years)
+    noise = _shared_noise(paths or cfg.paths, steps, cfg.seed)  # the same for both worlds (and every person)
+    state = subject.state_at(np.array([at_days]))[0]
+    out = []
+    for world in (with_, without):
+        drift = drift_steps(subject, at_days, steps, [s for s, _ in world], [e for _, e in world])
+        out.append(forward_risk(state, drift, subject.risk0, horizons_years, noise))
+    return out[0], out[1]
+
+
+def counterfactual_risks(
+    subject: Subject,
+    at_days: float,
+    code: str,
+    horizons_years: Sequence[float],
+    interventions: InterventionConfig,
+    dose: float | None = None,
+    duration_days: float | None = None,
+    cfg: OracleConfig = OracleConfig(),
+    paths: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(with, without)``, each ``[len(horizons)]``: the chance of onset within each horizon after ``at_days``
+    (the person must be at risk then, within follow-up) if intervention ``code`` (of ``interventions``, an
+    :class:`~.interventions.InterventionConfig`) starts then at ``dose`` (None: its first dose) for
+    ``duration_days`` (None: ongoing), and if it does not. Both worlds keep the interventions in force at
+    ``at_days`` (to their recorded stops); if ``code`` is one of them, *with* replaces it from ``at_days`` (a dose
+    change), *without* lets it go on."""
+    at_days = _at_risk(subject, at_days)
+    iv = interventions.get(code)  # an error naming the code if it has no such one
+    dose = iv.effects[0][0] if dose is None else float(dose)
+    effect = iv.effect(dose)  # an error naming the dose if it is not one of its doses
+    if duration_days is not None and not (np.isfinite(duration_days) and duration_days > 0):
+        raise ValueError(f"duration_days: must be > 0 (None: ongoing), got {duration_days}")
+    stop = None if duration_days is None else at_days + float(duration_days)
+    now = _in_force(subject, at_days)
+    with_ = [(s, e) for s, e in now if s.code != code] + [(Span(code, at_days, stop, dose), effect)]
+    return _worlds(subject, at_days, with_, now, horizons_years, cfg, paths)
+
+
+@dataclass(frozen=True)
+class AssignmentTruth:
+    """The counterfactual truth of what one person got of one intervention: at ``at_days`` (their start; a trial
+    control's randomisation visit), the chance of onset within each horizon ``with`` it (as treated: the course as
+    it went, dose changes included; a control: started then at its first dose for the length drawn for them) and
+    ``without`` it (both with the other interventions in force then)."""
+
+    subject_id: str
+    code: str
+    arm: str
+    treated: bool
+    at_days: float
+    with_: np.ndarray
+    without: np.ndarray
+
+    @property
+    def effect(self) -> np.ndarray:
+        """``with - without`` per horizon (negative: the intervention lowers the risk)."""
+        return self.with_ - self.without
+
+
+def assignment_risks(
+    subject: Subject,
+    code: str,
+    horizons_years: Sequence[float],
+    interventions: InterventionConfig,
+    cfg: OracleConfig = OracleConfig(),
+    paths: int | None = None,
+) -> AssignmentTruth | None:
+    """The truth of ``subject``'s assignment to ``code`` (:class:`AssignmentTruth`), for people who started it and
+    for trial-arm people enrolled but randomised to no ``code``; None for the others (care arm untreated, trial arm
+    not enrolled: already diagnosed at the randomisation visit)."""
+    iv = interventions.get(code)
+    t = subject.treatment
+    if t is None:
+        raise ValueError(f"subject: {subject.subject_id} was simulated without interventions")
+    own = [(s, e) for s, e in zip(t.spans, t.effects) if s.code == code]
+    if own:
+        at = own[0][0].start_days
+        others = [(s, e) for s, e in _in_force(subject, at) if s.code != code]
+        with_, without = _worlds(subject, at, others + own, others, horizons_years, cfg, paths)
+        return AssignmentTruth(subject.subject_id, code, t.arm, True, at, with_, without)
+    if t.arm != "trial" or not np.isfinite(t.enrolled_days):
+        return None
+    at = t.enrolled_days
+    length = t.planned.get(code)
+    span = Span(code, at, None if length is None else at + length, iv.effects[0][0])
+    now = _in_force(subject, at)
+    with_, without = _worlds(subject, at, [*now, (span, iv.effect(span.dose))], now, horizons_years, cfg, paths)
+    return AssignmentTruth(subject.subject_id, code, t.arm, False, at, with_, without)
+
+
+def average_effect(truths: Sequence[AssignmentTruth | None], arm: str | None = "trial") -> tuple[np.ndarray, int]:
+    """The mean of ``with - without`` per horizon over the people of ``arm`` (None: everyone) with a truth, and how
+    many they are: on the randomised arm, the true average effect of the intervention."""
+    kept = [t for t in truths if t is not None and (arm is None or t.arm == arm)]
+    if not kept:
+        raise ValueError(f"arm: no one of arm {arm!r} has a truth to average")
+    return np.mean([t.effect for t in kept], axis=0), len(kept)
 
 
 def snapshot_features(subjects: Sequence[Subject], at_days: Sequence[float]) -> np.ndarray:
@@ -121,4 +295,15 @@ class SnapshotOracle:
         return np.clip(np.stack([m.predict(x) for m in self.models], 1), 0.0, 1.0)
 
 
-__all__ = ["OracleConfig", "SnapshotOracle", "forward_risk", "snapshot_features", "trajectory_risks"]
+__all__ = [
+    "AssignmentTruth",
+    "OracleConfig",
+    "SnapshotOracle",
+    "assignment_risks",
+    "average_effect",
+    "counterfactual_risks",
+    "drift_steps",
+    "forward_risk",
+    "snapshot_features",
+    "trajectory_risks",
+]

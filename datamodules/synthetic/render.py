@@ -53,7 +53,21 @@ def render_subject(
             else:
                 path = resolve(mods[modality].render)(context(seed, subject, visit.index, modality, root, recordings))
                 rows.append((subject.subject_id, time, modality, path, "", nan))
-    return rows
+    return _with_treatment(subject, rows) if subject.treatment is not None else rows
+
+
+def _with_treatment(subject: Subject, rows: list[EventRow]) -> list[EventRow]:
+    """The visits' rows with the interventions' START/STOP rows (clinical) after the rows of the visit at or before
+    their time, in time order (:func:`.interventions.treatment_rows`)."""
+    from .interventions import treatment_rows  # noqa: PLC0415 - only for a cohort with interventions
+
+    days = {iso(v.time): v.days for v in subject.visits}
+    keyed = [((days[r[1]], 0, j), r) for j, r in enumerate(rows)]
+    keyed += [
+        ((d, 1, j), (subject.subject_id, iso(time), "clinical", "", code, value))
+        for j, (d, time, code, value) in enumerate(treatment_rows(subject))
+    ]
+    return [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
 
 
 def render_task(args: tuple[int, Subject, str, Recordings]) -> list[EventRow]:

@@ -15,6 +15,11 @@ diffusion. Recordings that last days (wearables, Holter ECG) read the state alon
 
 Every draw comes from a generator seeded by ``SeedSequence(seed, spawn_key=(index, stream, ...))``,
 so a subject (and each of its files) depends only on ``(seed, index)``, never on worker count or order.
+
+Interventions (opt-in, ``simulate_subject(interventions=...)``, :mod:`.interventions`) change the drift by known
+amounts from their start to their stop (:class:`Treatment`); who gets what comes from the subject's own stream
+:data:`STREAM_TREAT`, and the trajectory uses the same noise and onset threshold as without them, so an untreated
+person is the same person, byte for byte, and a treated one differs only by the treatment's effect.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ import datetime as dt
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from ..interventions import Span
 
 #: 2.0: per-modality streams for visit plans and files (the modality registry); 2.1: continuous recordings
 #: (multi-day wearable wear periods on the continuous state path, Holter ECGs), daily rhythm traits
@@ -109,6 +117,57 @@ class Visit:
 
 
 @dataclass
+class Treatment:
+    """The interventions one synthetic subject received (:mod:`.interventions`): the ``arm`` it was in
+    (``"trial"``: randomised; ``"care"``: treated by indication), per intervention code whether it was
+    ``assigned`` to it (trial: randomised to it, whether or not it could start; care: started), the day of the
+    trial's randomisation visit (``enrolled_days``; NaN in the care arm, or when the person was already diagnosed
+    then), and its ``spans`` (days since the first visit; a dose change splits a span) with each span's change
+    of the drift per year ``effects`` (``[N_STATE]``, negative = better). ``recorded``: its START/STOP rows are in
+    the events table (False in a cohort that does not measure ``clinical``). ``planned``: per code, the length in
+    days drawn for a programme (None: ongoing), whether or not it started."""
+
+    arm: str
+    assigned: dict[str, bool] = field(default_factory=dict)
+    enrolled_days: float = float("nan")
+    spans: list[Span] = field(default_factory=list)
+    effects: list[np.ndarray] = field(default_factory=list)
+    recorded: bool = True
+    planned: dict[str, float | None] = field(default_factory=dict)  # per code: a programme's drawn length (days)
+
+    def start(self, span: Span, effect: np.ndarray) -> None:
+        self.spans.append(span)
+        self.effects.append(np.asarray(effect, float))
+
+    def integral(self, a: float, b: np.ndarray) -> np.ndarray:
+        """``[len(b), N_STATE]``: the effects' sum over ``[a, b]`` (days since the first visit), state units."""
+        b = np.atleast_1d(np.asarray(b, float))
+        out = np.zeros((len(b), N_STATE))
+        for span, effect in zip(self.spans, self.effects):
+            stop = np.inf if span.stop_days is None else span.stop_days
+            years = np.clip(np.minimum(b, stop) - max(a, span.start_days), 0.0, None) / YEAR_DAYS
+            out += years[:, None] * effect
+        return out
+
+    def step(self, a: float, b: float) -> np.ndarray | None:
+        """The effects' sum over one grid step ``[a, b]``, or None where no span with an effect overlaps it."""
+        if not any(
+            span.start_days < b and (span.stop_days is None or span.stop_days > a) and np.any(effect != 0.0)
+            for span, effect in zip(self.spans, self.effects)
+        ):
+            return None
+        return self.integral(a, np.array([b]))[0]
+
+    def rate_at(self, days: float) -> np.ndarray:
+        """The effects in force at ``days``: the change of the drift per year there."""
+        out = np.zeros(N_STATE)
+        for span, effect in zip(self.spans, self.effects):
+            if span.active_at(days):
+                out = out + effect
+        return out
+
+
+@dataclass
 class Subject:
     """A synthetic subject: static traits, latent parameters, visits, disease outcome."""
 
@@ -130,6 +189,12 @@ class Subject:
     grid_days: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the simulator's grid (visits included)
     grid_states: np.ndarray = field(default_factory=lambda: np.zeros((0, N_STATE)))  # [len(grid_days), N_STATE]
     risk0: float = 0.0  # the log-hazard's personal offset (genetic risk and age at the first visit): :func:`log_hazard`
+    treatment: Treatment | None = None  # interventions (``simulate_subject(interventions=...)``), else None
+
+    def drift_at(self, days: float) -> np.ndarray:
+        """The personal drift per year before onset in force at ``days``: :attr:`drift` plus the effects of the
+        interventions active then."""
+        return self.drift if self.treatment is None else self.drift + self.treatment.rate_at(days)
 
     @property
     def first_time(self) -> dt.datetime:
@@ -172,13 +237,17 @@ class Subject:
         frac = ((knots - start) / (end - start if end > start else 1.0))[:, None]
         if last:  # on past the end of follow-up with the simulator's drift (faster after onset)
             rate = self.drift + (_ONSET_BOOST if self.onset_days <= start else 0.0)
-            return knots, x0 + rate * ((knots - start) / YEAR_DAYS)[:, None] + walk
+            path = x0 + rate * ((knots - start) / YEAR_DAYS)[:, None] + walk
+            if self.treatment is not None:  # and the interventions' effects while they are in force
+                path = path + self.treatment.integral(start, knots)
+            return knots, path
         return knots, x0 + frac * (self.grid_states[i + 1] - x0) + walk - frac * walk[-1]
 
 
 #: sub-streams of a subject's seed: the trajectory and visits, the files (+ visit, modality), the looks,
-#: which modalities each visit measures (+ modality), the continuous path between grid points (+ grid step)
-STREAM_STATE, STREAM_FILES, STREAM_TRAITS, STREAM_PLAN, STREAM_PATH = 0, 1, 2, 3, 4
+#: which modalities each visit measures (+ modality), the continuous path between grid points (+ grid step),
+#: who gets which intervention (+ the intervention's code, :mod:`.interventions`)
+STREAM_STATE, STREAM_FILES, STREAM_TRAITS, STREAM_PLAN, STREAM_PATH, STREAM_TREAT = 0, 1, 2, 3, 4, 5
 
 
 def subject_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
@@ -223,20 +292,35 @@ def log_hazard(state: np.ndarray, risk0: float | np.ndarray) -> np.ndarray:
 
 
 def _simulate(
-    rng: np.random.Generator, x0: np.ndarray, drift: np.ndarray, risk0: float, visit_days: np.ndarray
+    rng: np.random.Generator,
+    x0: np.ndarray,
+    drift: np.ndarray,
+    risk0: float,
+    visit_days: np.ndarray,
+    policy: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Drift-diffusion of the state on a monthly grid plus the visit times; returns the grid, the state at
-    each grid point and the onset day (NaN if none before the last visit)."""
+    each grid point and the onset day (NaN if none before the last visit).
+
+    ``policy`` (interventions, :class:`.interventions.Policy`): at each visit, in time order, it sees the state
+    and whether onset has happened (``policy.visit(v, days, state, onset)``) and may start treatments; the
+    effects of its ``treatment`` in force over a step are added to that step. The noise and the threshold are
+    drawn as without it, so an untreated path is the same path."""
     grid = np.union1d(np.arange(0.0, visit_days[-1], _GRID_YEARS * YEAR_DAYS), visit_days)
     threshold, cum = rng.exponential(), 0.0
     onset, x = float("nan"), x0.copy()
     states = np.empty((len(grid), N_STATE))
     states[0] = x
     noise = rng.normal(0.0, 1.0, (len(grid), N_STATE))
+    visit_at = {int(j): v for v, j in enumerate(np.searchsorted(grid, visit_days))} if policy is not None else {}
     for i in range(1, len(grid)):
+        if i - 1 in visit_at:
+            policy.visit(visit_at[i - 1], float(grid[i - 1]), x, onset)
         dty = (grid[i] - grid[i - 1]) / YEAR_DAYS
         rate = drift + (_ONSET_BOOST if onset == onset else 0.0)
         x = x + rate * dty + _SIGMA * np.sqrt(dty) * noise[i]
+        if policy is not None and (extra := policy.treatment.step(grid[i - 1], grid[i])) is not None:
+            x = x + extra
         states[i] = x
         if onset != onset:
             hazard = np.exp(_LOG_H0 + risk0 + float(_HAZARD_W @ x))
@@ -244,6 +328,8 @@ def _simulate(
             if cum + step >= threshold:
                 onset = grid[i - 1] + (threshold - cum) / step * (grid[i] - grid[i - 1])
             cum += step
+    if len(grid) - 1 in visit_at:  # the last visit: a start there acts past the end of follow-up
+        policy.visit(visit_at[len(grid) - 1], float(grid[-1]), x, onset)
     return grid, states, onset
 
 
@@ -283,8 +369,12 @@ def _traits(rng: np.random.Generator, sex: str) -> dict[str, float]:
     }
 
 
-def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
-    """Draw one subject's traits, trajectory, visits and outcome from ``(seed, index)``."""
+def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY, interventions: Any = None) -> Subject:
+    """Draw one subject's traits, trajectory, visits and outcome from ``(seed, index)``.
+
+    ``interventions`` (an :class:`.interventions.InterventionConfig`, default None: none): who is treated, when,
+    and with what effect; the same ``(seed, index)`` is then the same person, treated or not (its other draws
+    unchanged), and :attr:`Subject.treatment` records what it got."""
     rng = subject_rng(seed, index, STREAM_STATE)
     sex = "F" if rng.random() < 0.52 else "M"
     age0 = rng.uniform(40.0, 80.0)
@@ -306,7 +396,8 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
     drift = 0.04 + 0.06 * prs * bio.prs_load + 0.03 * aging + rng.normal(0.0, 0.08, N_STATE)
     days = _visit_days(rng, hour0)
     risk0 = _HAZARD_PRS * prs + 0.25 * aging
-    grid, grid_states, onset = _simulate(rng, baseline, drift, risk0, days)
+    policy = None if interventions is None else interventions.policy(seed, index, days)
+    grid, grid_states, onset = _simulate(rng, baseline, drift, risk0, days, policy)
     states = grid_states[np.searchsorted(grid, days)]
     plans = _plan_modalities(seed, index, len(days))
     split = _split(rng.random())
@@ -329,6 +420,7 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY) -> Subject:
         grid_days=grid,
         grid_states=grid_states,
         risk0=risk0,
+        treatment=None if policy is None else policy.treatment,
     )
     if onset == onset:  # the diagnosis is recorded at the first visit at or after onset
         first_ill = int(np.searchsorted(days, onset))

@@ -43,6 +43,7 @@ from datamodules.loader import CropConfig, ShardDataset
 from datamodules.shards.builder import BuildConfig, build_shards
 from datamodules.shards.format import INDEX_NAME, subject_key
 from datamodules.synthetic import synthesize_cohort
+from datamodules.synthetic.interventions import InterventionConfig
 from datamodules.synthetic.oracle import OracleConfig, SnapshotOracle, trajectory_risks
 from datamodules.synthetic.state import YEAR_DAYS, Recordings, simulate_subject, subject_id
 
@@ -82,14 +83,27 @@ class Cohort:
     n_subjects: int
 
 
+def cohort_interventions(cfg: DictConfig) -> InterventionConfig | None:
+    """``cohort.interventions`` (absent or null: none; a mapping: :class:`InterventionConfig`'s ``trial_share`` and
+    ``treat_share``, its default interventions)."""
+    iv = cfg.cohort.get("interventions")
+    if iv is None:
+        return None
+    try:
+        return InterventionConfig(**OmegaConf.to_container(iv, resolve=True)).check()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key cohort.interventions: {err}") from None
+
+
 def build_cohort(cfg: DictConfig, cache: Path) -> Cohort:
     c = cfg.cohort
+    interventions = cohort_interventions(cfg)
     spec = {
         "n": int(c.n_subjects),
         "seed": int(c.seed),
         "modalities": list(c.modalities),
         "split": [float(f) for f in c.split_fractions],
-        "fingerprint": cohort_fingerprint(),
+        "fingerprint": cohort_fingerprint(interventions),
     }
     if c.get("recordings"):  # only when set: a default cohort keeps its cache key
         spec["recordings"] = OmegaConf.to_container(c.recordings, resolve=True)
@@ -108,6 +122,7 @@ def build_cohort(cfg: DictConfig, cache: Path) -> Cohort:
             workers=int(c.workers),
             modalities=spec["modalities"],
             recordings=Recordings(**spec["recordings"]) if "recordings" in spec else None,
+            interventions=interventions,
         )
     subjects = pd.read_csv(out.cohort / "subjects.csv").drop(columns=["split"])
     subjects.to_csv(out.cohort / "subjects_resplit.csv", index=False)

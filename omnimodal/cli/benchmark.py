@@ -3,6 +3,7 @@
 
     omnimodal-benchmark                                   # 1,000 people, every contender, both oracles
     omnimodal-benchmark cohort.n_subjects=300 pretrain.steps=200 finetune.epochs=4 out=bench_small
+    omnimodal-benchmark --config-name what_if             # what-if forecasts against the true counterfactuals
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from ..release import ReleaseError
 def main(cfg: DictConfig) -> None:
     quiet_third_party(transformers=True)
     try:
+        if cfg.get("kind") == "what_if":
+            from ..benchmark.what_if import run as what_if  # noqa: PLC0415
+
+            what_if(cfg)
+            print(f"omnimodal-benchmark: wrote {cfg.out}/what_if.md, .json and .png")
+            return
         result = run(cfg)
     except (ReleaseError, ConfigError, DataError) as err:  # bad input: one line, no traceback
         raise SystemExit(f"omnimodal-benchmark: {err}") from None

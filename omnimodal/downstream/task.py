@@ -101,14 +101,18 @@ class FinetuneTask(L.LightningModule):
                 p.requires_grad_("lora_" in n)
 
     # -- forward --------------------------------------------------------------------------------------
-    def forward(self, batch: OmniBatch) -> torch.Tensor:
+    def head_inputs(self, batch: OmniBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the head reads: each person's embedding ``[B, d]`` and their covariates ``[B, c]`` (or None)."""
         if self.mode == "frozen":
             with torch.no_grad():
                 self.model.eval()
                 emb = subject_embedding(self.model(batch), len(batch))
         else:
             emb = subject_embedding(self.model(batch), len(batch))
-        return self.head(emb, covariates(self.head_cfg.covariates, batch))
+        return emb, covariates(self.head_cfg.covariates, batch)
+
+    def forward(self, batch: OmniBatch) -> torch.Tensor:
+        return self.head(*self.head_inputs(batch))
 
     def predict_risk(self, batch: OmniBatch, cause: int = 1) -> torch.Tensor:
         return self.head.risk(self(batch), cause)

@@ -237,11 +237,14 @@ def plot_person(
     path,
     title: str,
     onset_days: float | None = None,
+    what_if: tuple[float, float, str] | None = None,
 ) -> Path:
     """One person's timeline: a row per modality (in ``modalities`` order) with a marker per
     measurement ``events = [(time_days, modality)]``; beneath it, on the same axis (years since the
     first event), the predicted risk within ``horizon_days`` as each event is added,
-    ``forecast = [(time_days, risk)]``, as a step line; ``onset_days`` draws the observed onset."""
+    ``forecast = [(time_days, risk)]``, as a step line; ``onset_days`` draws the observed onset;
+    ``what_if = (at_days, risk, code)`` the forecast with a hypothetical intervention started at ``at_days``
+    (orange, dashed, from a dotted line at its start), beside the forecast without it."""
     if not events:
         raise ValueError("plot_person: events is empty; the timeline needs at least one event")
     unknown = sorted({m for _, m in events} - set(modalities))
@@ -273,7 +276,17 @@ def plot_person(
             xs, ys, where="post", lw=1.8, color="tab:blue", label=f"predicted risk within {_days(horizon_days)}"
         )
         bottom.plot(years(ft), risk, "o", ms=3, color="tab:blue")
-        bottom.set_ylim(0, min(1.0, max(0.05, 1.2 * risk.max())))
+        top_risk = risk.max()
+        if what_if is not None:
+            at, r_if, code = what_if
+            end = max(end, at)
+            stop = max(years(end), years(at)) + 0.25
+            bottom.plot([years(at), stop], [r_if, r_if], ls="--", lw=1.8, color="tab:orange", label=f"if {code} starts")
+            bottom.plot([years(at)], [r_if], "o", ms=4, color="tab:orange")
+            for ax in (top, bottom):
+                ax.axvline(years(at), color="tab:orange", ls=":", lw=1.2)
+            top_risk = max(top_risk, r_if)
+        bottom.set_ylim(0, min(1.0, max(0.05, 1.2 * top_risk)))
     if onset_days is not None:
         for ax in (top, bottom):
             ax.axvline(years(onset_days), color="tab:red", ls="--", lw=1.2)

@@ -8,6 +8,13 @@
   the same event are positives (InfoNCE over all instances of the batch).
 - ``forecast``: next-event forecasting: from the causal context of event e (which has seen events
   <= e only), predict the pooled encoder embedding of event e+1 (InfoNCE) and the log time gap.
+- ``tte``: time-to-event pretraining, as MOTOR does (Steinberg et al., ICLR 2024): from the causal context of
+  each event, the time until each clinical code of the vocabulary next occurs in the person's timeline (censored
+  at their last event in the batch), under a piecewise-exponential model: per time bin (:data:`TTE_EDGES_DAYS`)
+  a log-hazard ``f_b(context) . u_code + bias_{b,code}`` (a low-rank product, MOTOR's ``tte_rank``). The
+  negative log-likelihood is summed over bins, codes and events and divided by the events' count x the codes'
+  count. A model without a clinical encoder has no codes: the loss is 0. Built only when ``tte_weight > 0`` (a
+  model pretrained without it has no such head).
 
 Every objective returns 0 (connected to the graph) when a batch gives it nothing to do, e.g. a batch
 of single-event timelines for forecasting; absent modalities never break a step.
@@ -54,18 +61,34 @@ class ObjectiveConfig:
     mask_fraction: float = 0.25
     temperature: float = 0.1
     proj_dim: int = 64
+    tte_weight: float = 0.0
+    tte_rank: int = 32
+
+
+#: the ``tte`` objective's piecewise-constant hazard bins, days after the event (the last one open-ended)
+TTE_EDGES_DAYS: tuple[float, ...] = (0.0, 30.0, 91.0, 182.0, 365.0, 730.0, 1461.0, 2922.0)
 
 
 class Objectives(nn.Module):
     """The heads and losses of pretraining. ``forward(model, batch, generator)`` -> dict of losses
     (``loss`` is their weighted sum)."""
 
-    def __init__(self, cfg: ObjectiveConfig, d_model: int) -> None:
+    def __init__(self, cfg: ObjectiveConfig, d_model: int, num_codes: int = 0) -> None:
+        """``num_codes``: the clinical encoder's vocabulary size (code ids ``1..num_codes-1``; 0 = none), what
+        the ``tte`` objective predicts the times of."""
         super().__init__()
         self.cfg = cfg
         self.masked_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         self.align_proj = nn.Linear(d_model, cfg.proj_dim)
         self.forecast_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model + 1))
+        if cfg.tte_weight > 0:
+            bins, rank = len(TTE_EDGES_DAYS), int(cfg.tte_rank)
+            self.num_codes = max(int(num_codes), 1)
+            self.tte_proj = nn.Linear(d_model, bins * rank)
+            self.tte_code = nn.Embedding(self.num_codes, rank)
+            # each bin and code starts at a small hazard (~0.05 a year): most codes are rare
+            self.tte_bias = nn.Embedding(self.num_codes, bins, _weight=torch.full((self.num_codes, bins), -3.0))
+            nn.init.normal_(self.tte_code.weight, std=rank**-0.5)
 
     def forward(
         self, model: OmniModel, batch: OmniBatch, generator: torch.Generator | None = None
@@ -79,10 +102,13 @@ class Objectives(nn.Module):
             losses["contrastive"] = self.contrastive(out)
         if self.cfg.forecast_weight > 0:
             losses["forecast"] = self.forecast(out, len(batch))
+        if self.cfg.tte_weight > 0:
+            losses["tte"] = self.tte(out, batch)
         w = {
             "masked": self.cfg.masked_weight,
             "contrastive": self.cfg.contrastive_weight,
             "forecast": self.cfg.forecast_weight,
+            "tte": self.cfg.tte_weight,
         }
         losses["loss"] = sum(w[k] * v for k, v in losses.items())
         return losses
@@ -140,6 +166,59 @@ class Objectives(nn.Module):
         gap = torch.log1p((ev_time[nxt] - ev_time)[valid].clamp(min=0))
         emb_loss = info_nce(pred[:, :-1], ev_enc[nxt][valid], temperature=self.cfg.temperature)
         return emb_loss + F.mse_loss(pred[:, -1], gap)
+
+    def tte(self, out: ModelOutput, batch: OmniBatch) -> Tensor:
+        """Time-to-event pretraining (module docstring): ``-log L / (events x codes)``."""
+        rows = event_rows(out)
+        bins = len(TTE_EDGES_DAYS)
+        f = self.tte_proj(rows.context).view(len(rows.time), bins, -1)  # run even when empty (see masked)
+        log_h = torch.einsum("ebr,kr->ebk", f, self.tte_code.weight) + self.tte_bias.weight.T[None]  # [E, bins, K]
+        clinical = batch.modalities.get("clinical")
+        if clinical is None or len(clinical) == 0 or len(rows.time) == 0:
+            return log_h.sum() * 0.0
+        code = clinical.data.long().clamp(0, self.num_codes - 1)
+        t_occ = clinical.time_days.float()
+        # the next time each code occurs after each event, in the same person's (cropped) timeline; inf if never
+        later = (clinical.subject[None] == rows.subject[:, None]) & (clinical.event[None] > rows.event[:, None])
+        later &= (code > 0)[None]
+        when = torch.where(later, t_occ[None].expand_as(later), torch.inf)
+        nxt = torch.full((len(rows.time), self.num_codes), torch.inf, device=when.device)
+        nxt = nxt.scatter_reduce(1, code[None].expand_as(when), when, reduce="amin")
+        end = torch.full((len(batch),), -torch.inf, device=when.device)
+        end = end.scatter_reduce(0, rows.subject, rows.time, reduce="amax")[rows.subject]  # last event in view
+        event = torch.isfinite(nxt)
+        follow = torch.where(event, nxt, end[:, None]) - rows.time[:, None]  # days [E, K], event or censoring
+        edges = torch.tensor(TTE_EDGES_DAYS, device=follow.device)
+        upper = torch.cat([edges[1:], edges.new_tensor([torch.inf])])
+        exposure = (torch.minimum(follow[:, None], upper[None, :, None]) - edges[None, :, None]).clamp(min=0) / 365.25
+        in_bin = (follow[:, None] >= edges[None, :, None]) & (follow[:, None] < upper[None, :, None])
+        nll = (log_h.exp() * exposure).sum(1) - (log_h * in_bin).sum(1) * event  # [E, K]
+        nll[:, 0] = 0.0  # code id 0: unknown codes, no task
+        return nll.sum() / (len(rows.time) * max(self.num_codes - 1, 1))
+
+
+@dataclass
+class EventRows:
+    """One row per (subject, event) of a batch: its subject, event index, time (days) and mean contextual
+    token."""
+
+    subject: Tensor
+    event: Tensor
+    time: Tensor
+    context: Tensor
+
+
+def event_rows(out: ModelOutput) -> EventRows:
+    inst = out.instances
+    ctx = out.pooled("context")
+    stride = int(inst.event.max()) + 2 if len(inst.event) else 1
+    uniq, group = torch.unique(inst.subject * stride + inst.event, return_inverse=True)
+    n = len(uniq)
+    cnt = torch.zeros(n, device=ctx.device).index_add_(0, group, torch.ones_like(group, dtype=torch.float))
+    ev_ctx = torch.zeros(n, ctx.shape[1], device=ctx.device, dtype=ctx.dtype).index_add_(0, group, ctx)
+    ev_time = torch.zeros(n, device=ctx.device).index_add_(0, group, inst.time_days.float()) / cnt
+    subject = torch.div(uniq, stride, rounding_mode="floor")
+    return EventRows(subject, uniq - subject * stride, ev_time, ev_ctx / cnt[:, None].to(ctx.dtype))
 
 
 def _first_per_group(groups: Tensor) -> Tensor:

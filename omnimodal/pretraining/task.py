@@ -67,7 +67,8 @@ class PretrainTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = OmniModel(model_config_from_dict(model))
-        self.objectives = Objectives(ObjectiveConfig(**objective), self.model.d_model)
+        codes = getattr(self.model.encoders["clinical"], "vocab_size", 0) if "clinical" in self.model.encoders else 0
+        self.objectives = Objectives(ObjectiveConfig(**objective), self.model.d_model, num_codes=codes)
         self.optim_cfg = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
         self.seed = seed
         if compile:

@@ -1,0 +1,331 @@
+"""What-if forecasts validated against the simulator's counterfactuals (``omnimodal-benchmark --config-name
+what_if``; configs/what_if.yaml).
+
+1. **Cohort**: a seeded synthetic cohort with interventions (:mod:`datamodules.synthetic.interventions`): half
+   the people in a randomised arm (each intervention given 1:1 at a randomisation visit), half treated by
+   indication (those with the worse state: confounded). Re-split by keyed hash and sharded as the benchmark's.
+2. **Model**: the full timeline from scratch with a survival head (``finetune.overrides``), fine-tuned on the
+   train split; it learns from the intervention rows (``<CODE>//START``) as from any other code.
+3. **Per test person** with a treatment decision for ``code`` (a trial-arm person at their randomisation visit,
+   treated or not; a care-arm person at their start), their history up to that decision (the decision's own
+   START row left out) is asked :meth:`~omnimodal.downstream.forecaster.Forecaster.what_if`: the forecast risk
+   within the head's horizon with and without ``code`` started then. The truth beside it
+   (:func:`datamodules.synthetic.oracle.assignment_risks`): the chance of onset within that horizon with and
+   without it, from the same person's state, drift and random draws.
+4. **Figures**:
+   - *randomised arm*: the mean predicted risk difference against the true average effect (bootstrap intervals
+     over people; does the predicted one cover the true one), and the correlation of per-person predicted and
+     true effects;
+   - *arm treated by indication*: the bias of the predicted effect (mean predicted - true), as measured;
+   - *feedback*: for treated people, the forecast after the measurements of the next ``feedback_years`` against
+     the one at the start; among those whose true hazard fell, the share whose forecast fell too.
+5. **Outputs**: ``what_if.md``, ``what_if.json``, ``what_if.png`` (predicted against true effects, per arm) and
+   ``person.png`` (one treated person's timeline with both forecasts).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.builtin_cohort import cache_dir
+from datamodules.interventions import parse
+from datamodules.loader import CropConfig, ShardDataset
+from datamodules.schema import Event, Timeline
+from datamodules.shards.format import subject_key
+from datamodules.synthetic.oracle import OracleConfig, assignment_risks
+from datamodules.synthetic.state import YEAR_DAYS, log_hazard, simulate_subject, subject_id
+
+from ..evaluation import metrics as M
+from ..evaluation.plots import format_value
+from .run import BENCH_SECRET, _say, build_cohort, cohort_interventions, finetune
+
+
+@dataclass
+class Case:
+    """One test person's treatment decision: what the model says and what is true (risks within the horizon)."""
+
+    key: str
+    arm: str
+    treated: bool
+    predicted: float  # with - without, the model
+    true: float  # with - without, the simulator
+    without: float  # the model's risk without
+    true_without: float
+    lo: float  # the dropout interval of ``predicted``
+    hi: float
+    gap_days: float
+    feedback: tuple[float, float] | None = None  # (forecast change, true log-hazard change) after the start
+
+
+def decision_history(tl: Timeline, at_days: float, code: str) -> Timeline | None:
+    """The history up to a decision at ``at_days`` (the timeline's days), without the decision's own rows of
+    ``code`` (its START there); None if nothing is left."""
+    events = []
+    for ev in tl.events:
+        if ev.time_days > at_days + 1e-6:
+            break
+        keep = ev.measurements
+        if abs(ev.time_days - at_days) <= 1e-6:
+            keep = [m for m in keep if (p := parse(m.code)) is None or p[0] != code]
+        if keep:
+            events.append(Event(ev.time_days, ev.age_days, keep))
+    return Timeline(tl.key, tl.static, events, {}) if events else None
+
+
+def _first_event_offsets(cohort_dir: Path) -> pd.Series:
+    events = pd.read_csv(cohort_dir / "events.csv", usecols=["subject_id", "time"])
+    return pd.to_datetime(events["time"]).groupby(events["subject_id"]).min()
+
+
+def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int]) -> tuple[list[Case], Any]:
+    """Every test person's decision (module docstring, step 3); ``counts`` gets who was left out and why."""
+    ivc = cohort_interventions(cfg)
+    code = str(cfg.code)
+    horizon_years = forecaster.horizon_days / YEAR_DAYS
+    ocfg = OracleConfig(paths=int(cfg.oracle.paths), seed=int(cfg.seed))
+    index = {subject_key(subject_id(i), BENCH_SECRET.encode()): i for i in range(cohort.n_subjects)}
+    first = _first_event_offsets(cohort.cohort)
+    dose = ivc.get(code).effects[0][0]
+    out, example = [], None
+    ds = ShardDataset(cohort.shards, "test", shuffle=False, crop=CropConfig(random=False))
+    for tl in ds:
+        s = simulate_subject(cohort.seed, index[tl.key], interventions=ivc)
+        truth = assignment_risks(s, code, [horizon_years], ivc, ocfg)
+        if truth is None:
+            why = "no decision (care arm untreated, or not enrolled)"
+            counts[why] = counts.get(why, 0) + 1
+            continue
+        offset = (first[s.subject_id].to_pydatetime() - s.first_time).total_seconds() / 86400.0
+        at = truth.at_days - offset
+        hist = decision_history(tl, at, code)
+        if hist is None:
+            counts["no history before the decision"] = counts.get("no history before the decision", 0) + 1
+            continue
+        w = forecaster.what_if(hist, code, at_days=at, dose=dose, samples=int(cfg.samples), seed=int(cfg.seed))
+        case = Case(
+            tl.key,
+            truth.arm,
+            truth.treated,
+            w.difference,
+            float(truth.effect[0]),
+            w.without,
+            float(truth.without[0]),
+            *w.interval,
+            w.gap_days,
+        )
+        if truth.treated:
+            case.feedback = _feedback(forecaster, tl, s, at, offset, w.treated, float(cfg.feedback_years))
+            if example is None and case.feedback is not None:
+                example = (tl, hist, w)
+        out.append(case)
+    return out, example
+
+
+def _feedback(forecaster, tl: Timeline, subject, at: float, offset: float, at_start: float, years: float):
+    """``(forecast change, true log-hazard change)`` from the start to the last event within ``years`` after it
+    (None if there is none)."""
+    later = [ev for ev in tl.events if at + 1e-6 < ev.time_days <= at + years * YEAR_DAYS]
+    if not later:
+        return None
+    upto = Timeline(tl.key, tl.static, [ev for ev in tl.events if ev.time_days <= later[-1].time_days], {})
+    now = forecaster.forecast(upto)
+    states = subject.state_at(np.array([at + offset, later[-1].time_days + offset]))
+    hazard = log_hazard(states, subject.risk0)
+    return now - at_start, float(hazard[1] - hazard[0])
+
+
+def _mean_ci(x: np.ndarray, n_boot: int, seed: int) -> M.Estimate:
+    return M.bootstrap_ci(lambda v: float(np.mean(v)), x, n_boot=n_boot, seed=seed)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else float("nan")
+
+
+def summarise(found: list[Case], n_boot: int, seed: int) -> dict[str, Any]:
+    def arm(name: str) -> list[Case]:
+        return [c for c in found if c.arm == name and (name == "trial" or c.treated)]
+
+    out: dict[str, Any] = {}
+    trial = arm("trial")
+    if trial:
+        p, t = np.array([c.predicted for c in trial]), np.array([c.true for c in trial])
+        pred, true = _mean_ci(p, n_boot, seed), _mean_ci(t, n_boot, seed)
+        out["trial"] = {
+            "n": len(trial),
+            "treated": sum(c.treated for c in trial),
+            "predicted_effect": pred,
+            "true_effect": true,
+            "covers": bool(pred.lo <= true.value <= pred.hi),
+            "error": _mean_ci(p - t, n_boot, seed),
+            "correlation": M.bootstrap_ci(_corr, p, t, n_boot=n_boot, seed=seed),
+        }
+    care = arm("care")
+    if care:
+        p, t = np.array([c.predicted for c in care]), np.array([c.true for c in care])
+        out["care"] = {
+            "n": len(care),
+            "predicted_effect": _mean_ci(p, n_boot, seed),
+            "true_effect": _mean_ci(t, n_boot, seed),
+            "bias": _mean_ci(p - t, n_boot, seed),
+            "correlation": M.bootstrap_ci(_corr, p, t, n_boot=n_boot, seed=seed),
+        }
+    fb = [c.feedback for c in found if c.feedback is not None]
+    if fb:
+        change, hazard = np.array(fb).T
+        improved = hazard < 0
+        out["feedback"] = {
+            "n": len(fb),
+            "improved": int(improved.sum()),
+            "forecast_fell_when_improved": float((change[improved] < 0).mean()) if improved.any() else float("nan"),
+            "forecast_fell_otherwise": float((change[~improved] < 0).mean()) if (~improved).any() else float("nan"),
+            "correlation": _corr(change, hazard),
+        }
+    models = np.array([c.without for c in found])
+    truth = np.array([c.true_without for c in found])
+    out["risk_without"] = {"model_mean": float(models.mean()), "true_mean": float(truth.mean())} if found else {}
+    return out
+
+
+def _json(x: Any) -> Any:
+    if isinstance(x, M.Estimate):
+        return {"value": x.value, "lo": x.lo, "hi": x.hi}
+    if isinstance(x, dict):
+        return {k: _json(v) for k, v in x.items()}
+    return x
+
+
+def markdown(summary: dict[str, Any], result: dict[str, Any]) -> str:
+    f = format_value
+    lines = [
+        "# What-if forecasts against the simulator's counterfactuals",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"Cohort: {result['cohort']['n_subjects']} synthetic people (seed {result['cohort']['seed']}), "
+        f"{', '.join(result['cohort']['modalities'])}; interventions {result['cohort']['interventions']}. "
+        f"Asked: `{result['code']}` at its first dose, at each test person's treatment decision; risks within "
+        f"{result['horizon_years']:g} years. Model: {' '.join(result['finetune'])}. "
+        f"Left out: {result['left_out'] or 'none'}. 95% bootstrap intervals over people.",
+        "",
+        "| arm | people | predicted effect | true effect | predicted - true | correlation (per person) |",
+        "|---|---|---|---|---|---|",
+    ]
+    if "trial" in summary:
+        t = summary["trial"]
+        lines.append(
+            f"| randomised ({t['treated']} treated) | {t['n']} | {f(t['predicted_effect'])} | {f(t['true_effect'])} | "
+            f"{f(t['error'])} | {f(t['correlation'])} |"
+        )
+    if "care" in summary:
+        c = summary["care"]
+        lines.append(
+            f"| treated by indication | {c['n']} | {f(c['predicted_effect'])} | {f(c['true_effect'])} | "
+            f"{f(c['bias'])} (bias) | {f(c['correlation'])} |"
+        )
+    if "trial" in summary:
+        held = "covers" if summary["trial"]["covers"] else "does not cover"
+        lines += ["", f"On the randomised arm the predicted effect's interval {held} the true average effect."]
+    if "feedback" in summary:
+        fb = summary["feedback"]
+        lines += [
+            "",
+            f"Feedback: of {fb['n']} treated people with measurements in the {result['feedback_years']:g} years "
+            f"after the start, {fb['improved']} had a lower true hazard by then; the forecast fell for "
+            f"{f(fb['forecast_fell_when_improved'])} of them and for {f(fb['forecast_fell_otherwise'])} of the "
+            f"others (correlation of forecast change and true log-hazard change {f(fb['correlation'])}).",
+        ]
+    rw = summary.get("risk_without", {})
+    if rw:
+        lines += [
+            "",
+            f"Mean risk without the intervention: model {f(rw['model_mean'])}, truth {f(rw['true_mean'])}.",
+        ]
+    lines += ["", f"Run time: {result['seconds']['total']:.0f} s ({result['seconds']})."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(found: list[Case], path: Path) -> Path:
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    groups = (("randomised arm", lambda c: c.arm == "trial"), ("treated by indication", lambda c: c.arm == "care"))
+    for ax, (name, keep) in zip(axes, groups):
+        sel = [c for c in found if keep(c) and (c.arm == "trial" or c.treated)]
+        t, p = np.array([c.true for c in sel]), np.array([c.predicted for c in sel])
+        if len(sel):
+            ax.scatter(t, p, s=12, alpha=0.6, color="tab:blue")
+            ax.axhline(p.mean(), color="tab:blue", lw=1, ls="--", label=f"mean predicted {p.mean():+.3f}")
+            ax.axvline(t.mean(), color="tab:purple", lw=1, ls=":", label=f"mean true {t.mean():+.3f}")
+        lim = [min(-0.01, *(t if len(t) else [0]), *(p if len(p) else [0])), 0.01]
+        ax.plot(lim, lim, color="grey", lw=0.8, label="predicted = true")
+        ax.set(title=f"{name} (n={len(sel)})", xlabel="true risk difference (with - without)")
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("predicted risk difference")
+    fig.suptitle("What-if forecasts against the simulator's counterfactuals")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    from ..downstream.forecaster import Forecaster  # noqa: PLC0415
+    from .real_survival import scratch_release  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg.cache) if cfg.get("cache") else cache_dir() / "benchmark"
+    seconds: dict[str, float] = {}
+    cohort = build_cohort(cfg, cache)
+    seconds["cohort"] = round(time.perf_counter() - t0, 1)
+    release = scratch_release(cohort.shards, out / "untrained")
+    t1 = time.perf_counter()
+    task = finetune(cfg, release, cohort, out / "run", [])
+    seconds["fine-tuning"] = round(time.perf_counter() - t1, 1)
+    f = Forecaster(task)
+    counts: dict[str, int] = {}
+    t2 = time.perf_counter()
+    found, example = cases(cfg, cohort, f, counts)
+    seconds["what-if"] = round(time.perf_counter() - t2, 1)
+    summary = summarise(found, int(cfg.n_boot), int(cfg.seed))
+    seconds["total"] = round(time.perf_counter() - t0, 1)
+    result = {
+        "command": "omnimodal-benchmark --config-name what_if",
+        "cohort": {
+            "n_subjects": cohort.n_subjects,
+            "seed": cohort.seed,
+            "modalities": list(cfg.cohort.modalities),
+            "interventions": OmegaConf.to_container(cfg.cohort.interventions, resolve=True),
+        },
+        "code": str(cfg.code),
+        "horizon_years": f.horizon_days / YEAR_DAYS,
+        "finetune": [*cfg.finetune.overrides, f"trainer.max_epochs={int(cfg.finetune.epochs)}"],
+        "feedback_years": float(cfg.feedback_years),
+        "left_out": counts,
+        "summary": _json(summary),
+        "cases": [c.__dict__ for c in found],
+        "seconds": seconds,
+    }
+    (out / "what_if.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (out / "what_if.md").write_text(markdown(summary, result))
+    plot(found, out / "what_if.png")
+    if example is not None:
+        _, hist, w = example
+        title = "One treated person at the decision: the forecast with and without"
+        f.plot(hist, out / "person.png", title=title, what_if=w)
+    _say(f"what-if: {len(found)} decisions; wrote {out}/what_if.md, .json, .png")
+    return {**result, "summary_estimates": summary}
+
+
+__all__ = ["Case", "cases", "decision_history", "run", "summarise"]

@@ -1,0 +1,48 @@
+"""What-if forecasts against the simulator's counterfactuals (``omnimodal-benchmark --config-name what_if``) at CI
+size: a cohort with interventions, a model fine-tuned on it, each test person's treatment decision asked with and
+without the antihypertensive, beside the true risks with and without it.
+
+What it asserts is what holds at this size, measured (the full run's figures are in scripts/bench/results/what_if.md):
+the truth shows the effect (a lower risk with the drug on the randomised arm, a larger one in the arm treated by
+indication, whose people are worse off), the model ranks people's risk as the truth does (correlation 0.75 at 400
+people), every case has its what-if and interval, and the report and plots are written. Whether the model's
+predicted effect matches the true one is measured, not asserted: at 400 or 1,000 people it does not (predicted
+-0.003, true -0.052 at 1,000).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omnimodal.benchmark.what_if import run
+from omnimodal.infra.config_store import compose
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+SMALL = ["cohort.n_subjects=400", "finetune.epochs=5", "samples=30", "oracle.paths=300", "n_boot=200"]
+
+
+def test_what_if_against_the_truth(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    cfg = compose("what_if", [*SMALL, f"out={out}"])  # the cohort: the cache (reused)
+    res = run(cfg)
+    for f in ("what_if.md", "what_if.json", "what_if.png", "person.png"):
+        assert (out / f).stat().st_size > 1000, f
+    s = res["summary_estimates"]
+    trial, care = s["trial"], s["care"]
+    print("\n", {k: (v if not hasattr(v, "value") else round(v.value, 3)) for k, v in trial.items()})
+    assert trial["n"] >= 30 and 0 < trial["treated"] < trial["n"] and care["n"] >= 5
+    assert trial["true_effect"].hi < -0.02  # the simulator's drug lowers the 5-year risk (measured -0.049)
+    assert care["true_effect"].value < trial["true_effect"].value  # treated by indication: worse off, more to gain
+    cases = json.loads((out / "what_if.json").read_text())["cases"]
+    without = np.array([c["without"] for c in cases])
+    truth = np.array([c["true_without"] for c in cases])
+    assert np.corrcoef(without, truth)[0, 1] > 0.5  # the model ranks people's risk as the truth does
+    assert all(c["lo"] <= c["hi"] and -1 < c["predicted"] < 1 for c in cases)  # each with its interval
+    assert s["feedback"]["n"] >= 5
+    md = (out / "what_if.md").read_text()
+    assert "| randomised (" in md and "| treated by indication |" in md and "the true average effect" in md
