@@ -85,14 +85,16 @@ class Cohort:
 
 def cohort_interventions(cfg: DictConfig) -> InterventionConfig | None:
     """``cohort.interventions`` (absent or null: none; a mapping: :class:`InterventionConfig`'s ``trial_share`` and
-    ``treat_share``, its default interventions)."""
+    ``treat_share``, its default interventions); ``cohort.placebo: true``: the same with every effect 0 (the same
+    people, assignments and draws: only the treatment's effect is gone)."""
     iv = cfg.cohort.get("interventions")
     if iv is None:
         return None
     try:
-        return InterventionConfig(**OmegaConf.to_container(iv, resolve=True)).check()
+        out = InterventionConfig(**OmegaConf.to_container(iv, resolve=True)).check()
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key cohort.interventions: {err}") from None
+    return out.zero() if cfg.cohort.get("placebo") else out
 
 
 def build_cohort(cfg: DictConfig, cache: Path) -> Cohort:

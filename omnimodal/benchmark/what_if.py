@@ -17,8 +17,11 @@ what_if``; configs/what_if.yaml).
      over people; does the predicted one cover the true one), and the correlation of per-person predicted and
      true effects;
    - *arm treated by indication*: the bias of the predicted effect (mean predicted - true), as measured;
-   - *feedback*: for treated people, the forecast after the measurements of the next ``feedback_years`` against
-     the one at the start; among those whose true hazard fell, the share whose forecast fell too.
+   - *feedback*: for treated people, the forecast after the measurements of the next ``feedback_years``, against
+     the same person's in the **placebo world**: the same cohort simulated with every effect 0 (the same people,
+     assignments, visits and random draws; only the drug's effect on the state is gone, so the labs after the start
+     differ by what it did). Treated people whose state improved should see a lower forecast than their placebo
+     selves: the share who do, and the mean difference. People with the onset by then in either world are left out.
 5. **Outputs**: ``what_if.md``, ``what_if.json``, ``what_if.png`` (predicted against true effects, per arm) and
    ``person.png`` (one treated person's timeline with both forecasts).
 """
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from datamodules.builtin_cohort import cache_dir
 from datamodules.interventions import parse
@@ -41,7 +44,7 @@ from datamodules.loader import CropConfig, ShardDataset
 from datamodules.schema import Event, Timeline
 from datamodules.shards.format import subject_key
 from datamodules.synthetic.oracle import OracleConfig, assignment_risks
-from datamodules.synthetic.state import YEAR_DAYS, log_hazard, simulate_subject, subject_id
+from datamodules.synthetic.state import YEAR_DAYS, simulate_subject, subject_id
 
 from ..evaluation import metrics as M
 from ..evaluation.plots import format_value
@@ -62,7 +65,7 @@ class Case:
     lo: float  # the dropout interval of ``predicted``
     hi: float
     gap_days: float
-    feedback: tuple[float, float] | None = None  # (forecast change, true log-hazard change) after the start
+    feedback: tuple[float, float] | None = None  # forecast after follow-up: (this world, the placebo world)
 
 
 def decision_history(tl: Timeline, at_days: float, code: str) -> Timeline | None:
@@ -85,7 +88,7 @@ def _first_event_offsets(cohort_dir: Path) -> pd.Series:
     return pd.to_datetime(events["time"]).groupby(events["subject_id"]).min()
 
 
-def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int]) -> tuple[list[Case], Any]:
+def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int], placebo=None) -> tuple[list[Case], Any]:
     """Every test person's decision (module docstring, step 3); ``counts`` gets who was left out and why."""
     ivc = cohort_interventions(cfg)
     code = str(cfg.code)
@@ -96,6 +99,9 @@ def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int]) -> tuple[
     dose = ivc.get(code).effects[0][0]
     out, example = [], None
     ds = ShardDataset(cohort.shards, "test", shuffle=False, crop=CropConfig(random=False))
+    twins = {}
+    if placebo is not None:
+        twins = {t.key: t for t in ShardDataset(placebo.shards, "test", shuffle=False, crop=CropConfig(random=False))}
     for tl in ds:
         s = simulate_subject(cohort.seed, index[tl.key], interventions=ivc)
         truth = assignment_risks(s, code, [horizon_years], ivc, ocfg)
@@ -121,25 +127,28 @@ def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int]) -> tuple[
             *w.interval,
             w.gap_days,
         )
-        if truth.treated:
-            case.feedback = _feedback(forecaster, tl, s, at, offset, w.treated, float(cfg.feedback_years))
-            if example is None and case.feedback is not None:
-                example = (tl, hist, w)
+        if truth.treated and tl.key in twins:
+            case.feedback = _feedback(forecaster, tl, twins[tl.key], at, float(cfg.feedback_years))
+        if truth.treated and example is None:
+            example = (tl, hist, w)
         out.append(case)
     return out, example
 
 
-def _feedback(forecaster, tl: Timeline, subject, at: float, offset: float, at_start: float, years: float):
-    """``(forecast change, true log-hazard change)`` from the start to the last event within ``years`` after it
-    (None if there is none)."""
-    later = [ev for ev in tl.events if at + 1e-6 < ev.time_days <= at + years * YEAR_DAYS]
-    if not later:
-        return None
-    upto = Timeline(tl.key, tl.static, [ev for ev in tl.events if ev.time_days <= later[-1].time_days], {})
-    now = forecaster.forecast(upto)
-    states = subject.state_at(np.array([at + offset, later[-1].time_days + offset]))
-    hazard = log_hazard(states, subject.risk0)
-    return now - at_start, float(hazard[1] - hazard[0])
+def _feedback(forecaster, tl: Timeline, twin: Timeline, at: float, years: float) -> tuple[float, float] | None:
+    """The forecast after the events up to ``years`` after the start ``at``, in this world and the placebo world
+    (the same person, visits and draws; None if either has the onset by then or no event after the start)."""
+    end = at + years * YEAR_DAYS
+    out = []
+    for t in (tl, twin):
+        label = t.labels.get(forecaster.task.head_cfg.label)
+        if label is not None and label.value >= 1 and label.time_days <= end:
+            return None
+        events = [ev for ev in t.events if ev.time_days <= end]
+        if not events or events[-1].time_days <= at + 1e-6:
+            return None
+        out.append(forecaster.forecast(Timeline(t.key, t.static, events, {})))
+    return out[0], out[1]
 
 
 def _mean_ci(x: np.ndarray, n_boot: int, seed: int) -> M.Estimate:
@@ -180,14 +189,11 @@ def summarise(found: list[Case], n_boot: int, seed: int) -> dict[str, Any]:
         }
     fb = [c.feedback for c in found if c.feedback is not None]
     if fb:
-        change, hazard = np.array(fb).T
-        improved = hazard < 0
+        real, placebo = np.array(fb).T
         out["feedback"] = {
             "n": len(fb),
-            "improved": int(improved.sum()),
-            "forecast_fell_when_improved": float((change[improved] < 0).mean()) if improved.any() else float("nan"),
-            "forecast_fell_otherwise": float((change[~improved] < 0).mean()) if (~improved).any() else float("nan"),
-            "correlation": _corr(change, hazard),
+            "lower_than_placebo": float((real < placebo).mean()),
+            "difference": _mean_ci(real - placebo, n_boot, seed),
         }
     models = np.array([c.without for c in found])
     truth = np.array([c.true_without for c in found])
@@ -238,10 +244,10 @@ def markdown(summary: dict[str, Any], result: dict[str, Any]) -> str:
         fb = summary["feedback"]
         lines += [
             "",
-            f"Feedback: of {fb['n']} treated people with measurements in the {result['feedback_years']:g} years "
-            f"after the start, {fb['improved']} had a lower true hazard by then; the forecast fell for "
-            f"{f(fb['forecast_fell_when_improved'])} of them and for {f(fb['forecast_fell_otherwise'])} of the "
-            f"others (correlation of forecast change and true log-hazard change {f(fb['correlation'])}).",
+            f"Feedback: {fb['n']} treated test people with measurements in the {result['feedback_years']:g} years "
+            "after the start (no onset by then in either world). Their forecast after those measurements is lower "
+            f"than their placebo selves' (the same people and draws, the drug without effect) for "
+            f"{f(fb['lower_than_placebo'])} of them; the mean difference is {f(fb['difference'])}.",
         ]
     rw = summary.get("risk_without", {})
     if rw:
@@ -288,7 +294,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cache = Path(cfg.cache) if cfg.get("cache") else cache_dir() / "benchmark"
     seconds: dict[str, float] = {}
     cohort = build_cohort(cfg, cache)
-    seconds["cohort"] = round(time.perf_counter() - t0, 1)
+    placebo_cfg = cfg.copy()
+    with open_dict(placebo_cfg):
+        placebo_cfg.cohort.placebo = True
+    placebo = build_cohort(placebo_cfg, cache) if cfg.get("feedback_years") else None
+    seconds["cohorts"] = round(time.perf_counter() - t0, 1)
     release = scratch_release(cohort.shards, out / "untrained")
     t1 = time.perf_counter()
     task = finetune(cfg, release, cohort, out / "run", [])
@@ -296,7 +306,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     f = Forecaster(task)
     counts: dict[str, int] = {}
     t2 = time.perf_counter()
-    found, example = cases(cfg, cohort, f, counts)
+    found, example = cases(cfg, cohort, f, counts, placebo)
     seconds["what-if"] = round(time.perf_counter() - t2, 1)
     summary = summarise(found, int(cfg.n_boot), int(cfg.seed))
     seconds["total"] = round(time.perf_counter() - t0, 1)
