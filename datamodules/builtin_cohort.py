@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .shards.builder import BuildConfig, build_shards
 from .shards.format import INDEX_NAME
@@ -48,6 +48,20 @@ def cohort_fingerprint(interventions: InterventionConfig | None = None) -> str:
     return hashlib.sha256(dumps(key)).hexdigest()[:10]
 
 
+def demo_build_config(cohort: Path, out: Path, workers: int, max_samples_per_shard: int = 16, **kw: Any) -> BuildConfig:
+    """The demo cohort's shard build: its tables in ``cohort`` into ``out`` (``kw``: more ``BuildConfig`` fields)."""
+    return BuildConfig(
+        subjects=str(cohort / "subjects.csv"),
+        events=str(cohort / "events.csv"),
+        labels=str(cohort / "labels.csv"),
+        out=str(out),
+        secret=DEMO_SECRET,
+        workers=workers,
+        max_samples_per_shard=max_samples_per_shard,
+        **kw,
+    )
+
+
 def demo_shards(
     n_subjects: int = 128,
     seed: int = 0,
@@ -75,17 +89,7 @@ def demo_shards(
         synthesize_cohort(cohort, n_subjects=n_subjects, seed=seed, workers=workers, interventions=interventions)
     tmp = base / "shards.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    build_shards(
-        BuildConfig(
-            subjects=str(cohort / "subjects.csv"),
-            events=str(cohort / "events.csv"),
-            labels=str(cohort / "labels.csv"),
-            out=str(tmp),
-            secret=DEMO_SECRET,
-            workers=workers,
-            max_samples_per_shard=max_samples_per_shard,
-        )
-    )
+    build_shards(demo_build_config(cohort, tmp, workers, max_samples_per_shard=max_samples_per_shard))
     shutil.rmtree(shards, ignore_errors=True)
     tmp.rename(shards)  # complete folders only: an interrupted build is redone, never half-used
     return shards

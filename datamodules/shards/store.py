@@ -20,6 +20,7 @@ catches them.
 
 from __future__ import annotations
 
+import abc
 import collections
 import contextlib
 import hashlib
@@ -211,20 +212,21 @@ def _fsspec_check(scheme: str, where: str) -> None:
 # Sources: one remote file read front to back.
 
 
-class Source:
+class Source(abc.ABC):
     """One remote file being read front to back: :meth:`read`, the ``size`` announced up front (None if not),
     :meth:`finish` once it has all come (a command's exit status), :meth:`close`. ``where`` names it."""
 
     size: int | None = None
     where: str = ""
 
+    @abc.abstractmethod
     def read(self, n: int) -> bytes:
-        raise NotImplementedError
+        """Up to ``n`` bytes; ``b""`` at the end."""
 
-    def finish(self) -> None:
+    def finish(self) -> None:  # noqa: B027 - a default: most sources have no exit status
         """Called once the source has ended: raises if the end was a failure."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default: nothing to release
         """Release the connection or process (also when the file was not read to its end)."""
 
 

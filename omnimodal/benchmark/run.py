@@ -302,6 +302,18 @@ def baseline_scores(prep, shards: Path, people: People, horizons: Sequence[float
     return out
 
 
+def first_event_times(cohort_dir: Path) -> pd.Series:
+    """Each simulated person's first event in the cohort's events table (by raw id: never leaves the benchmark)."""
+    events = pd.read_csv(cohort_dir / "events.csv", usecols=["subject_id", "time"])
+    return pd.to_datetime(events["time"]).groupby(events["subject_id"]).min()
+
+
+def first_event_offset(first: pd.Series, subject) -> float:
+    """Days from a simulated person's first visit to their first event (the shards' day 0): a visit that measured
+    nothing leaves no event."""
+    return (first[subject.subject_id].to_pydatetime() - subject.first_time).total_seconds() / 86400.0
+
+
 def oracle_scores(cohort: Cohort, people: People, horizons: Sequence[float], cfg: OracleConfig) -> dict[str, Scores]:
     """Both ceilings for the people of a landmark: each key is traced back to its simulated person (the keyed hash
     of the benchmark's public secret), and the landmark to days since that person's first visit."""
@@ -310,14 +322,12 @@ def oracle_scores(cohort: Cohort, people: People, horizons: Sequence[float], cfg
     missing = [k for k in people.keys if k not in index]
     if missing:
         raise RuntimeError(f"{len(missing)} shard keys are not people of the benchmark cohort (seed {cohort.seed})")
-    events = pd.read_csv(cohort.cohort / "events.csv", usecols=["subject_id", "time"])
-    first = pd.to_datetime(events["time"]).groupby(events["subject_id"]).min()
+    first = first_event_times(cohort.cohort)
     subjects, at = [], []
     for k in people.keys:
         s = simulate_subject(cohort.seed, index[k])
-        offset = (first[s.subject_id].to_pydatetime() - s.first_time).total_seconds() / 86400.0
         subjects.append(s)
-        at.append(offset + people.landmark_years * YEAR_DAYS)
+        at.append(first_event_offset(first, s) + people.landmark_years * YEAR_DAYS)
     snapshot = SnapshotOracle(people.landmark_years * YEAR_DAYS, horizons, cfg)
     return {
         "snapshot oracle": (snapshot.predict(subjects, at), 0),

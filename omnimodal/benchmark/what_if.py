@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from datamodules.builtin_cohort import cache_dir
@@ -48,7 +47,7 @@ from datamodules.synthetic.state import YEAR_DAYS, simulate_subject, subject_id
 
 from ..evaluation import metrics as M
 from ..evaluation.plots import format_value
-from .run import BENCH_SECRET, _say, build_cohort, cohort_interventions, finetune
+from .run import BENCH_SECRET, _say, build_cohort, cohort_interventions, finetune, first_event_offset, first_event_times
 
 
 @dataclass
@@ -83,11 +82,6 @@ def decision_history(tl: Timeline, at_days: float, code: str) -> Timeline | None
     return Timeline(tl.key, tl.static, events, {}) if events else None
 
 
-def _first_event_offsets(cohort_dir: Path) -> pd.Series:
-    events = pd.read_csv(cohort_dir / "events.csv", usecols=["subject_id", "time"])
-    return pd.to_datetime(events["time"]).groupby(events["subject_id"]).min()
-
-
 def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int], placebo=None) -> tuple[list[Case], Any]:
     """Every test person's decision (module docstring, step 3); ``counts`` gets who was left out and why."""
     ivc = cohort_interventions(cfg)
@@ -95,7 +89,7 @@ def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int], placebo=N
     horizon_years = forecaster.horizon_days / YEAR_DAYS
     ocfg = OracleConfig(paths=int(cfg.oracle.paths), seed=int(cfg.seed))
     index = {subject_key(subject_id(i), BENCH_SECRET.encode()): i for i in range(cohort.n_subjects)}
-    first = _first_event_offsets(cohort.cohort)
+    first = first_event_times(cohort.cohort)
     dose = ivc.get(code).effects[0][0]
     out, example = [], None
     ds = ShardDataset(cohort.shards, "test", shuffle=False, crop=CropConfig(random=False))
@@ -109,8 +103,7 @@ def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int], placebo=N
             why = "no decision (care arm untreated, or not enrolled)"
             counts[why] = counts.get(why, 0) + 1
             continue
-        offset = (first[s.subject_id].to_pydatetime() - s.first_time).total_seconds() / 86400.0
-        at = truth.at_days - offset
+        at = truth.at_days - first_event_offset(first, s)
         hist = decision_history(tl, at, code)
         if hist is None:
             counts["no history before the decision"] = counts.get("no history before the decision", 0) + 1

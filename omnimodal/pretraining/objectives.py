@@ -146,20 +146,12 @@ class Objectives(nn.Module):
         return info_nce(z, z, positives, self.cfg.temperature, exclude_self=True)
 
     def forecast(self, out: ModelOutput, num_subjects: int) -> Tensor:
-        inst = out.instances
-        ctx, enc = out.pooled("context"), out.pooled("encoded").detach()
         # one row per (subject, event): mean context and mean encoder embedding of the event
-        eid = inst.subject * (int(inst.event.max()) + 2) + inst.event
-        uniq, group = torch.unique(eid, return_inverse=True)
-        n = len(uniq)
-        cnt = torch.zeros(n, device=ctx.device).index_add_(0, group, torch.ones_like(group, dtype=torch.float))
-        ev_ctx = torch.zeros(n, ctx.shape[1], device=ctx.device).index_add_(0, group, ctx) / cnt[:, None]
-        ev_enc = torch.zeros(n, enc.shape[1], device=ctx.device).index_add_(0, group, enc) / cnt[:, None]
-        ev_time = torch.zeros(n, device=ctx.device).index_add_(0, group, inst.time_days.float()) / cnt
-        stride = int(inst.event.max()) + 2
-        ev_subj = torch.div(uniq, stride, rounding_mode="floor")
-        nxt = torch.arange(1, n + 1, device=ctx.device).clamp(max=n - 1)  # uniq is sorted: next event of same subject
-        valid = (torch.arange(n, device=ctx.device) < n - 1) & (ev_subj[nxt] == ev_subj)
+        rows = event_rows(out, encoded=True)
+        ev_ctx, ev_enc, ev_time, ev_subj = rows.context, rows.encoded, rows.time, rows.subject
+        n = len(ev_time)
+        nxt = torch.arange(1, n + 1, device=ev_ctx.device).clamp(max=n - 1)  # rows are sorted: the next event
+        valid = (torch.arange(n, device=ev_ctx.device) < n - 1) & (ev_subj[nxt] == ev_subj)
         pred = self.forecast_head(ev_ctx[valid])  # run even when empty (see masked)
         if not valid.any():
             return pred.sum() * 0.0
@@ -199,26 +191,36 @@ class Objectives(nn.Module):
 
 @dataclass
 class EventRows:
-    """One row per (subject, event) of a batch: its subject, event index, time (days) and mean contextual
-    token."""
+    """One row per (subject, event) of a batch, in (subject, event) order: its subject, event index, time (days)
+    and mean contextual token (and mean encoder token, detached, where asked for)."""
 
     subject: Tensor
     event: Tensor
     time: Tensor
     context: Tensor
+    encoded: Tensor | None = None
 
 
-def event_rows(out: ModelOutput) -> EventRows:
+def event_rows(out: ModelOutput, encoded: bool = False) -> EventRows:
     inst = out.instances
     ctx = out.pooled("context")
     stride = int(inst.event.max()) + 2 if len(inst.event) else 1
     uniq, group = torch.unique(inst.subject * stride + inst.event, return_inverse=True)
     n = len(uniq)
     cnt = torch.zeros(n, device=ctx.device).index_add_(0, group, torch.ones_like(group, dtype=torch.float))
-    ev_ctx = torch.zeros(n, ctx.shape[1], device=ctx.device, dtype=ctx.dtype).index_add_(0, group, ctx)
-    ev_time = torch.zeros(n, device=ctx.device).index_add_(0, group, inst.time_days.float()) / cnt
+
+    def mean(x: Tensor) -> Tensor:
+        total = torch.zeros(n, *x.shape[1:], device=ctx.device).index_add_(0, group, x)
+        return total / cnt.view(-1, *[1] * (x.dim() - 1))
+
     subject = torch.div(uniq, stride, rounding_mode="floor")
-    return EventRows(subject, uniq - subject * stride, ev_time, ev_ctx / cnt[:, None].to(ctx.dtype))
+    return EventRows(
+        subject,
+        uniq - subject * stride,
+        mean(inst.time_days.float()),
+        mean(ctx),
+        mean(out.pooled("encoded").detach()) if encoded else None,
+    )
 
 
 def _first_per_group(groups: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from datamodules.builtin_cohort import DEMO_SECRET, demo_shards
+from datamodules.builtin_cohort import demo_build_config, demo_shards
 from datamodules.schema import MODALITIES, DataWarning
 from datamodules.shards import builder
 from datamodules.shards.builder import BuildConfig, build_shards
@@ -43,16 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def config(cohort: Path, out: Path, workers: int, **kw: Any) -> BuildConfig:
     """The demo cohort's build (as ``demo_shards`` makes it) into ``out``."""
-    return BuildConfig(
-        subjects=str(cohort / "subjects.csv"),
-        events=str(cohort / "events.csv"),
-        labels=str(cohort / "labels.csv"),
-        out=str(out),
-        secret=DEMO_SECRET,
-        workers=workers,
-        max_samples_per_shard=16,
-        **kw,
-    )
+    return demo_build_config(cohort, out, workers, **kw)
 
 
 def digests(root: Path) -> dict[str, str]:
