@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .schema import MODALITIES, DataError, Event, Label, Measurement, Spec, Timeline, dumps, validate_canonical
-from .shards.format import REBUILD, checksum, decode_array
+from .shards.format import REBUILD, cast_array, checksum, decode_array
 
 
 def decode_timeline(
@@ -48,7 +48,7 @@ def _meta(sample: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise DataError("not a JSON object", where=at, hint=REBUILD)
     crc = meta.pop("crc32", None)  # the checksum of the rest (written by omnimodal-shard since checksums)
-    if crc is not None and checksum(dumps(meta)) != crc:
+    if crc is not None and not _signed(sample["meta.json"], crc) and checksum(dumps(meta)) != crc:
         raise DataError("does not match its checksum: its bytes were changed", where=at, hint=REBUILD)
     if meta.get("key") != sample.get("__key__"):
         raise DataError(
@@ -61,6 +61,18 @@ def _meta(sample: dict[str, Any], where: str) -> dict[str, Any]:
     return meta
 
 
+def _signed(raw: bytes, crc: str) -> bool:
+    """Do the bytes of ``meta.json`` match its checksum as the builder wrote them (canonical JSON, whose first
+    key is ``crc32``)? Then the rest is those bytes less that key, and need not be written out again to be
+    checked; False for any other form (the caller then checks the re-encoded rest)."""
+    head = b'{"crc32":"'
+    return (
+        raw[: len(head)] == head
+        and raw[len(head) + 8 : len(head) + 10] == b'",'
+        and (checksum(b"{" + raw[len(head) + 10 :]) == crc and raw[len(head) : len(head) + 8] == crc.encode())
+    )
+
+
 def _timeline(
     meta: dict[str, Any],
     sample: dict[str, Any],
@@ -70,12 +82,13 @@ def _timeline(
     modalities: Sequence[str] | None,
 ) -> Timeline:
     inventory = meta.get("inventory") or {}
+    known = set(MODALITIES)
     events = []
     for ev in meta["events"]:
         ms = []
         for m in ev["measurements"]:
             modality = m["modality"]
-            if modality not in MODALITIES or (modality != "clinical" and modality not in specs):
+            if modality not in known or (modality != "clinical" and modality not in specs):
                 raise DataError(
                     f"unknown modality {modality!r}",
                     where=f"{where}, member meta.json",
@@ -120,21 +133,21 @@ def _member(
 ) -> np.ndarray:
     """One member's canonical array: its bytes match the checksum ``meta.json`` lists, it is a plain ``.npy``
     (never unpickled) stored as the spec's ``storage_dtype``, checked (shape, finiteness) only after that,
-    when the cast to ``spec.dtype`` is exact (float16 -> float32, or none)."""
+    when the cast to ``spec.dtype`` is exact (float16 -> float32, or none); the cast is its one copy."""
     if name not in sample:
         raise DataError("member listed in meta.json is missing from the shard", where=where, hint=REBUILD)
     if "crc32" in inventory and checksum(sample[name]) != inventory["crc32"]:
         raise DataError(
             "member does not match its checksum in meta.json: its bytes were changed", where=where, hint=REBUILD
         )
-    arr = decode_array(sample[name], where)
+    arr = decode_array(sample[name], where, copy=False)  # copied once below, by the cast (or copy)
     if arr.dtype != np.dtype(spec.storage_dtype):
         raise DataError(
             f"{modality} member is stored as {arr.dtype}, its spec stores {spec.storage_dtype}",
             where=where,
             hint=REBUILD,
         )
-    arr = arr.astype(spec.dtype, copy=False)
+    arr = cast_array(arr, spec.dtype)  # a copy: writable, owning its memory, not holding the tar's bytes alive
     if validate:
         validate_canonical(modality, spec, arr, where=where)
     return arr

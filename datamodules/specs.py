@@ -286,12 +286,10 @@ def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str 
         raise DataError(f"{modality} array is {type(array).__name__}, expected numpy.ndarray", where=where)
     full = spec.shape()
     shape = array.shape
-    ok = len(shape) == len(full)
-    if ok and spec.variable_axis is not None:
+    ok = shape == full  # the common case, without the per-axis loop
+    if not ok and len(shape) == len(full) and spec.variable_axis is not None:
         ax = spec.variable_axis
         ok = (1 <= shape[ax] <= full[ax]) and all(s == f for i, (s, f) in enumerate(zip(shape, full)) if i != ax)
-    elif ok:
-        ok = tuple(shape) == tuple(full)
     if not ok:
         raise DataError(
             f"{modality} array has shape {tuple(shape)}, expected {full}"
@@ -301,7 +299,7 @@ def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str 
         )
     if array.dtype != np.dtype(spec.dtype):
         raise DataError(f"{modality} array has dtype {array.dtype}, expected {spec.dtype}", where=where)
-    if array.dtype.kind == "f":
+    if array.dtype.kind == "f" and not (array.size and np.isfinite(array).all()):  # one pass when all finite
         bad = np.isinf(array).any() or (not spec.nan_is_missing and np.isnan(array).any())
         if bad:
             raise DataError(

@@ -109,24 +109,28 @@ def _load() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-def registry() -> dict[str, Modality]:
-    """Every declared modality by name, in declared order."""
+def _ordered() -> dict[str, Modality]:
     global _ORDERED
     _load()
     if _ORDERED is None:
         _ORDERED = dict(sorted(_REGISTRY.items(), key=lambda kv: (kv[1].order, kv[0])))
-    return dict(_ORDERED)
+    return _ORDERED
+
+
+def registry() -> dict[str, Modality]:
+    """Every declared modality by name, in declared order."""
+    return dict(_ordered())
 
 
 _NAMES: tuple[tuple[str, ...], dict[str, Modality] | None] = ((), None)
 
 
 def names() -> tuple[str, ...]:
-    """The declared modality names, in order."""
+    """The declared modality names, in order (no copy: the loader asks for them per measurement)."""
     global _NAMES
-    registry()
-    if _NAMES[1] is not _ORDERED:
-        _NAMES = (tuple(_ORDERED or ()), _ORDERED)
+    ordered = _ordered()
+    if _NAMES[1] is not ordered:
+        _NAMES = (tuple(ordered), ordered)
     return _NAMES[0]
 
 

@@ -17,12 +17,17 @@ import math
 import os
 import re
 import tarfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import torch
+
+try:  # ISA-L (python-isal): the same CRC-32 as zlib's, some ten times as fast (the loader checks every member)
+    from isal.isal_zlib import crc32
+except ImportError:  # a platform without its wheel
+    from zlib import crc32
 
 from ..schema import DataError
 
@@ -89,9 +94,10 @@ def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
     return dtype, shape, dtype.itemsize * math.prod(shape)
 
 
-def _decode_fast(data: bytes) -> np.ndarray | None:
+def _decode_fast(data: bytes | bytearray, copy: bool = True) -> np.ndarray | None:
     """A plain C-order numeric ``.npy`` array without ``np.load``'s header parsing (about 150 us a member);
-    None for anything else (other versions or headers, truncated data), left to ``np.load``."""
+    None for anything else (other versions or headers, truncated data), left to ``np.load``. ``copy=False``:
+    a read-only view of ``data`` (the caller copies it, as a cast does)."""
     if len(data) < 10 or data[:6] != _NPY_MAGIC or data[7] != 0:
         return None
     major = data[6]
@@ -101,20 +107,33 @@ def _decode_fast(data: bytes) -> np.ndarray | None:
         start, length = 12, int.from_bytes(data[8:12], "little")
     else:
         return None
-    parsed = _npy_header(data[start : start + length])
+    parsed = _npy_header(bytes(data[start : start + length]))
     if parsed is None:
         return None
     dtype, shape, nbytes = parsed
     offset = start + length
     if nbytes == 0 or len(data) - offset < nbytes:  # empty: np.load; short: its EOF error
         return None
+    view = np.frombuffer(data, dtype, nbytes // dtype.itemsize, offset).reshape(shape)
     # a copy, as np.load gives: writable, owning its memory, not holding the member's bytes alive
-    return np.frombuffer(data, dtype, nbytes // dtype.itemsize, offset).copy().reshape(shape)
+    return view.copy() if copy else view
 
 
-def decode_array(data: bytes, where: str = "") -> np.ndarray:
-    """A ``.npy`` member's array, never unpickled: a :class:`DataError` naming ``where`` if it is not one."""
-    arr = _decode_fast(data)
+def cast_array(array: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
+    """A new C-order copy of ``array`` as ``dtype``; float16 -> float32 through torch, whose vectorised
+    conversion is some twenty times NumPy's (the loader's largest cost per sample without it)."""
+    out = np.empty(array.shape, dtype)
+    if array.dtype == np.float16 and out.dtype == np.float32 and array.flags.writeable:
+        torch.from_numpy(out).copy_(torch.from_numpy(array))
+    else:
+        np.copyto(out, array, casting="unsafe")
+    return out
+
+
+def decode_array(data: bytes | bytearray, where: str = "", copy: bool = True) -> np.ndarray:
+    """A ``.npy`` member's array, never unpickled: a :class:`DataError` naming ``where`` if it is not one.
+    ``copy=False`` may give a read-only view of ``data``."""
+    arr = _decode_fast(data, copy)
     if arr is not None:
         return arr
     try:
@@ -135,7 +154,7 @@ def decode_array(data: bytes, where: str = "") -> np.ndarray:
 
 def checksum(data: bytes) -> str:
     """CRC-32 of a member's bytes as 8 hex digits: what ``meta.json`` records for each member (and itself)."""
-    return f"{zlib.crc32(data):08x}"
+    return f"{crc32(data):08x}"
 
 
 class TarShardWriter:
@@ -291,30 +310,51 @@ def verify_shards(root: str | os.PathLike, index: dict[str, Any] | None = None) 
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading a shard: tarfile ends an archive silently at a corrupt header, so the reader checks that
-# nothing but the end-of-archive zeros follows the last member.
+# Reading a shard (:func:`tar_samples`): every header's checksum is checked, and nothing but the
+# end-of-archive zeros may follow the last member.
 
 
 def tar_samples(path: str | os.PathLike, stream: BinaryIO | None = None) -> Iterator[dict[str, Any]]:
     """The samples of one shard in file order, ``{"__key__": KEY, "__url__": path, SUFFIX: bytes, ...}``;
     read from ``stream`` when given (a remote shard: ``path`` is its URL), else from the file ``path``.
 
-    A :class:`DataError` naming the shard (and member) for unreadable tar data, a member that is not a
-    ``KEY.SUFFIX`` file, a key seen twice, or anything but zeros after the last member; the sample cut
-    short by such damage is not yielded."""
+    A :class:`DataError` naming the shard (and member) for unreadable tar data (a header whose checksum fails,
+    a member cut short), a member that is not a ``KEY.SUFFIX`` regular file, a key seen twice, or anything but
+    zeros after the last member; the sample cut short by such damage is not yielded.
+
+    The shards are the ustar archives :class:`TarShardWriter` writes, so this reads ustar headers itself, a
+    few microseconds a member where ``tarfile`` takes some thirty (the loader's largest cost per sample once
+    batches cross from workers in one buffer; ``scripts/bench/feed.py``): the same checks, the same errors."""
     name = Path(path).name
     with open(path, "rb") if stream is None else contextlib.nullcontext(stream) as f:
-        try:
-            tar = tarfile.open(fileobj=f, mode="r:")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"unreadable tar data ({exc})", where=name, hint=REBUILD) from None
         sample: dict[str, Any] | None = None
         seen: set[str] = set()
-        while (info := _next_member(tar, name)) is not None:
-            key, dot, suffix = info.name.partition(".")
-            if not info.isreg() or not key or not dot or "/" in info.name:
-                raise DataError(f"member {info.name!r} is not a KEY.SUFFIX file", where=name, hint=REBUILD)
-            data = _read_member(tar, info, name)
+        offset = 0
+        while True:
+            header = _read(f, _BLOCK, name)
+            member = _member_header(header, offset, name, sample)
+            if member is None:  # a zero block: the end-of-archive marker, then nothing but zeros
+                rest = header + _read(f, -1, name)
+                if len(rest) < 2 * _BLOCK or rest.count(0) != len(rest):
+                    after = f" after key {sample['__key__']}" if sample else ""
+                    what = (
+                        "ends without the end-of-archive marker (truncated)"
+                        if not rest.strip(b"\0")
+                        else f"has unreadable data at byte {offset} (a corrupt tar header)"
+                    )
+                    raise DataError(f"{what}{after}", where=name, hint=REBUILD)
+                break
+            member_name, size = member
+            key, dot, suffix = member_name.partition(".")
+            if not key or not dot or "/" in member_name:
+                raise DataError(f"member {member_name!r} is not a KEY.SUFFIX file", where=name, hint=REBUILD)
+            data = _read_into(f, size, name)
+            if len(data) != size:
+                raise DataError(f"member {member_name!r} is cut short", where=name, hint=REBUILD)
+            pad = -size % _BLOCK
+            if pad and len(_read(f, pad, name)) != pad:
+                raise DataError(f"member {member_name!r} is cut short", where=name, hint=REBUILD)
+            offset += _BLOCK + size + pad
             if sample is not None and key != sample["__key__"]:
                 yield sample
                 sample = None
@@ -324,36 +364,73 @@ def tar_samples(path: str | os.PathLike, stream: BinaryIO | None = None) -> Iter
                 seen.add(key)
                 sample = {"__key__": key, "__url__": str(path)}
             elif suffix in sample:
-                raise DataError(f"member {info.name!r} appears twice", where=name, hint=REBUILD)
+                raise DataError(f"member {member_name!r} appears twice", where=name, hint=REBUILD)
             sample[suffix] = data
-        f.seek(tar.offset)
-        rest = f.read()
-        if len(rest) < 2 * tarfile.BLOCKSIZE or rest.count(0) != len(rest):
-            what = (
-                "ends without the end-of-archive marker (truncated)"
-                if not rest.strip(b"\0")
-                else f"has unreadable data at byte {tar.offset} (a corrupt tar header)"
-            )
-            after = f" after key {sample['__key__']}" if sample else ""
-            raise DataError(f"{what}{after}", where=name, hint=REBUILD)
         if sample is not None:
             yield sample
 
 
-def _next_member(tar: tarfile.TarFile, name: str) -> tarfile.TarInfo | None:
-    try:
-        info = tar.next()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"unreadable tar data at byte {tar.offset} ({exc})", where=name, hint=REBUILD) from None
-    tar.members = []  # a shard is read once, in order: keep no member list
-    return info
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+_REGULAR = (b"0", b"\0")  # ustar type flags of a regular file (and the pre-POSIX one)
 
 
-def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> bytes:
+def _read(f: BinaryIO, n: int, name: str) -> bytes:
     try:
-        data = tar.extractfile(info).read()  # type: ignore[union-attr] - a regular file
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"member {info.name!r} cannot be read ({exc})", where=name, hint=REBUILD) from None
-    if len(data) != info.size:
-        raise DataError(f"member {info.name!r} is cut short", where=name, hint=REBUILD)
-    return data
+        return f.read(n)
+    except OSError as exc:
+        raise DataError(f"unreadable tar data ({exc})", where=name, hint=REBUILD) from None
+
+
+def _read_into(f: BinaryIO, n: int, name: str) -> bytearray:
+    """``n`` bytes (fewer at the end of the data) into a new writable buffer: arrays decoded from it are
+    writable views, which torch converts without a copy (:func:`cast_array`)."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    try:
+        while got < n and (k := f.readinto(view[got:])):  # a network stream may fill it in parts
+            got += k
+    except OSError as exc:
+        raise DataError(f"unreadable tar data ({exc})", where=name, hint=REBUILD) from None
+    finally:
+        view.release()
+    if got < n:
+        del buf[got:]
+    return buf
+
+
+def _member_header(header: bytes, offset: int, name: str, sample: dict[str, Any] | None) -> tuple[str, int] | None:
+    """``(member name, size)`` of the ustar header at ``offset``; None for a zero block (or a short read: the
+    caller's end check names it). A header that fails its checksum or is not a plain file is an error."""
+    if len(header) < _BLOCK or header == _ZERO_BLOCK:
+        return None
+    after = f" after key {sample['__key__']}" if sample else ""
+    corrupt = DataError(f"has unreadable data at byte {offset} (a corrupt tar header){after}", where=name, hint=REBUILD)
+    try:
+        stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
+    except ValueError:
+        raise corrupt from None
+    unsigned = sum(header[:148]) + 256 + sum(header[156:])  # the checksum field counts as eight spaces
+    if stored != unsigned:  # some writers sum the bytes as signed chars
+        high = sum(b >= 128 for b in header[:148]) + sum(b >= 128 for b in header[156:])
+        if stored != unsigned - 256 * high:
+            raise corrupt
+    member = header[:100].split(b"\0", 1)[0]
+    if header[257:262] == b"ustar" and header[345] != 0:
+        member = header[345:500].split(b"\0", 1)[0] + b"/" + member
+    try:
+        member_name = member.decode()
+        size = _tar_number(header[124:136])
+    except (ValueError, UnicodeDecodeError):
+        raise corrupt from None
+    if header[156:157] not in _REGULAR:
+        raise DataError(f"member {member_name!r} is not a KEY.SUFFIX file", where=name, hint=REBUILD)
+    return member_name, size
+
+
+def _tar_number(field: bytes) -> int:
+    """A tar header number: octal digits, or GNU base-256 (first byte 0x80)."""
+    if field[0] == 0x80:
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip()
+    return int(digits, 8) if digits else 0

@@ -167,7 +167,7 @@ def stages(root: Path, s: dict[str, int], repeats: int) -> dict[str, Any]:
         per[m] = {"decode_ms": t - t_base, "collate_ms": c - c_base, "decoded_mb": mb / 2**20}
     ms = 1e3 / n
     per = {m: {k: v * (ms if k.endswith("_ms") else 1 / n) for k, v in d.items()} for m, d in per.items()}
-    stored = sum(len(v) for x in raw for v in x.values() if isinstance(v, bytes))
+    stored = sum(len(v) for x in raw for v in x.values() if isinstance(v, (bytes, bytearray)))
     return {
         "samples": n,
         "stored_mb_per_sample": stored / n / 2**20,
