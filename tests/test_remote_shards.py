@@ -13,8 +13,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import train_config
 from shard_edit import copy_shards
 from test_train import StopAt, _losses
@@ -204,3 +206,35 @@ def test_a_server_that_is_down_or_a_failing_command_says_so(tmp_path: Path, monk
     with pytest.raises(DataError, match=r"https://host/shards: the URL holds credentials") as err:
         ShardDataset("https://user:secret@host/shards", "train")
     assert "secret" not in str(err.value)
+
+
+def test_finetune_and_eval_from_a_server_match_the_local(release_dir: Path, shards: Path, tmp_path: Path) -> None:
+    """omnimodal-finetune and omnimodal-eval read ``data.root`` / ``--data`` from a URL like pretraining: the same
+    steps' weights and the same evaluation as from the local folder; the report names the URL."""
+    from test_finetune import finetune_config
+
+    from omnimodal.downstream.run import build as build_finetune
+    from omnimodal.evaluation.report import evaluate, write_report
+
+    def fit(root: Path | str, run: Path):
+        cfg = finetune_config(
+            release_dir, root, run, "mode=frozen", "head=survival", "landmark.eval_days=30",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        )  # fmt: skip
+        task, dm, trainer = build_finetune(cfg)
+        trainer.fit(task, datamodule=dm)
+        assert trainer.global_step == 2
+        return task.eval()
+
+    local = fit(shards, tmp_path / "local")
+    with serve(shards) as url:
+        remote = fit(url, tmp_path / "remote")
+        for k, v in local.state_dict().items():
+            assert torch.equal(v, remote.state_dict()[k]), k
+        rep = evaluate(remote, "frozen", url, "train", n_boot=20, ablation=False, landmark_days=30)
+        text = write_report([rep], tmp_path / "report", "train").read_text()
+    ref = evaluate(local, "frozen", shards, "train", n_boot=20, ablation=False, landmark_days=30)
+    assert len(rep.predictions) == len(ref.predictions) >= 10
+    assert np.array_equal(rep.predictions.risk, ref.predictions.risk)
+    assert rep.metrics["survival"]["c_index"].value == ref.metrics["survival"]["c_index"].value
+    assert url in text  # TRIPOD 5a: the data source is the server's folder

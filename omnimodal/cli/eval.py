@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
         "TRIPOD+AI items it fills), ROC / calibration / modality-ablation PNGs, metrics.json.",
     )
     p.add_argument("checkpoints", nargs="+", help="omnimodal-finetune checkpoint(s)")
-    p.add_argument("--data", required=True, help="shard folder of the cohort to evaluate on")
+    p.add_argument("--data", required=True, help="shard folder of the cohort to evaluate on, or its URL (as data.root)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--names", help="comma-separated model names for the report (default: the checkpoints' file names)")
     p.add_argument("--out", default="eval_report", help="report folder (default: eval_report)")

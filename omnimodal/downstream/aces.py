@@ -37,7 +37,8 @@ from torch.utils.data import IterableDataset
 from datamodules.loader import ShardDataset, _seed
 from datamodules.meds import BIRTH, is_code, subject_ids  # the builder's own MEDS rules (ids, birth)
 from datamodules.schema import DataError, Timeline
-from datamodules.shards.format import SECRET_ENV, load_index, resolve_secret, subject_key
+from datamodules.shards.format import SECRET_ENV, resolve_secret, subject_key
+from datamodules.shards.store import read_index
 
 from ..infra.config_check import ConfigError
 from .landmarks import LandmarkConfig, LandmarkData, at_landmark
@@ -193,7 +194,7 @@ def shard_axes(root: str | Path) -> dict[str, tuple[str, float]]:
     """Per shard key: (split, offset) with ``offset = age - time since the first event`` in days.
     Reads meta.json only (the arrays are checked when training reads them)."""
     out = {}
-    for split in load_index(root)["splits"]:
+    for split in read_index(root)["splits"]:
         ds = ShardDataset(root, split, shuffle=False, validate=False)
         for sample in ds.raw_samples(0):
             meta = json.loads(sample["meta.json"])
@@ -213,7 +214,7 @@ def match(
     """ACES labels -> prediction times on the shards' time axis, per split and key (see the module docstring)."""
     secret = _secret()
     axes = shard_axes(root)
-    out = AcesLandmarks({split: {} for split in load_index(root)["splits"]}, n_labels=len(labels))
+    out = AcesLandmarks({split: {} for split in read_index(root)["splits"]}, n_labels=len(labels))
     keys: dict[int, str] = {}
     for sid, t, y in labels.iter_rows():
         key = keys.setdefault(sid, subject_key(names.get(sid, str(sid)), secret))

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.loader import CropConfig, ShardDataset, _seed, crop_timeline
 from datamodules.schema import Event, OmniBatch, Timeline
+from datamodules.shards.store import shard_root
 
 from ..release import Preprocessing
 from .heads import HeadConfig, target
@@ -151,7 +152,8 @@ class LandmarkData(L.LightningDataModule):
         shuffle_buffer: int = 64,
     ) -> None:
         super().__init__()
-        self.root, self.prep, self.head, self.lm = Path(root), prep, head, landmark
+        # a local folder as a Path, a URL or pipe: command as it is (datamodules.shards.store)
+        self.root, self.prep, self.head, self.lm = shard_root(root), prep, head, landmark
         self.batch_size, self.num_workers, self.seed, self.modalities = batch_size, num_workers, seed, modalities
         self.shuffle_buffer = shuffle_buffer
         probe = ShardDataset(self.root, "train", shuffle=False)

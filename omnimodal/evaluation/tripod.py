@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.schema import Timeline
-from datamodules.shards.format import load_index
+from datamodules.shards.store import is_remote, read_index, shown_url
 
 #: (item, topic) that the report fills, in checklist order; what it fills is said in :func:`checklist`
 FILLED = (
@@ -62,19 +62,20 @@ TO_WRITE = (
 
 
 def data_source(root: str | Path) -> dict[str, Any]:
-    """The shard folder, its ``index.json`` (schema version, specs per modality, samples per split) and, when the
-    build's ``report.json`` sits beside the shards, what the build took in and left out (counts, never keys)."""
-    root = Path(root)
-    index = load_index(root)
+    """The shard folder (or its URL), its ``index.json`` (schema version, specs per modality, samples per split)
+    and, when the build's ``report.json`` sits beside local shards, what the build took in and left out (counts,
+    never keys)."""
+    remote = is_remote(root)
+    index = read_index(root)
     out: dict[str, Any] = {
-        "folder": str(root.resolve()),
+        "folder": shown_url(str(root)) if remote else str(Path(root).resolve()),
         "schema_version": index.get("schema_version"),
         "specs": index.get("specs", {}),
         "samples": {s: v.get("samples") for s, v in index.get("splits", {}).items()},
         "build_report": None,
     }
-    report = root / "report.json"
-    if report.is_file():
+    report = None if remote else Path(root) / "report.json"  # a server's folder: its build report is not fetched
+    if report is not None and report.is_file():
         try:
             b = json.loads(report.read_text())
         except json.JSONDecodeError as err:
