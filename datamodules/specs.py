@@ -299,14 +299,17 @@ def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str 
         )
     if array.dtype != np.dtype(spec.dtype):
         raise DataError(f"{modality} array has dtype {array.dtype}, expected {spec.dtype}", where=where)
-    if array.dtype.kind == "f" and not (array.size and np.isfinite(array).all()):  # one pass when all finite
-        bad = np.isinf(array).any() or (not spec.nan_is_missing and np.isnan(array).any())
-        if bad:
-            raise DataError(
-                f"{modality} array holds NaN or Inf values",
-                where=where,
-                hint="fix or drop the recording; only missing entries of ecg/wearable/omics may be NaN",
-            )
-        if spec.nan_is_missing and np.isnan(array).all():
-            raise DataError(f"{modality} array holds no observed value (all missing)", where=where)
+    if array.dtype.kind != "f":
+        return array
+    finite = np.isfinite(array)
+    if finite.all() and (array.size or not spec.nan_is_missing):  # the common case: one pass
+        return array
+    if not spec.nan_is_missing or np.isinf(array).any():
+        raise DataError(
+            f"{modality} array holds NaN or Inf values",
+            where=where,
+            hint="fix or drop the recording; only missing entries of ecg/wearable/omics may be NaN",
+        )
+    if not finite.any():  # no Inf, so every entry is NaN
+        raise DataError(f"{modality} array holds no observed value (all missing)", where=where)
     return array

@@ -410,7 +410,7 @@ def _member_header(header: bytes, offset: int, name: str, sample: dict[str, Any]
         stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
     except ValueError:
         raise corrupt from None
-    unsigned = sum(header[:148]) + 256 + sum(header[156:])  # the checksum field counts as eight spaces
+    unsigned = sum(header) - sum(header[148:156]) + 256  # the checksum field counts as eight spaces
     if stored != unsigned:  # some writers sum the bytes as signed chars
         high = sum(b >= 128 for b in header[:148]) + sum(b >= 128 for b in header[156:])
         if stored != unsigned - 256 * high:
