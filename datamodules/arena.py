@@ -50,7 +50,6 @@ class Pool:
         self.flags = torch.zeros(slots, dtype=torch.uint8).share_memory_()
         self.arenas: list[torch.Tensor | None] = [None] * slots
         self.size = 0  # bytes of the largest batch seen
-        self.reused = self.made = self.one_off = self.spilled = 0  # counts, for the feed benchmark
 
     def acquire(self) -> tuple[int, torch.Tensor | None]:
         """A free arena of at least the largest batch's size: ``(slot, buffer)``; ``(-1, buffer)`` for a
@@ -63,15 +62,12 @@ class Pool:
             if arena is not None and flags[slot] == 1:
                 flags[slot] = 0
                 if arena.numel() >= self.size:
-                    self.reused += 1
                     return slot, arena
                 self.arenas[slot] = None  # too small for today's batches: its slot gets a larger one
         for slot, arena in enumerate(self.arenas):
             if arena is None:
                 self.arenas[slot] = shared_empty(want)
-                self.made += 1
                 return slot, self.arenas[slot]
-        self.one_off += 1
         return -1, shared_empty(want)
 
 
@@ -89,19 +85,19 @@ class Allocator:
 
     def empty(self, shape: tuple[int, ...], dtype: str | np.dtype) -> tuple[torch.Tensor, np.ndarray]:
         """An uninitialised tensor and a NumPy view of it to fill."""
-        dt = np.dtype(dtype)
-        nbytes = math.prod(shape) * dt.itemsize
+        empty = np.empty(0 if self.pool is not None else shape, dtype=dtype)
         if self.pool is None:
-            t = torch.from_numpy(np.empty(shape, dtype=dt))
-            return t, t.numpy()
+            t = torch.from_numpy(empty)
+            return t, empty
+        nbytes = math.prod(shape) * empty.itemsize
         start = math.ceil(self.used / ALIGN) * ALIGN
         self.need = math.ceil(self.need / ALIGN) * ALIGN + nbytes
         if self.buffer is not None and start + nbytes <= self.buffer.numel():
             self.used = start + nbytes
-            t = self.buffer[start : start + nbytes].view(torch.from_numpy(np.empty(0, dt)).dtype).view(shape)
+            raw = self.buffer[start : start + nbytes]
         else:  # no arena yet, or it is full: this tensor alone, in shared memory
-            self.pool.spilled += 1
-            t = shared_empty(nbytes).view(torch.from_numpy(np.empty(0, dt)).dtype).view(shape)
+            raw = shared_empty(nbytes)
+        t = raw.view(torch.from_numpy(empty).dtype).view(shape)
         return t, t.numpy()
 
     def tensor(self, values: Any, dtype: str | np.dtype) -> torch.Tensor:

@@ -80,12 +80,12 @@ class Collator:
 
 
 def stack_instances(
-    arrays: Sequence[np.ndarray], spec: Spec, alloc: arena.Allocator | None = None
+    arrays: Sequence[np.ndarray], spec: Spec, alloc: arena.Allocator
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Canonical arrays of one modality -> ``data [N, *spec.shape()]`` and its mask (or None). Each output is
     written once, in place, where ``alloc`` makes it (:class:`~datamodules.arena.Allocator`: in a DataLoader
     worker, straight into the batch's shared arena)."""
-    batch_tensor = (alloc or arena.Allocator()).empty
+    batch_tensor = alloc.empty
     full = (len(arrays), *spec.shape())
     data, out = batch_tensor(full, spec.dtype)
     if spec.variable_axis is not None:

@@ -97,7 +97,7 @@ def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
 def _decode_fast(data: bytes | bytearray, copy: bool = True) -> np.ndarray | None:
     """A plain C-order numeric ``.npy`` array without ``np.load``'s header parsing (about 150 us a member);
     None for anything else (other versions or headers, truncated data), left to ``np.load``. ``copy=False``:
-    a read-only view of ``data`` (the caller copies it, as a cast does)."""
+    a view of ``data`` (read-only for ``bytes``; the caller copies it, as a cast does)."""
     if len(data) < 10 or data[:6] != _NPY_MAGIC or data[7] != 0:
         return None
     major = data[6]
@@ -336,13 +336,12 @@ def tar_samples(path: str | os.PathLike, stream: BinaryIO | None = None) -> Iter
             if member is None:  # a zero block: the end-of-archive marker, then nothing but zeros
                 rest = header + _read(f, -1, name)
                 if len(rest) < 2 * _BLOCK or rest.count(0) != len(rest):
+                    if rest.strip(b"\0"):
+                        raise _corrupt(offset, name, sample)
                     after = f" after key {sample['__key__']}" if sample else ""
-                    what = (
-                        "ends without the end-of-archive marker (truncated)"
-                        if not rest.strip(b"\0")
-                        else f"has unreadable data at byte {offset} (a corrupt tar header)"
+                    raise DataError(
+                        f"ends without the end-of-archive marker (truncated){after}", where=name, hint=REBUILD
                     )
-                    raise DataError(f"{what}{after}", where=name, hint=REBUILD)
                 break
             member_name, size = member
             key, dot, suffix = member_name.partition(".")
@@ -404,17 +403,15 @@ def _member_header(header: bytes, offset: int, name: str, sample: dict[str, Any]
     caller's end check names it). A header that fails its checksum or is not a plain file is an error."""
     if len(header) < _BLOCK or header == _ZERO_BLOCK:
         return None
-    after = f" after key {sample['__key__']}" if sample else ""
-    corrupt = DataError(f"has unreadable data at byte {offset} (a corrupt tar header){after}", where=name, hint=REBUILD)
     try:
         stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
     except ValueError:
-        raise corrupt from None
+        raise _corrupt(offset, name, sample) from None
     unsigned = sum(header) - sum(header[148:156]) + 256  # the checksum field counts as eight spaces
     if stored != unsigned:  # some writers sum the bytes as signed chars
         high = sum(b >= 128 for b in header[:148]) + sum(b >= 128 for b in header[156:])
         if stored != unsigned - 256 * high:
-            raise corrupt
+            raise _corrupt(offset, name, sample)
     member = header[:100].split(b"\0", 1)[0]
     if header[257:262] == b"ustar" and header[345] != 0:
         member = header[345:500].split(b"\0", 1)[0] + b"/" + member
@@ -422,10 +419,15 @@ def _member_header(header: bytes, offset: int, name: str, sample: dict[str, Any]
         member_name = member.decode()
         size = _tar_number(header[124:136])
     except (ValueError, UnicodeDecodeError):
-        raise corrupt from None
+        raise _corrupt(offset, name, sample) from None
     if header[156:157] not in _REGULAR:
         raise DataError(f"member {member_name!r} is not a KEY.SUFFIX file", where=name, hint=REBUILD)
     return member_name, size
+
+
+def _corrupt(offset: int, name: str, sample: dict[str, Any] | None) -> DataError:
+    after = f" after key {sample['__key__']}" if sample else ""
+    return DataError(f"has unreadable data at byte {offset} (a corrupt tar header){after}", where=name, hint=REBUILD)
 
 
 def _tar_number(field: bytes) -> int:
