@@ -24,13 +24,13 @@ def cache_dir() -> Path:
 
 def cohort_fingerprint(interventions: InterventionConfig | None = None) -> str:
     """What the demo cohort's files and shards depend on besides (n, seed): the generator version and its render
-    parameters, every declared modality with its spec and visit rate, and the builder's window policies; with
-    ``interventions`` (an ``InterventionConfig``), that too (without, the key is what it always was). A change
-    (a new modality, say) builds a new cached cohort."""
+    parameters, the shards' schema version, every declared modality with its spec and visit rate, and the
+    builder's window policies; with ``interventions`` (an ``InterventionConfig``), that too. A change (a new
+    modality, say) builds a new cached cohort."""
     import dataclasses  # noqa: PLC0415
     import hashlib  # noqa: PLC0415
 
-    from .schema import default_specs, dumps, specs_to_json  # noqa: PLC0415
+    from .schema import SCHEMA_VERSION, default_specs, dumps, specs_to_json  # noqa: PLC0415
     from .shards.builder import BuildConfig, window_policies  # noqa: PLC0415
     from .synthetic.cohort import render_parameters  # noqa: PLC0415
     from .synthetic.state import GENERATOR_VERSION, visit_rates  # noqa: PLC0415
@@ -38,6 +38,7 @@ def cohort_fingerprint(interventions: InterventionConfig | None = None) -> str:
     specs = default_specs()
     key = {
         "generator": GENERATOR_VERSION,
+        "schema": SCHEMA_VERSION,
         "render": render_parameters(),
         "specs": specs_to_json(specs),
         "visit_rates": visit_rates(),

@@ -5,13 +5,15 @@ sample is unpickled."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .schema import MODALITIES, DataError, Event, Label, Measurement, Spec, Timeline, dumps, validate_canonical
-from .shards.format import REBUILD, cast_array, checksum, decode_array
+from .shards.format import REBUILD, cast_array, checksum, decode_array, member_name
+from .specs import shape_expected, shape_fits
 
 
 def decode_timeline(
@@ -21,11 +23,11 @@ def decode_timeline(
     validate: bool = True,
     modalities: Sequence[str] | None = None,
 ) -> Timeline:
-    """Raw shard sample (``{"meta.json": bytes, "e0000.ecg.npy": bytes, ...}``) -> Timeline.
+    """Raw shard sample (``{"meta.json": bytes, "ecg.npy": bytes, ...}``) -> Timeline.
 
     ``meta.json`` must match its checksum and the sample's key and list every member; each member must
-    match its checksum and is checked before use (:func:`_member`). ``modalities``: keep (and decode) only
-    these; events left empty are dropped."""
+    match its checksum and is checked before use (:func:`_member`), and each measurement of it too
+    (:class:`_Packed`). ``modalities``: keep (and decode) only these; events left empty are dropped."""
     meta = _meta(sample, where)
     try:
         return _timeline(meta, sample, specs, where, validate, modalities)
@@ -83,6 +85,7 @@ def _timeline(
 ) -> Timeline:
     inventory = meta.get("inventory") or {}
     known = set(MODALITIES)
+    packed: dict[str, _Packed] = {}
     events = []
     for ev in meta["events"]:
         ms = []
@@ -103,23 +106,14 @@ def _timeline(
                     )
                 )
                 continue
-            name = m["member"]
-            ms.append(
-                Measurement(
-                    modality,
-                    _member(
-                        sample,
-                        name,
-                        modality,
-                        specs[modality],
-                        inventory.get(name) or {},
-                        f"{where}, member {name}",
-                        validate,
-                    ),
-                )
-            )
+            p = packed.get(modality)
+            if p is None:
+                p = packed[modality] = _Packed(sample, modality, specs[modality], inventory, where, validate)
+            ms.append(Measurement(modality, p.take(m["offset"], m["shape"], len(events))))
         if ms:
             events.append(Event(float(ev["time_days"]), float(ev["age_days"]), ms))
+    for p in packed.values():
+        p.finish()
     static = {k: float("nan") if v is None else float(v) for k, v in meta.get("static", {}).items()}
     labels = {
         k: Label(float(v["value"]), float("nan") if v["time_days"] is None else float(v["time_days"]))
@@ -128,26 +122,113 @@ def _timeline(
     return Timeline(str(meta["key"]), static, events, labels)
 
 
+class _Packed:
+    """A sample's member of one modality (:func:`~datamodules.shards.format.member_name`), checked and cast once,
+    handed out measurement by measurement: each is a view of it at the ``offset`` and ``shape`` that
+    ``meta.json`` gives, in order, end to end: a gap, an overlap or values left over are a :class:`DataError`.
+
+    Values are checked for the whole member at once: all finite (the common case), or NaN where the spec lets
+    entries be missing, each measurement then holding an observed value (one ``reduceat``, in :meth:`finish`).
+    Only a member with a value no measurement may hold (Inf, or NaN where none may be missing) is checked
+    measurement by measurement, so that the error names the one that holds it."""
+
+    def __init__(
+        self, sample: dict[str, Any], modality: str, spec: Spec, inventory: dict[str, Any], where: str, validate: bool
+    ) -> None:
+        self.name = member_name(modality)
+        self.where = f"{where}, member {self.name}"
+        self.modality, self.spec, self.validate = modality, spec, validate
+        self.flat = _member(sample, self.name, modality, spec, inventory.get(self.name) or {}, self.where)
+        if self.flat.ndim != 1:
+            raise DataError(
+                f"member has shape {self.flat.shape}, expected a flat array", where=self.where, hint=REBUILD
+            )
+        self.full = spec.shape()
+        self.full_size = math.prod(self.full)
+        self.used = 0
+        self.missing: np.ndarray | None = None  # finiteness per value, kept where NaN marks missing entries
+        self.starts: list[tuple[int, int]] = []  # (offset, event) of each measurement, then
+        self.each = False  # values checked measurement by measurement
+        if validate and self.flat.dtype.kind == "f":
+            finite = np.isfinite(self.flat)
+            if not finite.all():
+                if spec.nan_is_missing and not np.isinf(self.flat).any():
+                    self.missing = finite
+                else:
+                    self.each = True
+
+    def _at(self, offset: Any, event: int) -> str:
+        return f"{self.where}, measurement at offset {offset} (event {event})"
+
+    def take(self, offset: Any, shape: Any, event: int) -> np.ndarray:
+        dims = tuple(shape) if isinstance(shape, list) else None
+        if dims == self.full:  # the common case: the spec's full shape
+            size = self.full_size
+        else:
+            if dims is None or not all(type(d) is int and d >= 0 for d in dims):
+                raise DataError(
+                    f"meta.json gives shape {shape!r}, not a list of sizes", where=self._at(offset, event), hint=REBUILD
+                )
+            if not shape_fits(self.spec, dims):
+                raise DataError(
+                    f"meta.json gives a {self.modality} measurement shape {shape}, expected "
+                    f"{shape_expected(self.spec)}",
+                    where=self._at(offset, event),
+                    hint=REBUILD,
+                )
+            size = math.prod(dims)
+        end = self.used + size
+        if type(offset) is not int or offset != self.used or end > self.flat.size:
+            raise DataError(
+                f"meta.json places a measurement of {size} values at offset {offset!r}; the member's next value is "
+                f"{self.used} of {self.flat.size}",
+                where=self._at(offset, event),
+                hint=REBUILD,
+            )
+        arr = self.flat[offset:end].reshape(dims)
+        self.used = end
+        if self.each:
+            validate_canonical(self.modality, self.spec, arr, where=self._at(offset, event))
+        elif self.missing is not None:
+            self.starts.append((offset, event))
+        return arr
+
+    def finish(self) -> None:
+        if self.used != self.flat.size:
+            raise DataError(
+                f"member holds {self.flat.size} values, its measurements in meta.json {self.used}",
+                where=self.where,
+                hint=REBUILD,
+            )
+        if self.starts:
+            observed = np.logical_or.reduceat(self.missing, [o for o, _ in self.starts])
+            if not observed.all():
+                offset, event = self.starts[int(np.argmin(observed))]
+                raise DataError(
+                    f"{self.modality} array holds no observed value (all missing)", where=self._at(offset, event)
+                )
+
+
 def _member(
-    sample: dict[str, Any], name: str, modality: str, spec: Spec, inventory: dict[str, Any], where: str, validate: bool
+    sample: dict[str, Any], name: str, modality: str, spec: Spec, inventory: dict[str, Any], where: str
 ) -> np.ndarray:
-    """One member's canonical array: its bytes match the checksum ``meta.json`` lists, it is a plain ``.npy``
-    (never unpickled) stored as the spec's ``storage_dtype``, checked (shape, finiteness) only after that,
-    when the cast to ``spec.dtype`` is exact (float16 -> float32, or none); the cast is its one copy."""
+    """One member's array: its bytes match the checksum ``meta.json`` lists, it is a plain ``.npy`` (never
+    unpickled) stored as the spec's ``storage_dtype``, cast to ``spec.dtype`` (float16 -> float32: its one
+    copy), or a view of the member's own buffer where it is stored as ``spec.dtype``."""
     if name not in sample:
         raise DataError("member listed in meta.json is missing from the shard", where=where, hint=REBUILD)
     if "crc32" in inventory and checksum(sample[name]) != inventory["crc32"]:
         raise DataError(
             "member does not match its checksum in meta.json: its bytes were changed", where=where, hint=REBUILD
         )
-    arr = decode_array(sample[name], where, copy=False)  # copied once below, by the cast (or copy)
+    data = sample[name]
+    arr = decode_array(data, where, copy=False)  # a view of the member's bytes; cast (or copied) below
     if arr.dtype != np.dtype(spec.storage_dtype):
         raise DataError(
             f"{modality} member is stored as {arr.dtype}, its spec stores {spec.storage_dtype}",
             where=where,
             hint=REBUILD,
         )
-    arr = cast_array(arr, spec.dtype)  # a copy: writable, owning its memory, not holding the tar's bytes alive
-    if validate:
-        validate_canonical(modality, spec, arr, where=where)
-    return arr
+    if arr.dtype == np.dtype(spec.dtype) and isinstance(data, bytearray):
+        return arr  # a view of the member's own buffer (the tar reader's, one per member, writable): no copy
+    return cast_array(arr, spec.dtype)  # a copy: writable, owning its memory

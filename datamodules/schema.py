@@ -61,7 +61,7 @@ from .specs import (  # noqa: F401 - specs, errors, checks
     validate_canonical,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one member per modality and sample (1: one per measurement)
 
 
 class _Modalities(Sequence[str]):

@@ -277,29 +277,45 @@ def specs_from_json(d: Mapping[str, Any]) -> dict[str, Spec]:
     return out
 
 
-def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str = "") -> np.ndarray:
-    """Check one canonical array against its spec (shape, dtype, finiteness); return it.
+def shape_fits(spec: Spec, shape: tuple[int, ...]) -> bool:
+    """Is ``shape`` a canonical shape of ``spec`` (its ``variable_axis``, if any, 1 up to its full length)?"""
+    full = spec.shape()
+    if shape == full:  # the common case, without the per-axis loop
+        return True
+    ax = spec.variable_axis
+    return (
+        ax is not None
+        and len(shape) == len(full)
+        and 1 <= shape[ax] <= full[ax]
+        and all(s == f for i, (s, f) in enumerate(zip(shape, full)) if i != ax)
+    )
+
+
+def shape_expected(spec: Spec) -> str:
+    """``spec``'s canonical shape, in words for an error."""
+    return f"{spec.shape()}" + (
+        f" (axis {spec.variable_axis} may be shorter)" if spec.variable_axis is not None else ""
+    )
+
+
+def validate_canonical(
+    modality: str, spec: Spec, array: np.ndarray, where: str = "", values: bool = True
+) -> np.ndarray:
+    """Check one canonical array against its spec (shape, dtype, and with ``values`` finiteness); return it.
 
     Raises :class:`DataError` naming ``where`` and the problem.
     """
     if not isinstance(array, np.ndarray):
         raise DataError(f"{modality} array is {type(array).__name__}, expected numpy.ndarray", where=where)
-    full = spec.shape()
-    shape = array.shape
-    ok = shape == full  # the common case, without the per-axis loop
-    if not ok and len(shape) == len(full) and spec.variable_axis is not None:
-        ax = spec.variable_axis
-        ok = (1 <= shape[ax] <= full[ax]) and all(s == f for i, (s, f) in enumerate(zip(shape, full)) if i != ax)
-    if not ok:
+    if not shape_fits(spec, array.shape):
         raise DataError(
-            f"{modality} array has shape {tuple(shape)}, expected {full}"
-            + (f" (axis {spec.variable_axis} may be shorter)" if spec.variable_axis is not None else ""),
+            f"{modality} array has shape {tuple(array.shape)}, expected {shape_expected(spec)}",
             where=where,
             hint="re-run the reader with this cohort's spec",
         )
     if array.dtype != np.dtype(spec.dtype):
         raise DataError(f"{modality} array has dtype {array.dtype}, expected {spec.dtype}", where=where)
-    if array.dtype.kind != "f":
+    if not values or array.dtype.kind != "f":
         return array
     finite = np.isfinite(array)
     if finite.all() and (array.size or not spec.nan_is_missing):  # the common case: one pass

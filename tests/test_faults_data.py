@@ -227,7 +227,14 @@ def _cases(shards: Path) -> list[Case]:
         member_case("omics as garbage", ".omics.npy", lambda d: bytes(range(256)) * 3),
         member_case("omics of the wrong shape", ".omics.npy", lambda d: npy_bytes(np.zeros(5, np.float32))),
         member_case("mri with a NaN", ".mri.npy", nan),
+        member_case("wearable window all NaN (nothing observed)", ".wearable.npy", _window_missing),
+        member_case("ecg with an Inf (NaN may mark missing leads, Inf never)", ".ecg.npy", _with_inf),
         member_case("ecg garbage, unsigned", ".ecg.npy", lambda d: d[:40] + b"\x00" * (len(d) - 40), consistent=False),
+        member_case(
+            "meta.json: a wearable window one value later, signed", ".meta.json", _packed_edit("wearable", 1, 1, 0)
+        ),
+        member_case("meta.json: an mri one slice short, signed", ".meta.json", _packed_edit("mri", 0, 0, -1)),
+        member_case("meta.json: the last ecg one sample longer, signed", ".meta.json", _packed_edit("ecg", -1, 0, 1)),
         member_case(
             "meta.json value changed, unsigned",
             ".meta.json",
@@ -265,6 +272,33 @@ def _cases(shards: Path) -> list[Case]:
         Case(f"a sample twice in {train[0]}", "train", duplicated_sample, (train[0],)),
     ]
     return cases
+
+
+def _window_missing(d: bytes) -> bytes:
+    """The second wearable window of the member (3 channels x 1440 minutes) all NaN: missing through and through."""
+    a = np.load(io.BytesIO(d))
+    a[3 * 1440 : 6 * 1440] = np.nan
+    return npy_bytes(a)
+
+
+def _with_inf(d: bytes) -> bytes:
+    a = np.load(io.BytesIO(d))
+    a[-1] = np.inf
+    return npy_bytes(a)
+
+
+def _packed_edit(modality: str, which: int, offset: int, last_axis: int) -> Callable[[bytes], bytes]:
+    """An edit of ``meta.json`` (re-signed by the case): the ``which``-th ``modality`` measurement placed
+    ``offset`` values later in its member, its last axis ``last_axis`` longer. Its member no longer tiles."""
+
+    def change(d: bytes) -> bytes:
+        meta = json.loads(d)
+        entries = [m for ev in meta["events"] for m in ev["measurements"] if m["modality"] == modality]
+        entries[which]["offset"] += offset
+        entries[which]["shape"][-1] += last_axis
+        return dumps(meta)
+
+    return change
 
 
 def _truncate(root: Path, shard: str, at: int, reidx: bool) -> None:

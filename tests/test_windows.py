@@ -234,7 +234,9 @@ def test_long_audio_and_video_are_sampled_and_accounted(tmp_path: Path) -> None:
     acc = assert_accounted(report, "gait")
     assert acc["kept_s"] == pytest.approx(20.0) and acc["windows_kept"] == 10
     with tarfile.open(next((tmp_path / "out").glob("*.tar"))) as t:  # window k shows seconds 2k and 2k + 1
-        arr = np.load(io.BytesIO(t.extractfile(f"{meta['key']}.{gait[3][1]['member']}").read()))
+        flat = np.load(io.BytesIO(t.extractfile(f"{meta['key']}.gait.npy").read()))  # every window end to end
+    entry = gait[3][1]
+    arr = flat[entry["offset"] : entry["offset"] + int(np.prod(entry["shape"]))].reshape(entry["shape"])
     assert arr.shape == (16, 3, 64, 64) and abs(float(arr[0].mean()) - 60) < 3 and abs(float(arr[-1].mean()) - 70) < 3
 
 

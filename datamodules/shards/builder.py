@@ -506,10 +506,9 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
         return res
     accepted.sort(key=lambda a: (a[0], MODALITIES.index(a[2]["modality"]), a[1], a[3].index if a[3] else 0))
     first = accepted[0][0]
-    members: dict[str, bytes] = {}
-    inventory: dict[str, Any] = {}
+    packed: dict[str, list[np.ndarray]] = {}  # modality -> its measurements' arrays, in timeline order
     events: list[dict[str, Any]] = []
-    for i, (t, _, row, window, recording, facts) in enumerate(accepted):
+    for t, _, row, window, recording, facts in accepted:
         if not events or events[-1]["_t"] != t:
             events.append(
                 {
@@ -528,19 +527,24 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
             )
             res.codes[row["code"].strip()] += 1
             continue
-        arr = window.array
-        name = member_name(i, m)
-        members[name] = encode_array(arr, specs[m].storage_dtype)
-        inventory[name] = {
-            "modality": m,
-            "shape": list(arr.shape),
-            "dtype": specs[m].storage_dtype,
-            "crc32": checksum(members[name]),
-        }
-        entry = {"modality": m, "member": name, **facts}
+        arrays = packed.setdefault(m, [])
+        entry = {"modality": m, "offset": sum(a.size for a in arrays), "shape": list(window.array.shape), **facts}
+        arrays.append(window.array)
         if m in windows:
             entry.update(recording=recording, window=window.index, offset_s=window.offset_s, coverage=window.coverage)
         events[-1]["measurements"].append(entry)
+    members: dict[str, bytes] = {}
+    inventory: dict[str, Any] = {}
+    for m, arrays in packed.items():  # one member per modality: its measurements end to end, flat
+        name = member_name(m)
+        members[name] = encode_array(np.concatenate([a.ravel() for a in arrays]), specs[m].storage_dtype)
+        size = sum(a.size for a in arrays)
+        inventory[name] = {
+            "modality": m,
+            "shape": [size],
+            "dtype": specs[m].storage_dtype,
+            "crc32": checksum(members[name]),
+        }
     for ev in events:
         del ev["_t"]
     meta = {

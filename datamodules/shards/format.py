@@ -1,8 +1,8 @@
 """Shard format: keyed subject hashes, member encoding, deterministic tar writing, the index.
 
 A shard is a WebDataset tar ``{split}-{index:06d}.tar`` holding one sample per subject: members
-``{key}.meta.json`` and ``{key}.e{index:04d}.{modality}.npy``. Tar headers carry no time, owner or
-permissions that vary, so the same input gives byte-identical shards.
+``{key}.meta.json`` and one ``{key}.{modality}.npy`` per modality (:func:`member_name`). Tar headers carry
+no time, owner or permissions that vary, so the same input gives byte-identical shards.
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ def subject_key(subject_id: str, secret: bytes) -> str:
     return hmac.new(secret, str(subject_id).encode(), hashlib.sha256).hexdigest()[:KEY_HEX_CHARS]
 
 
-def member_name(index: int, modality: str) -> str:
-    return f"e{index:04d}.{modality}.npy"
+def member_name(modality: str) -> str:
+    """A sample's member of one modality: all its measurements end to end, flat (``meta.json`` gives each one's
+    ``offset`` in it and ``shape``). One member per modality, not per measurement: the loader's cost is mostly
+    per member (tar header, checksum, decode, checks), and a wearable stream alone is dozens of windows."""
+    return f"{modality}.npy"
 
 
 def encode_array(array: np.ndarray, storage_dtype: str) -> bytes:

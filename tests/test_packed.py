@@ -1,0 +1,108 @@
+"""Shard layout (schema 2): one member per modality and sample, its measurements end to end: how they are
+decoded, and what a reader must refuse."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules.loader import ShardDataset
+from datamodules.samples import decode_timeline
+from datamodules.schema import DataError, dumps
+from datamodules.shards.format import checksum, load_index, tar_samples
+
+
+def _first_shard(shards: Path) -> Path:
+    return shards / load_index(shards)["splits"]["train"]["shards"][0]["name"]
+
+
+def test_each_modality_is_one_member_its_measurements_end_to_end(shards: Path) -> None:
+    ds = ShardDataset(shards, "train", shuffle=False)
+    for sample in tar_samples(_first_shard(shards)):
+        meta = json.loads(sample["meta.json"])
+        modalities = {m["modality"] for ev in meta["events"] for m in ev["measurements"]} - {"clinical"}
+        assert set(sample) - {"__key__", "__url__", "meta.json"} == {f"{m}.npy" for m in modalities}
+        assert set(meta["inventory"]) == {f"{m}.npy" for m in modalities}
+        tl = decode_timeline(sample, ds.specs)
+        decoded = [x for ev in tl.events for x in ev.measurements if x.modality != "clinical"]
+        entries = [m for ev in meta["events"] for m in ev["measurements"] if m["modality"] != "clinical"]
+        assert len(decoded) == len(entries) > len(modalities)  # several measurements share a member
+        for m in modalities:
+            flat = np.load(io.BytesIO(sample[f"{m}.npy"])).astype(ds.specs[m].dtype)
+            mine = [(e, x) for e, x in zip(entries, decoded) if e["modality"] == m]
+            assert [e["offset"] for e, _ in mine] == list(
+                np.cumsum([0] + [math.prod(e["shape"]) for e, _ in mine])[:-1]
+            )
+            for e, x in mine:
+                want = flat[e["offset"] : e["offset"] + math.prod(e["shape"])].reshape(e["shape"])
+                np.testing.assert_array_equal(x.data, want)
+
+
+def test_a_member_stored_as_its_dtype_is_not_copied_a_float16_one_is_cast(shards: Path) -> None:
+    """ECG (stored float32) and video (uint8) measurements are views of the member's own buffer from the tar
+    reader, writable; MRI (stored float16) is cast to float32, a copy of its own. Two reads give two buffers."""
+    ds = ShardDataset(shards, "train", shuffle=False)
+    path = _first_shard(shards)
+    sample = next(s for s in tar_samples(path) if {"ecg.npy", "gait.npy", "mri.npy"} <= set(s))
+    tl = decode_timeline(sample, ds.specs)
+    by = {m: [x.data for ev in tl.events for x in ev.measurements if x.modality == m] for m in ("ecg", "gait", "mri")}
+    for m in ("ecg", "gait"):
+        buffer = np.frombuffer(sample[f"{m}.npy"], np.uint8)
+        assert all(np.shares_memory(a, buffer) and a.flags.writeable for a in by[m])
+    assert all(
+        a.dtype == np.float32 and not np.shares_memory(a, np.frombuffer(sample["mri.npy"], np.uint8)) for a in by["mri"]
+    )
+    again = decode_timeline(next(s for s in tar_samples(path) if s["__key__"] == sample["__key__"]), ds.specs)
+    ecg_again = next(x.data for ev in again.events for x in ev.measurements if x.modality == "ecg")
+    by["ecg"][0][...] = 0.0  # a user's write into one timeline's array changes no other read
+    assert not np.array_equal(ecg_again, by["ecg"][0])
+
+
+def test_an_empty_shard_file_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "train-000000.tar"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match="without the end-of-archive marker"):
+        list(tar_samples(empty))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda ms: ms[1].update(offset=ms[1]["offset"] + 1), r"places a measurement of \d+ values at offset"),
+        (lambda ms: ms[0].update(offset=-1), "at offset -1"),
+        (lambda ms: ms[0].update(offset=0.0), r"at offset 0\.0"),
+        (lambda ms: ms[-1]["shape"].__setitem__(-1, ms[-1]["shape"][-1] - 1), "expected"),
+        (lambda ms: ms[0].update(shape="3x1440"), "not a list of sizes"),
+        (lambda ms: ms.pop(), r"member holds \d+ values, its measurements in meta.json \d+"),
+    ],
+    ids=["gap", "negative", "float", "short-shape", "shape-not-a-list", "values-left-over"],
+)
+def test_a_measurement_that_does_not_tile_its_member_is_refused(shards: Path, edit, message: str) -> None:
+    """``meta.json`` (signed, as a buggy writer would) placing a wearable window where its member does not hold
+    it: refused, naming the shard's key and the member, never read from the wrong place."""
+    ds = ShardDataset(shards, "train", shuffle=False)
+    sample = next(s for s in tar_samples(_first_shard(shards)) if "wearable.npy" in s)
+    meta = json.loads(sample["meta.json"])
+    meta.pop("crc32")
+    entries = [m for ev in meta["events"] for m in ev["measurements"] if m["modality"] == "wearable"]
+    edit(entries)
+    for ev in meta["events"]:  # the popped entry leaves its event (values left over)
+        ev["measurements"] = [m for m in ev["measurements"] if m["modality"] != "wearable" or m in entries]
+    meta["crc32"] = checksum(dumps(meta))
+    bad = {**sample, "meta.json": dumps(meta)}
+    with pytest.raises(DataError, match=message) as err:
+        decode_timeline(bad, ds.specs, where=f"{_first_shard(shards).name}, key {sample['__key__']}")
+    assert sample["__key__"] in str(err.value) and "wearable.npy" in str(err.value)
+
+
+def test_shards_of_the_old_layout_are_refused_with_what_to_do(shards: Path, tmp_path: Path) -> None:
+    index = load_index(shards)
+    index["schema_version"] = 1  # one member per measurement: this loader would misread it
+    (tmp_path / "index.json").write_bytes(dumps(index))
+    with pytest.raises(DataError, match=r"schema version 1, this code reads 2.*rebuild them with omnimodal-shard"):
+        ShardDataset(tmp_path, "train")
