@@ -137,7 +137,7 @@ class _Packed:
     ) -> None:
         self.name = member_name(modality)
         self.where = f"{where}, member {self.name}"
-        self.modality, self.spec, self.validate = modality, spec, validate
+        self.modality, self.spec = modality, spec
         self.flat = _member(sample, self.name, modality, spec, inventory.get(self.name) or {}, self.where)
         if self.flat.ndim != 1:
             raise DataError(
