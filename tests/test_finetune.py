@@ -21,7 +21,13 @@ from omnimodal.cli.eval import main as eval_main
 from omnimodal.cli.forecast import main as forecast_main
 from omnimodal.downstream.forecaster import Forecaster, find_person
 from omnimodal.downstream.heads import Head, HeadConfig, covariates, target
-from omnimodal.downstream.landmarks import LandmarkCollator, LandmarkConfig, landmark_sample
+from omnimodal.downstream.landmarks import (
+    LandmarkCollator,
+    LandmarkConfig,
+    LandmarkDataset,
+    landmark_sample,
+    landmark_samples,
+)
 from omnimodal.downstream.run import build
 from omnimodal.downstream.task import FinetuneTask, load_finetuned
 from omnimodal.evaluation.report import evaluate, write_report
@@ -107,6 +113,40 @@ def test_landmarks_random_for_training_fixed_for_evaluation() -> None:
         None,
         "outcome or censoring at or before the landmark",
     )
+
+
+class _Shards:  # what LandmarkDataset reads of a ShardDataset
+    def __init__(self, timelines: list[Timeline]) -> None:
+        self.timelines, self.seed, self.epoch = timelines, 0, 0
+
+    def __iter__(self):
+        return iter(self.timelines)
+
+    def __len__(self) -> int:
+        return len(self.timelines)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def test_landmarks_all_for_training_every_eligible_event_once() -> None:
+    """``landmark.train=all``: each person at every event before their outcome, each its own example, mixed
+    through the shuffle buffer; ``len`` counts the examples (the LR schedule's length)."""
+    head, lm = HeadConfig(kind="survival"), LandmarkConfig(max_events=2, train="all")
+    tl = _tl([0, 200, 300, 500, 800, 1200], Label(1.0, 900.0))
+    samples, why = landmark_samples(tl, head, lm)
+    assert why == "" and [h.events[-1].time_days for h, _ in samples] == [0, 200, 300, 500, 800]
+    assert all(t == {"time": 900 - h.events[-1].time_days, "event": 1.0} for h, t in samples)
+    assert all(len(h.events) <= 2 for h, _ in samples)
+    people = [_tl([0, 200, 300, 500, 800, 1200], Label(1.0, 900.0 + i)) for i in range(5)]
+    people.append(_tl([10, 100], Label(1.0, 5.0)))  # the onset before their first event: left out
+    ds = LandmarkDataset(_Shards(people), head, lm, random_landmark=False, all_landmarks=True, shuffle_buffer=4)
+    got = list(ds)
+    assert len(got) == len(ds) == 25 and ds.included == 5 and sum(ds.excluded.values()) == 1
+    pairs = [(round(t["time"] + h.events[-1].time_days) - 900, h.events[-1].time_days) for h, t in got]
+    assert sorted(pairs) == [(i, d) for i in range(5) for d in (0, 200, 300, 500, 800)]  # each exactly once
+    who = [i for i, _ in pairs]
+    assert who != sorted(who)  # not one person after the other: mixed
 
 
 # --- fine-tuning a release -----------------------------------------------------------------------------

@@ -4,8 +4,11 @@ what_if``; configs/what_if.yaml).
 1. **Cohort**: a seeded synthetic cohort with interventions (:mod:`datamodules.synthetic.interventions`): half
    the people in a randomised arm (each intervention given 1:1 at a randomisation visit), half treated by
    indication (those with the worse state: confounded). Re-split by keyed hash and sharded as the benchmark's.
-2. **Model**: the full timeline from scratch with a survival head (``finetune.overrides``), fine-tuned on the
-   train split; it learns from the intervention rows (``<CODE>//START``) as from any other code.
+2. **Model**: pretrained self-supervised on the train split (``pretrain``: no labels; its next-event forecast
+   learns what follows a START, the labs that fall), then fine-tuned there with a survival head at every eligible
+   event of each history (``finetune.overrides``, ``landmark.train=all``, so histories that end in a START are
+   seen as the what-if asks them); it learns from the intervention rows (``<CODE>//START``) as from any other code.
+   ``pretrain: null``: the same architecture fine-tuned from scratch.
 3. **Per test person** with a treatment decision for ``code`` (a trial-arm person at their randomisation visit,
    treated or not; a care-arm person at their start), their history up to that decision (the decision's own
    START row left out) is asked :meth:`~omnimodal.downstream.forecaster.Forecaster.what_if`: the forecast risk
@@ -47,7 +50,16 @@ from datamodules.synthetic.state import YEAR_DAYS, simulate_subject, subject_id
 
 from ..evaluation import metrics as M
 from ..evaluation.plots import format_value
-from .run import BENCH_SECRET, _say, build_cohort, cohort_interventions, finetune, first_event_offset, first_event_times
+from .run import (
+    BENCH_SECRET,
+    _say,
+    build_cohort,
+    cohort_interventions,
+    finetune,
+    first_event_offset,
+    first_event_times,
+    pretrain,
+)
 
 
 @dataclass
@@ -202,6 +214,14 @@ def _json(x: Any) -> Any:
     return x
 
 
+def _model_line(result: dict[str, Any]) -> str:
+    pre = result.get("pretrain")
+    tuned = " ".join(result["finetune"])
+    if not pre:
+        return tuned
+    return f"pretrained {pre['steps']} steps on the train split ({' '.join(pre['overrides'])}), then {tuned}"
+
+
 def markdown(summary: dict[str, Any], result: dict[str, Any]) -> str:
     f = format_value
     lines = [
@@ -212,7 +232,7 @@ def markdown(summary: dict[str, Any], result: dict[str, Any]) -> str:
         f"Cohort: {result['cohort']['n_subjects']} synthetic people (seed {result['cohort']['seed']}), "
         f"{', '.join(result['cohort']['modalities'])}; interventions {result['cohort']['interventions']}. "
         f"Asked: `{result['code']}` at its first dose, at each test person's treatment decision; risks within "
-        f"{result['horizon_years']:g} years. Model: {' '.join(result['finetune'])}. "
+        f"{result['horizon_years']:g} years. Model: {_model_line(result)}. "
         f"Left out: {result['left_out'] or 'none'}. 95% bootstrap intervals over people.",
         "",
         "| arm | people | predicted effect | true effect | predicted - true | correlation (per person) |",
@@ -292,8 +312,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         placebo_cfg.cohort.placebo = True
     placebo = build_cohort(placebo_cfg, cache) if cfg.get("feedback_years") else None
     seconds["cohorts"] = round(time.perf_counter() - t0, 1)
-    release = scratch_release(cohort.shards, out / "untrained")
     t1 = time.perf_counter()
+    if cfg.get("pretrain"):  # self-supervised on the train split first (no labels), fine-tuned from it
+        release = pretrain(cfg, cohort, cache)
+        seconds["pretraining"] = round(time.perf_counter() - t1, 1)
+        t1 = time.perf_counter()
+    else:
+        release = scratch_release(cohort.shards, out / "untrained")
     task = finetune(cfg, release, cohort, out / "run", [])
     seconds["fine-tuning"] = round(time.perf_counter() - t1, 1)
     f = Forecaster(task)
@@ -313,6 +338,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         },
         "code": str(cfg.code),
         "horizon_years": f.horizon_days / YEAR_DAYS,
+        "pretrain": (
+            {"steps": int(cfg.pretrain.steps), "overrides": list(cfg.pretrain.overrides)}
+            if cfg.get("pretrain")
+            else None
+        ),
         "finetune": [*cfg.finetune.overrides, f"trainer.max_epochs={int(cfg.finetune.epochs)}"],
         "feedback_years": float(cfg.feedback_years),
         "left_out": counts,

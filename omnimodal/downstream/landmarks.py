@@ -2,9 +2,11 @@
 
 The history up to the landmark (the most recent ``landmark.max_events`` events) is embedded, and the head
 predicts the outcome after it (:mod:`omnimodal.downstream.heads`). Training draws a random landmark among
-each person's eligible events every epoch; validation, testing and ``omnimodal-eval`` use a fixed one,
-``landmark.eval_days`` after the person's first event. People not at risk at their landmark are left out
-and counted, with the reason.
+each person's eligible events every epoch (``landmark.train=random``), or takes every eligible event as a landmark
+of its own (``landmark.train=all``: each history seen at each of its events, so an event that changes what comes
+after, such as a treatment's START, is also seen at the end of a history); validation, testing and
+``omnimodal-eval`` use a fixed one, ``landmark.eval_days`` after the person's first event. People not at risk at
+their landmark are left out and counted, with the reason.
 """
 
 from __future__ import annotations
@@ -34,13 +36,18 @@ log = logging.getLogger("omnimodal.finetune")
 @dataclass
 class LandmarkConfig:
     eval_days: float = 365.25  # fixed landmark (val/test/eval): days after the first event
-    train: str = "random"  # "random": a random eligible event per person and epoch; "fixed": eval_days
+    #: "random": a random eligible event per person and epoch; "all": every eligible event, each its own example
+    #: (shuffled through a buffer); "fixed": eval_days
+    train: str = "random"
     max_events: int = 16  # history window: the most recent events up to the landmark
     #: which events the history keeps when longer: "recent" (the most recent), or "even" (spread over it)
     select: str = "recent"
     #: per-modality caps applied first, e.g. {"wearable": 4}: the most recent wearable days, so a week of
     #: daily wearable windows does not fill the history
     max_instances: dict[str, int] | None = None
+
+
+TRAIN_LANDMARKS = ("random", "all", "fixed")
 
 
 def bounded_history(tl: Timeline, events: Sequence[Event], lm: LandmarkConfig) -> Timeline:
@@ -84,16 +91,51 @@ def landmark_sample(
     return (at_landmark(tl, tl.events[i].time_days, lm), tgt), ""
 
 
+def landmark_samples(
+    tl: Timeline, head: HeadConfig, lm: LandmarkConfig
+) -> tuple[list[tuple[Timeline, dict[str, float]]], str]:
+    """(history, target) at every eligible event of one person (``landmark.train=all``), in time order."""
+    label = tl.labels.get(head.label)
+    out, why = [], "no event before the outcome"
+    for ev in tl.events:
+        tgt, w = target(head, label, ev.time_days)
+        if tgt is None:
+            why = w if not out else why
+            continue
+        out.append((at_landmark(tl, ev.time_days, lm), tgt))
+    return out, ("" if out else why)
+
+
 class LandmarkDataset(IterableDataset):
     """Wraps a :class:`ShardDataset` (uncropped): yields ``(history, target)`` and counts who is left out."""
 
-    def __init__(self, shards: ShardDataset, head: HeadConfig, lm: LandmarkConfig, random_landmark: bool) -> None:
+    def __init__(
+        self,
+        shards: ShardDataset,
+        head: HeadConfig,
+        lm: LandmarkConfig,
+        random_landmark: bool,
+        all_landmarks: bool = False,
+        shuffle_buffer: int = 256,
+    ) -> None:
         self.shards, self.head, self.lm, self.random_landmark = shards, head, lm, random_landmark
+        #: every eligible event of each person, each its own example, mixed through ``shuffle_buffer`` examples so
+        #: that one batch is not one person's
+        self.all_landmarks, self.shuffle_buffer = all_landmarks, shuffle_buffer
+        self._examples: int | None = None
         self.excluded: collections.Counter[str] = collections.Counter()
         self.included = 0
 
     def __len__(self) -> int:  # an upper bound: people not at risk are left out
-        return len(self.shards)
+        if not self.all_landmarks:
+            return len(self.shards)
+        if self._examples is None:  # every eligible event's: one pass over the split (the LR schedule's length)
+            label = self.head.label
+            self._examples = sum(
+                sum(target(self.head, tl.labels.get(label), ev.time_days)[0] is not None for ev in tl.events)
+                for tl in self.shards
+            )
+        return max(self._examples, 1)
 
     def set_epoch(self, epoch: int) -> None:
         self.shards.set_epoch(epoch)
@@ -101,6 +143,9 @@ class LandmarkDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[Timeline, dict[str, float]]]:
         self.excluded.clear()
         self.included = 0
+        if self.all_landmarks:
+            yield from self._all()
+            return
         for tl in self.shards:
             rng = (
                 np.random.default_rng(_seed(self.shards.seed, self.shards.epoch, tl.key, "landmark"))
@@ -113,6 +158,25 @@ class LandmarkDataset(IterableDataset):
                 continue
             self.included += 1
             yield sample
+
+    def _all(self) -> Iterator[tuple[Timeline, dict[str, float]]]:
+        rng = np.random.default_rng(_seed(self.shards.seed, self.shards.epoch, "landmarks"))
+        buf: list[tuple[Timeline, dict[str, float]]] = []
+        for tl in self.shards:
+            samples, why = landmark_samples(tl, self.head, self.lm)
+            if not samples:
+                self.excluded[why] += 1
+                continue
+            self.included += 1
+            for s in samples:
+                if len(buf) < self.shuffle_buffer:
+                    buf.append(s)
+                    continue
+                i = int(rng.integers(len(buf)))
+                yield buf[i]
+                buf[i] = s
+        rng.shuffle(buf)
+        yield from buf
 
 
 class LandmarkCollator:
@@ -174,8 +238,16 @@ class LandmarkData(L.LightningDataModule):
 
     def dataset(self, split: str, train: bool | None = None) -> LandmarkDataset:
         train = split == "train" if train is None else train
+        if self.lm.train not in TRAIN_LANDMARKS:
+            raise ValueError(f"config key landmark.train: {self.lm.train!r}; use one of {list(TRAIN_LANDMARKS)}")
         shards = self.shards(split, train)
-        return LandmarkDataset(shards, self.head, self.lm, random_landmark=train and self.lm.train == "random")
+        return LandmarkDataset(
+            shards,
+            self.head,
+            self.lm,
+            random_landmark=train and self.lm.train == "random",
+            all_landmarks=train and self.lm.train == "all",
+        )
 
     def loader(self, split: str, train: bool | None = None) -> DataLoader:
         return _EpochLoader(
