@@ -14,7 +14,7 @@ stage in one process, and decode and collate per modality.
 
 Prints how many loader cores one GPU needs (target: <= 4) and writes the figures to ``--out`` (JSON).
 
-    python scripts/bench/feed.py [--subjects 128] [--epochs 3] [--flop-batches 2] [--workers N]
+    python scripts/bench/feed.py [--subjects 128] [--rounds 4] [--flop-batches 2] [--workers N]
 """
 
 from __future__ import annotations
@@ -100,22 +100,29 @@ def cpu_seconds() -> float:
     return total
 
 
-def supply(root: Path, s: dict[str, int], workers: int, epochs: int) -> dict[str, Any]:
+#: CPU seconds of one timed round at least (whole epochs): process CPU times tick in 10 ms, so a round of one
+#: epoch of the demo cohort (~0.15 s) would be read to +-7%
+ROUND_S = 1.0
+
+
+def supply(root: Path, s: dict[str, int], workers: int, rounds: int) -> dict[str, Any]:
     """The training loader's steady rate with ``workers`` workers (persistent, after a warm-up epoch): its best
-    epoch by CPU seconds (the least disturbed by other work), and the median wall-clock rate."""
+    round (whole epochs, at least :data:`ROUND_S` CPU seconds) by CPU seconds per sample (the least disturbed by
+    other work), and the median wall-clock rate."""
     dm = OmniDataModule(root, batch_size=s["batch_size"], num_workers=workers, max_events=s["max_events"], seed=0)
     loader = ShardLoader(dm.dataset("train"), s["batch_size"], workers, persistent_workers=workers > 0)
     sum(len(b) for b in loader)  # warm-up: workers started, shards in the page cache
     cpu, rate = [], []
-    for _ in range(epochs):
-        c, t = cpu_seconds(), time.perf_counter()
-        n = sum(len(b) for b in loader)
+    for _ in range(rounds):
+        c, t, n = cpu_seconds(), time.perf_counter(), 0
+        while not n or cpu_seconds() - c < ROUND_S:
+            n += sum(len(b) for b in loader)
         cpu.append((cpu_seconds() - c) / n)
         rate.append(n / (time.perf_counter() - t))
     del loader
     return {
         "workers": workers,
-        "samples_per_epoch": n,
+        "samples_per_round": n,
         "samples_per_s": statistics.median(rate),
         "cpu_ms_per_sample": min(cpu) * 1e3,
         "samples_per_cpu_s": 1 / min(cpu),
@@ -185,7 +192,12 @@ def stages(root: Path, s: dict[str, int], repeats: int) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subjects", type=int, default=128, help="size of the synthetic demo cohort")
-    p.add_argument("--epochs", type=int, default=4, help="timed epochs per worker count (after a warm-up one)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help=f"timed rounds per worker count (after a warm-up epoch), each whole epochs of at least {ROUND_S:g} CPU s",
+    )
     p.add_argument("--repeats", type=int, default=3, help="runs of each stage timed in one process (the least kept)")
     p.add_argument("--flop-batches", type=int, default=2, help="batches whose FLOPs are counted (base model, CPU)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="the most workers tried")
@@ -219,7 +231,7 @@ def main() -> None:
     runs = []
     print("\nthe training loader (OmniDataModule), steady state:")
     for w in range(0, a.workers + 1):
-        r = supply(root, s, w, a.epochs)
+        r = supply(root, s, w, a.rounds)
         r["cores_per_gpu"] = gpu["gpu_samples_per_s"] / r["samples_per_cpu_s"]
         runs.append(r)
         print(
