@@ -11,7 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from .schema import MODALITIES, DataError, Event, Label, Measurement, Spec, Timeline, dumps, validate_canonical
+from .schema import (
+    MODALITIES,
+    SCHEMA_VERSION,
+    DataError,
+    Event,
+    Label,
+    Measurement,
+    Spec,
+    Timeline,
+    dumps,
+    validate_canonical,
+)
 from .shards.format import REBUILD, cast_array, checksum, decode_array, member_name
 from .specs import shape_expected, shape_fits
 
@@ -52,6 +63,12 @@ def _meta(sample: dict[str, Any], where: str) -> dict[str, Any]:
     crc = meta.pop("crc32", None)  # the checksum of the rest (written by omnimodal-shard since checksums)
     if crc is not None and not _signed(sample["meta.json"], crc) and checksum(dumps(meta)) != crc:
         raise DataError("does not match its checksum: its bytes were changed", where=at, hint=REBUILD)
+    if meta.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise DataError(
+            f"written with shard schema version {meta['schema_version']}, this code reads {SCHEMA_VERSION}",
+            where=at,
+            hint="rebuild the shards with omnimodal-shard",
+        )
     if meta.get("key") != sample.get("__key__"):
         raise DataError(
             f"names key {meta.get('key')!r}, its tar members key {sample.get('__key__')!r}", where=at, hint=REBUILD
@@ -87,7 +104,7 @@ def _timeline(
     known = set(MODALITIES)
     packed: dict[str, _Packed] = {}
     events = []
-    for ev in meta["events"]:
+    for e, ev in enumerate(meta["events"]):
         ms = []
         for m in ev["measurements"]:
             modality = m["modality"]
@@ -109,11 +126,17 @@ def _timeline(
             p = packed.get(modality)
             if p is None:
                 p = packed[modality] = _Packed(sample, modality, specs[modality], inventory, where, validate)
-            ms.append(Measurement(modality, p.take(m["offset"], m["shape"], len(events))))
+            ms.append(Measurement(modality, p.take(m["offset"], m["shape"], e)))
         if ms:
             events.append(Event(float(ev["time_days"]), float(ev["age_days"]), ms))
     for p in packed.values():
         p.finish()
+    if modalities is None and (unused := sorted(set(inventory) - {p.name for p in packed.values()})):
+        raise DataError(
+            f"member(s) {unused} listed in meta.json's inventory hold no measurement of its events",
+            where=f"{where}, member meta.json",
+            hint=REBUILD,
+        )
     static = {k: float("nan") if v is None else float(v) for k, v in meta.get("static", {}).items()}
     labels = {
         k: Label(float(v["value"]), float("nan") if v["time_days"] is None else float(v["time_days"]))
@@ -185,7 +208,12 @@ class _Packed:
                 where=self._at(offset, event),
                 hint=REBUILD,
             )
-        arr = self.flat[offset:end].reshape(dims)
+        try:
+            arr = self.flat[offset:end].reshape(dims)
+        except TypeError:  # sizes equal to the spec's but not integers (12.0)
+            raise DataError(
+                f"meta.json gives shape {shape!r}, not a list of sizes", where=self._at(offset, event), hint=REBUILD
+            ) from None
         self.used = end
         if self.each:
             validate_canonical(self.modality, self.spec, arr, where=self._at(offset, event))

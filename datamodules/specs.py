@@ -298,10 +298,8 @@ def shape_expected(spec: Spec) -> str:
     )
 
 
-def validate_canonical(
-    modality: str, spec: Spec, array: np.ndarray, where: str = "", values: bool = True
-) -> np.ndarray:
-    """Check one canonical array against its spec (shape, dtype, and with ``values`` finiteness); return it.
+def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str = "") -> np.ndarray:
+    """Check one canonical array against its spec (shape, dtype, finiteness); return it.
 
     Raises :class:`DataError` naming ``where`` and the problem.
     """
@@ -315,7 +313,7 @@ def validate_canonical(
         )
     if array.dtype != np.dtype(spec.dtype):
         raise DataError(f"{modality} array has dtype {array.dtype}, expected {spec.dtype}", where=where)
-    if not values or array.dtype.kind != "f":
+    if array.dtype.kind != "f":
         return array
     finite = np.isfinite(array)
     if finite.all() and (array.size or not spec.nan_is_missing):  # the common case: one pass

@@ -106,3 +106,66 @@ def test_shards_of_the_old_layout_are_refused_with_what_to_do(shards: Path, tmp_
     (tmp_path / "index.json").write_bytes(dumps(index))
     with pytest.raises(DataError, match=r"schema version 1, this code reads 2.*rebuild them with omnimodal-shard"):
         ShardDataset(tmp_path, "train")
+
+
+def _resigned(sample: dict, change) -> dict:
+    meta = json.loads(sample["meta.json"])
+    meta.pop("crc32")
+    change(meta)
+    meta["crc32"] = checksum(dumps(meta))
+    return {**sample, "meta.json": dumps(meta)}
+
+
+def test_errors_name_the_event_of_meta_json_also_when_modalities_are_left_out(shards: Path) -> None:
+    ds = ShardDataset(shards, "train", shuffle=False)
+    sample = next(s for s in tar_samples(_first_shard(shards)) if "wearable.npy" in s)
+    meta = json.loads(sample["meta.json"])
+    e, _ = [(e, m) for e, ev in enumerate(meta["events"]) for m in ev["measurements"] if m["modality"] == "wearable"][1]
+
+    def gap(meta: dict) -> None:
+        entries = [m for ev in meta["events"] for m in ev["measurements"] if m["modality"] == "wearable"]
+        entries[1]["offset"] += 1
+
+    bad = _resigned(sample, gap)
+    for modalities in (None, ["wearable"]):
+        with pytest.raises(DataError, match=rf"\(event {e}\)"):
+            decode_timeline(bad, ds.specs, modalities=modalities)
+
+
+def test_an_inventory_member_no_measurement_uses_a_float_shape_and_another_schema_are_refused(shards: Path) -> None:
+    ds = ShardDataset(shards, "train", shuffle=False)
+    sample = next(s for s in tar_samples(_first_shard(shards)) if "ecg.npy" in s)
+    unused = _resigned(sample, lambda meta: meta["inventory"].update({"zz.npy": {"modality": "ecg", "shape": [1]}}))
+    with pytest.raises(DataError, match=r"\['zz.npy'\] listed in meta.json's inventory hold no measurement"):
+        decode_timeline(unused, ds.specs)
+
+    def floats(meta: dict) -> None:
+        entry = next(m for ev in meta["events"] for m in ev["measurements"] if m["modality"] == "ecg")
+        entry["shape"] = [float(d) for d in entry["shape"]]
+
+    with pytest.raises(DataError, match=r"member ecg.npy, measurement at offset 0 .*not a list of sizes"):
+        decode_timeline(_resigned(sample, floats), ds.specs)
+    with pytest.raises(DataError, match=r"member meta.json: written with shard schema version 1, this code reads 2"):
+        decode_timeline(_resigned(sample, lambda meta: meta.update(schema_version=1)), ds.specs)
+
+
+def test_a_reader_whose_metadata_would_overwrite_the_layout_stops_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_windows import T0, build, flac
+
+    from datamodules.shards import builder
+
+    real = builder.read_recording
+
+    def reader(*args, **kw):
+        reading = real(*args, **kw)
+        reading.meta["shape"] = [1, 44100]  # the source's shape, say: not the canonical window's
+        return reading
+
+    monkeypatch.setattr(builder, "read_recording", reader)
+    rows = [
+        {"subject_id": "P1", "time": T0.isoformat(), "modality": "voice", "path": str(flac(tmp_path / "v.flac", 5.0))}
+    ]
+    with pytest.raises(DataError, match=r"the voice reader's metadata has the shard layout's key\(s\) \['shape'\]"):
+        build(tmp_path, rows, workers=1)

@@ -41,6 +41,8 @@ from .format import INDEX_NAME, TarShardWriter, checksum, encode_array, member_n
 from .report import BuildReport, Rejection
 
 DAY_S = 86400.0
+#: what ``meta.json`` says of a measurement itself: a reader's own metadata (``Reading.meta``) may not use these
+LAYOUT_KEYS = frozenset({"modality", "offset", "shape", "code", "value", "recording", "window", "offset_s", "coverage"})
 
 
 @dataclass
@@ -527,6 +529,12 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
             )
             res.codes[row["code"].strip()] += 1
             continue
+        if clash := LAYOUT_KEYS.intersection(facts):
+            raise DataError(
+                f"the {m} reader's metadata has the shard layout's key(s) {sorted(clash)}, which it would overwrite",
+                where=str(row["path"]),
+                hint=f"rename them in the reader (datamodules/modalities/{m}.py or datamodules/readers/)",
+            )
         arrays = packed.setdefault(m, [])
         entry = {"modality": m, "offset": sum(a.size for a in arrays), "shape": list(window.array.shape), **facts}
         arrays.append(window.array)
