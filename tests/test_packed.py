@@ -70,6 +70,14 @@ def test_an_empty_shard_file_is_refused(tmp_path: Path) -> None:
         list(tar_samples(empty))
 
 
+def _resigned(sample: dict, change) -> dict:
+    meta = json.loads(sample["meta.json"])
+    meta.pop("crc32")
+    change(meta)
+    meta["crc32"] = checksum(dumps(meta))
+    return {**sample, "meta.json": dumps(meta)}
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -87,14 +95,14 @@ def test_a_measurement_that_does_not_tile_its_member_is_refused(shards: Path, ed
     it: refused, naming the shard's key and the member, never read from the wrong place."""
     ds = ShardDataset(shards, "train", shuffle=False)
     sample = next(s for s in tar_samples(_first_shard(shards)) if "wearable.npy" in s)
-    meta = json.loads(sample["meta.json"])
-    meta.pop("crc32")
-    entries = [m for ev in meta["events"] for m in ev["measurements"] if m["modality"] == "wearable"]
-    edit(entries)
-    for ev in meta["events"]:  # the popped entry leaves its event (values left over)
-        ev["measurements"] = [m for m in ev["measurements"] if m["modality"] != "wearable" or m in entries]
-    meta["crc32"] = checksum(dumps(meta))
-    bad = {**sample, "meta.json": dumps(meta)}
+
+    def change(meta: dict) -> None:
+        entries = [m for ev in meta["events"] for m in ev["measurements"] if m["modality"] == "wearable"]
+        edit(entries)
+        for ev in meta["events"]:  # the popped entry leaves its event (values left over)
+            ev["measurements"] = [m for m in ev["measurements"] if m["modality"] != "wearable" or m in entries]
+
+    bad = _resigned(sample, change)
     with pytest.raises(DataError, match=message) as err:
         decode_timeline(bad, ds.specs, where=f"{_first_shard(shards).name}, key {sample['__key__']}")
     assert sample["__key__"] in str(err.value) and "wearable.npy" in str(err.value)
@@ -106,14 +114,6 @@ def test_shards_of_the_old_layout_are_refused_with_what_to_do(shards: Path, tmp_
     (tmp_path / "index.json").write_bytes(dumps(index))
     with pytest.raises(DataError, match=r"schema version 1, this code reads 2.*rebuild them with omnimodal-shard"):
         ShardDataset(tmp_path, "train")
-
-
-def _resigned(sample: dict, change) -> dict:
-    meta = json.loads(sample["meta.json"])
-    meta.pop("crc32")
-    change(meta)
-    meta["crc32"] = checksum(dumps(meta))
-    return {**sample, "meta.json": dumps(meta)}
 
 
 def test_errors_name_the_event_of_meta_json_also_when_modalities_are_left_out(shards: Path) -> None:

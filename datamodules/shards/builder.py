@@ -509,6 +509,7 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
     accepted.sort(key=lambda a: (a[0], MODALITIES.index(a[2]["modality"]), a[1], a[3].index if a[3] else 0))
     first = accepted[0][0]
     packed: dict[str, list[np.ndarray]] = {}  # modality -> its measurements' arrays, in timeline order
+    size: Counter[str] = Counter()  # modality -> values packed so far: the next measurement's offset
     events: list[dict[str, Any]] = []
     for t, _, row, window, recording, facts in accepted:
         if not events or events[-1]["_t"] != t:
@@ -535,9 +536,9 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
                 where=str(row["path"]),
                 hint=f"rename them in the reader (datamodules/modalities/{m}.py or datamodules/readers/)",
             )
-        arrays = packed.setdefault(m, [])
-        entry = {"modality": m, "offset": sum(a.size for a in arrays), "shape": list(window.array.shape), **facts}
-        arrays.append(window.array)
+        entry = {"modality": m, "offset": size[m], "shape": list(window.array.shape), **facts}
+        packed.setdefault(m, []).append(window.array)
+        size[m] += window.array.size
         if m in windows:
             entry.update(recording=recording, window=window.index, offset_s=window.offset_s, coverage=window.coverage)
         events[-1]["measurements"].append(entry)
@@ -546,10 +547,9 @@ def _build_subject(arg: tuple[_SubjectJob, dict[str, Any], dict[str, Any], bool,
     for m, arrays in packed.items():  # one member per modality: its measurements end to end, flat
         name = member_name(m)
         members[name] = encode_array(np.concatenate([a.ravel() for a in arrays]), specs[m].storage_dtype)
-        size = sum(a.size for a in arrays)
         inventory[name] = {
             "modality": m,
-            "shape": [size],
+            "shape": [size[m]],
             "dtype": specs[m].storage_dtype,
             "crc32": checksum(members[name]),
         }

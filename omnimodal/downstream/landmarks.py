@@ -78,6 +78,17 @@ def landmark_sample(
             return None, why
         hist = at_landmark(tl, lm.eval_days, lm)
         return ((hist, tgt), "") if hist is not None else (None, "no event before the landmark")
+    options, why = _eligible(tl, head)
+    if not options:
+        return None, why
+    i, tgt = options[int(rng.integers(len(options)))]
+    return (at_landmark(tl, tl.events[i].time_days, lm), tgt), ""
+
+
+def _eligible(tl: Timeline, head: HeadConfig) -> tuple[list[tuple[int, dict[str, float]]], str]:
+    """(event index, target) of each of the person's events that can be a landmark (at risk after it), in time
+    order; with none, why."""
+    label = tl.labels.get(head.label)
     options, why = [], "no event before the outcome"
     for i, ev in enumerate(tl.events):
         tgt, w = target(head, label, ev.time_days)
@@ -85,25 +96,15 @@ def landmark_sample(
             why = w if not options else why
             continue
         options.append((i, tgt))
-    if not options:
-        return None, why
-    i, tgt = options[int(rng.integers(len(options)))]
-    return (at_landmark(tl, tl.events[i].time_days, lm), tgt), ""
+    return options, ("" if options else why)
 
 
 def landmark_samples(
     tl: Timeline, head: HeadConfig, lm: LandmarkConfig
 ) -> tuple[list[tuple[Timeline, dict[str, float]]], str]:
     """(history, target) at every eligible event of one person (``landmark.train=all``), in time order."""
-    label = tl.labels.get(head.label)
-    out, why = [], "no event before the outcome"
-    for ev in tl.events:
-        tgt, w = target(head, label, ev.time_days)
-        if tgt is None:
-            why = w if not out else why
-            continue
-        out.append((at_landmark(tl, ev.time_days, lm), tgt))
-    return out, ("" if out else why)
+    options, why = _eligible(tl, head)
+    return [(at_landmark(tl, tl.events[i].time_days, lm), tgt) for i, tgt in options], why
 
 
 class LandmarkDataset(IterableDataset):
@@ -130,11 +131,7 @@ class LandmarkDataset(IterableDataset):
         if not self.all_landmarks:
             return len(self.shards)
         if self._examples is None:  # every eligible event's: one pass over the split (the LR schedule's length)
-            label = self.head.label
-            self._examples = sum(
-                sum(target(self.head, tl.labels.get(label), ev.time_days)[0] is not None for ev in tl.events)
-                for tl in self.shards
-            )
+            self._examples = sum(len(_eligible(tl, self.head)[0]) for tl in self.shards)
         return max(self._examples, 1)
 
     def set_epoch(self, epoch: int) -> None:
@@ -216,6 +213,8 @@ class LandmarkData(L.LightningDataModule):
         shuffle_buffer: int = 64,
     ) -> None:
         super().__init__()
+        if landmark.train not in TRAIN_LANDMARKS:
+            raise ValueError(f"config key landmark.train: {landmark.train!r}; use one of {list(TRAIN_LANDMARKS)}")
         # a local folder as a Path, a URL or pipe: command as it is (datamodules.shards.store)
         self.root, self.prep, self.head, self.lm = shard_root(root), prep, head, landmark
         self.batch_size, self.num_workers, self.seed, self.modalities = batch_size, num_workers, seed, modalities
@@ -238,8 +237,6 @@ class LandmarkData(L.LightningDataModule):
 
     def dataset(self, split: str, train: bool | None = None) -> LandmarkDataset:
         train = split == "train" if train is None else train
-        if self.lm.train not in TRAIN_LANDMARKS:
-            raise ValueError(f"config key landmark.train: {self.lm.train!r}; use one of {list(TRAIN_LANDMARKS)}")
         shards = self.shards(split, train)
         return LandmarkDataset(
             shards,
