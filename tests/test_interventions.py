@@ -28,6 +28,8 @@ from datamodules.synthetic.oracle import (
     counterfactual_risks,
     forward_risk,
 )
+from datamodules.synthetic.render import context
+from datamodules.synthetic.render_tables import LAB_CODES, _labs
 from datamodules.synthetic.state import CARDIO, N_STATE, YEAR_DAYS, simulate_subject
 
 AH, EX = ANTIHYPERTENSIVE.code, EXERCISE.code
@@ -208,6 +210,15 @@ def test_start_stop_rows_reach_the_events_table_and_the_shards(synth: Path, tmp_
     )
     treated = truth[truth["treated"] == 1]
     assert treated.groupby("code")["arm"].nunique().min() >= 1 and len(treated) >= 8
+    # the care arm started it where the record, as written, shows a systolic pressure above the threshold
+    lab, threshold = ANTIHYPERTENSIVE.measured
+    sbp = events[events["code"] == lab]
+    care = truth[(truth["code"] == AH) & (truth["arm"] == "care") & (truth["treated"] == 1)]
+    for sid in care["subject_id"]:
+        first = starts[starts["subject_id"] == sid]["time"].min()
+        seen = sbp[(sbp["subject_id"] == sid) & (sbp["time"] <= first)]["numeric_value"]
+        assert len(seen) and seen.iloc[-1] > threshold, (sid, list(seen))
+    assert len(care) >= 2
 
     cfg = BuildConfig(
         subjects=str(synth / "subjects.csv"), events=str(synth / "events.csv"), out=str(tmp_path / "s"), secret=SECRET
@@ -264,14 +275,47 @@ def test_the_trial_arm_is_balanced_and_the_care_arm_is_confounded(population: li
     given = [s for s in care if s.treatment.assigned[AH]]
     not_given = [s for s in care if not s.treatment.assigned[AH]]
     assert 0.05 < len(given) / len(care) < 0.4
+    lab, threshold = ANTIHYPERTENSIVE.measured
     starts = [next(x.start_days for x in s.treatment.spans if x.code == AH) for s in given]
-    at_start = np.array([s.state_at(np.array([d]))[0] for s, d in zip(given, starts)])
-    assert (at_start[:, CARDIO] > ANTIHYPERTENSIVE.indication).all()  # given at a visit where it was indicated
+    assert all(_last_recorded(s, d, lab) > threshold for s, d in zip(given, starts))  # indicated by the record
     cardio0 = (np.array([s.baseline[CARDIO] for s in given]), np.array([s.baseline[CARDIO] for s in not_given]))
     assert _smd(*cardio0) > 0.5  # treated by indication: the sicker ones
     # dose changes happen in care (a second START), never in the trial arm
     assert any(len([x for x in s.treatment.spans if x.code == AH]) == 2 for s in given)
     assert all(len([x for x in s.treatment.spans if x.code == AH]) <= 1 for s in trial)
+
+
+def _last_recorded(s, days: float, code: str) -> float:  # noqa: ANN001
+    """The last value of lab ``code`` the record holds at or before ``days`` (NaN: none)."""
+    seen = [_labs(context(s.seed, s, v.index, "clinical", Path())) for v in s.visits if v.days <= days]
+    assert all(set(labs) <= set(LAB_CODES) for labs in seen)
+    values = [labs[code] for labs, v in zip(seen, s.visits) if "clinical" in v.modalities and code in labs]
+    return values[-1] if values else math.nan
+
+
+def test_the_care_arm_decides_on_the_record_or_on_the_hidden_state(population: list) -> None:
+    lab, threshold = ANTIHYPERTENSIVE.measured
+    hidden = dataclasses.replace(CFG, indicate_on="state")
+    at_start = {}
+    for cfg in (CFG, hidden):
+        people = [simulate_subject(11, i, interventions=cfg) for i in range(600)]
+        given = [(s, x.start_days) for s in people if s.treatment.arm == "care" for x in s.treatment.spans[:1]]
+        given = [(s, d) for s, d in given if s.treatment.spans[0].code == AH]
+        at_start[cfg.indicate_on] = np.array([s.state_at(np.array([d]))[0, CARDIO] for s, d in given])
+        recorded = np.array([_last_recorded(s, d, lab) for s, d in given])
+        assert len(given) >= 20 and ((recorded > threshold).all() or cfg is hidden)
+        for s in people[:100]:  # the trial arm: the same people in both, byte for byte; the untreated as without
+            if s.treatment.arm == "trial":
+                assert s.grid_states.tobytes() == population[s.index].grid_states.tobytes()
+            elif not s.treatment.spans:
+                assert s.grid_states.tobytes() == simulate_subject(11, s.index).grid_states.tobytes()
+    # on the hidden state every start is above its indication; on the record, some are not (the labs' noise)
+    assert (at_start["state"] > ANTIHYPERTENSIVE.indication).all()
+    assert (at_start["measured"] <= ANTIHYPERTENSIVE.indication).any()
+    with pytest.raises(ValueError, match=r"indicate_on must be one of \('measured', 'state'\), got 'labs'"):
+        InterventionConfig(indicate_on="labs").check()
+    with pytest.raises(ValueError, match=r"measured of RX:C08CA01 must be \(a lab code of"):
+        InterventionConfig(interventions=(dataclasses.replace(ANTIHYPERTENSIVE, measured=("LOINC:0", 1.0)),)).check()
 
 
 def test_counterfactual_risk_is_lower_with_treatment_and_equal_without_an_effect(population: list) -> None:

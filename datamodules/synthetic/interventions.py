@@ -20,10 +20,19 @@ no other draw of the cohort changes and adding an intervention leaves the others
   each intervention is randomised 1:1 (``treat_share``; a factorial trial), started at that visit at its first
   dose if the person has not had the onset by then (else not enrolled);
 - the **care arm** (everyone else): treated by indication, as in care data: at each visit after the first, before
-  onset, where the state component the intervention acts on is above ``indication``, it starts with chance
-  ``uptake`` (once per person); a medication already given moves to its next dose (a second START, a dose
-  change) with chance ``escalate`` at a later visit still above ``indication``. Treated people are those with the
-  worse state: the care arm is confounded.
+  onset, where the person is indicated, it starts with chance ``uptake`` (once per person); a medication already
+  given moves to its next dose (a second START, a dose change) with chance ``escalate`` at a later visit still
+  indicated. Treated people are those with the worse state: the care arm is confounded.
+
+Indicated (:attr:`InterventionConfig.indicate_on`): ``"measured"`` (the default), as a clinician decides, on what
+is measured: the last recorded value (at this visit or before) of the lab that measures the state component the
+intervention acts on, above its threshold (``measured``: the antihypertensive on a systolic blood pressure,
+``LOINC:8480-6``, above 135 mmHg, the pressure expected at the state's old indication, ``cardio`` 1.0). It is the
+value the record holds, from the same draws (:func:`.render_tables.clinical_labs` with the visit's clinical
+generator), so a model that sees the record sees what the decision saw: the confounding is by measured values.
+``"state"``: on the hidden state component above ``indication`` (before issue 12's mend: then treated people's
+state is worse than their labs show, a confounder no record holds). An intervention with no lab that measures its
+state (the exercise programme: frailty shows in no clinical lab) is indicated on the state in both.
 
 A START sits at its visit's time; a programme's STOP is its own clinical event at start + its length in days (a
 STOP after the last visit is not written: the programme is ongoing at the end of the record, the truth keeps
@@ -44,7 +53,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..interventions import Span, start_code, stop_code
+from .render import file_rng
+from .render_tables import LAB_CODES, clinical_labs
 from .state import N_STATE, STATE_NAMES, STREAM_TREAT, YEAR_DAYS, Subject, Treatment, modality_stream, subject_rng
+
+#: what the care arm's treatment by indication reads (:attr:`InterventionConfig.indicate_on`)
+INDICATE_ON = ("measured", "state")
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,9 @@ class Intervention:
     """One intervention and its known effect: ``code`` (MEDS-style; its rows are ``code//START``, ``code//STOP``)
     lowers the drift of ``state`` (a name of :data:`~.state.STATE_NAMES`) by ``effects[k][1]`` per year at dose
     ``effects[k][0]`` (None: no dose) while in force; ``months``: a programme's length range (a STOP row at the end),
-    None: ongoing once started. Care arm: ``indication`` (the state above which it is given), ``uptake`` (chance per
+    None: ongoing once started. Care arm: ``indication`` (the state above which it is given), ``measured`` (the lab
+    code whose last recorded value above the threshold indicates it, when :attr:`InterventionConfig.indicate_on`
+    is ``"measured"``; None: no lab measures ``state``, it is indicated on the state), ``uptake`` (chance per
     indicated visit), ``escalate`` (chance per later indicated visit of moving to the next dose)."""
 
     code: str
@@ -60,6 +76,7 @@ class Intervention:
     effects: tuple[tuple[float | None, float], ...]
     months: tuple[float, float] | None = None
     indication: float = 1.0
+    measured: tuple[str, float] | None = None
     uptake: float = 0.5
     escalate: float = 0.0
 
@@ -68,6 +85,13 @@ class Intervention:
             raise ValueError(f"interventions: state {self.state!r} of {self.code} is not one of {STATE_NAMES}")
         if not self.effects:
             raise ValueError(f"interventions: {self.code} has no effects (give (dose, drift reduction per year))")
+        if self.measured is not None and not (
+            len(self.measured) == 2 and self.measured[0] in LAB_CODES and math.isfinite(self.measured[1])
+        ):
+            raise ValueError(
+                f"interventions: measured of {self.code} must be (a lab code of {LAB_CODES}, a finite threshold), "
+                f"got {self.measured}"
+            )
         if self.months is not None and not 0 < self.months[0] <= self.months[1]:
             raise ValueError(f"interventions: months of {self.code} must be 0 < low <= high, got {self.months}")
         for name in ("uptake", "escalate"):
@@ -86,7 +110,14 @@ class Intervention:
 
 
 ANTIHYPERTENSIVE = Intervention(
-    "RX:C08CA01", "cardio", ((5.0, 0.30), (10.0, 0.45)), months=None, indication=1.0, uptake=0.6, escalate=0.5
+    "RX:C08CA01",
+    "cardio",
+    ((5.0, 0.30), (10.0, 0.45)),
+    months=None,
+    indication=1.0,
+    measured=("LOINC:8480-6", 135.0),  # systolic blood pressure, mmHg
+    uptake=0.6,
+    escalate=0.5,
 )
 EXERCISE = Intervention(
     "LIFESTYLE:EXERCISE", "frailty", ((None, 0.40),), months=(6.0, 18.0), indication=1.0, uptake=0.4
@@ -97,16 +128,20 @@ EXERCISE = Intervention(
 class InterventionConfig:
     """The interventions of a synthetic cohort and who gets them (module docstring): ``trial_share`` of the people
     are in the randomised arm, where each intervention is given to ``treat_share`` of them; the rest are treated by
-    indication. Part of the cohort's identity when given (``cohort.json``, the demo cohort's fingerprint)."""
+    indication, on the last recorded lab (``indicate_on="measured"``) or on the hidden state (``"state"``; module
+    docstring). Part of the cohort's identity when given (``cohort.json``, the demo cohort's fingerprint)."""
 
     interventions: tuple[Intervention, ...] = (ANTIHYPERTENSIVE, EXERCISE)
     trial_share: float = 0.5
     treat_share: float = 0.5
+    indicate_on: str = "measured"
 
     def check(self) -> InterventionConfig:
         for name in ("trial_share", "treat_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"interventions: {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.indicate_on not in INDICATE_ON:
+            raise ValueError(f"interventions: indicate_on must be one of {INDICATE_ON}, got {self.indicate_on!r}")
         codes = [i.check().code for i in self.interventions]
         if len(set(codes)) != len(codes):
             raise ValueError(f"interventions: codes must be distinct, got {codes}")
@@ -126,9 +161,12 @@ class InterventionConfig:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def policy(self, seed: int, index: int, visit_days: np.ndarray) -> Policy:
-        """Who gets what for subject ``(seed, index)`` with these visits (the simulator calls it)."""
-        return Policy(self.check(), seed, index, np.asarray(visit_days, float))
+    def policy(
+        self, seed: int, index: int, visit_days: np.ndarray, sex: str, traits: dict[str, float], clinical: list[bool]
+    ) -> Policy:
+        """Who gets what for subject ``(seed, index)`` with these visits (the simulator calls it); ``sex``,
+        ``traits`` and ``clinical`` (per visit: whether it measures the clinical labs) for the labs it reads."""
+        return Policy(self.check(), seed, index, np.asarray(visit_days, float), sex, traits, list(clinical))
 
     def zero(self) -> InterventionConfig:
         """The same assignment with every effect 0 (a placebo: a check that treatment alone changes nothing)."""
@@ -159,6 +197,9 @@ class Policy:
     seed: int
     index: int
     visit_days: np.ndarray
+    sex: str
+    traits: dict[str, float]
+    clinical: list[bool]  # per visit: the clinical labs are measured (recorded where the cohort has ``clinical``)
     treatment: Treatment = field(init=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +217,17 @@ class Policy:
             self.treatment.planned[i.code] = None if i.months is None else float(self.draws[i.code].length_days)
         self.active: dict[str, int] = {}  # code -> the index of its current span
         self._dose_k: dict[str, int] = {}  # code -> the index of its current dose in its effects
+        self.last_labs: dict[str, float] = {}  # lab code -> its last recorded value (care arm, indicate_on measured)
+        self._reads = self.treatment.arm == "care" and self.cfg.indicate_on == "measured"
+        self._reads = self._reads and any(i.measured is not None for i in self.cfg.interventions)
+
+    def _indicated(self, i: Intervention, state: np.ndarray) -> bool:
+        """Whether ``i`` is indicated now: its lab's last recorded value above its threshold, or the hidden state
+        above ``indication`` (module docstring)."""
+        if self.cfg.indicate_on == "state" or i.measured is None:
+            return bool(state[STATE_NAMES.index(i.state)] > i.indication)
+        lab, threshold = i.measured
+        return lab in self.last_labs and self.last_labs[lab] > threshold
 
     def _start(self, i: Intervention, days: float, dose_k: int) -> None:
         dose = i.effects[dose_k][0]
@@ -195,6 +247,9 @@ class Policy:
 
     def visit(self, v: int, days: float, state: np.ndarray, onset: float) -> None:
         """Visit ``v`` at ``days`` with the hidden ``state`` then; ``onset``: the onset day so far (NaN: none)."""
+        if self._reads and self.clinical[v]:  # the labs the record will hold, from the visit's own draws
+            rng = file_rng(self.seed, self.index, v, "clinical")
+            self.last_labs.update(clinical_labs(rng, state, self.sex, self.traits, bool(onset <= days)))
         if v == 0 or onset <= days:  # nothing starts at the first visit, nor once the disease has begun
             return
         t = self.treatment
@@ -207,8 +262,7 @@ class Policy:
             return
         for i in self.cfg.interventions:
             d = self.draws[i.code]
-            indicated = state[STATE_NAMES.index(i.state)] > i.indication
-            if not indicated:
+            if not self._indicated(i, state):
                 continue
             if i.code not in self.active:
                 if d.uptake[v] < i.uptake:
@@ -245,6 +299,7 @@ __all__ = [
     "ANTIHYPERTENSIVE",
     "DEFAULT_INTERVENTIONS",
     "EXERCISE",
+    "INDICATE_ON",
     "Intervention",
     "InterventionConfig",
     "Policy",

@@ -27,9 +27,14 @@ def context(
     root: Path,
     recordings: Recordings = DEFAULT_RECORDINGS,
 ) -> RenderContext:
-    rng = subject_rng(seed, subject.index, STREAM_FILES, visit_index, modality_stream(modality))
     visit = subject.visits[visit_index]
+    rng = file_rng(seed, subject.index, visit_index, modality)
     return RenderContext(subject=subject, visit=visit, rng=rng, root=root, modality=modality, recordings=recordings)
+
+
+def file_rng(seed: int, index: int, visit_index: int, modality: str) -> np.random.Generator:
+    """The generator of subject ``(seed, index)``'s file (or clinical rows) of ``modality`` at a visit."""
+    return subject_rng(seed, index, STREAM_FILES, visit_index, modality_stream(modality))
 
 
 def render_subject(

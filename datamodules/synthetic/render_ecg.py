@@ -49,8 +49,12 @@ def resting_heart_rate(state: np.ndarray) -> np.ndarray:
 
 def heart_rate(ctx: RenderContext) -> float:
     """Resting heart rate (bpm) at this visit, shared with the wearable and clinical vitals."""
-    hr = resting_heart_rate(ctx.visit.state)
-    return float(np.clip(hr + ctx.rng.normal(0.0, 2.5), 42.0, 140.0))
+    return measured_heart_rate(ctx.visit.state, ctx.rng)
+
+
+def measured_heart_rate(state: np.ndarray, rng: np.random.Generator) -> float:
+    """:func:`heart_rate` at ``state`` with ``rng``'s next draw (also where no visit context exists yet)."""
+    return float(np.clip(resting_heart_rate(state) + rng.normal(0.0, 2.5), 42.0, 140.0))
 
 
 def _lead_amplitudes(magnitude: float, axis: float, precordial: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from .render_ecg import heart_rate
+from .render_ecg import measured_heart_rate
 from .state import BIOLOGY, GENE_IDS, SNP_IDS, STATE_NAMES, RenderContext, Subject
 
 OFF_PANEL_FEATURES = ("rs999999", "GENE999", "ENSG00000141510")
@@ -68,25 +68,49 @@ _CONDITIONS = (
     ("ICD10:J44", "RX:R03AL03", lambda labs, x: x[STATE_NAMES.index("resp")] > 1.8),
 )
 DISEASE_CODE, DISEASE_RX = "ICD10:G30", "RX:N06DA02"
+#: the codes :func:`clinical_labs` may write (vitals, every visit; HbA1c and LDL at half, MoCA at 40%)
+LAB_CODES = (
+    "LOINC:8480-6",  # systolic blood pressure, mmHg
+    "LOINC:8462-4",  # diastolic blood pressure, mmHg
+    "LOINC:8867-4",  # heart rate, bpm
+    "LOINC:2345-7",  # glucose, mg/dL
+    "LOINC:29463-7",  # weight, kg
+    "LOINC:39156-5",  # BMI
+    "LOINC:4548-4",  # HbA1c, %
+    "LOINC:13457-7",  # LDL, mg/dL
+    "LOINC:72172-0",  # MoCA
+)
 
 
 def _labs(ctx: RenderContext) -> dict[str, float]:
-    rng, s, tr = ctx.rng, ctx.s, ctx.subject.traits
-    male = ctx.subject.sex == "M"
-    weight = tr["weight_kg"] * (1.0 + 0.06 * s("metabolic") - 0.02 * s("frailty")) + rng.normal(0, 1.0)
+    return clinical_labs(ctx.rng, ctx.visit.state, ctx.subject.sex, ctx.subject.traits, ctx.visit.diseased)
+
+
+def clinical_labs(
+    rng: np.random.Generator, state: np.ndarray, sex: str, traits: dict[str, float], diseased: bool
+) -> dict[str, float]:
+    """The labs and vitals of one clinical visit (code -> value, as recorded: rounded to 0.1) at the hidden
+    ``state``, drawing from the visit's clinical generator ``rng`` first (:func:`clinical_rows`). Also what a
+    clinician reads at the visit, before the record is written (:mod:`.interventions`, treatment by indication)."""
+    male = sex == "M"
+
+    def s(name: str) -> float:
+        return float(state[STATE_NAMES.index(name)])
+
+    weight = traits["weight_kg"] * (1.0 + 0.06 * s("metabolic") - 0.02 * s("frailty")) + rng.normal(0, 1.0)
     labs = {
         "LOINC:8480-6": 122.0 + 9.0 * s("cardio") + 4.0 * s("metabolic") + 5.0 * male + rng.normal(0, 7),
         "LOINC:8462-4": 78.0 + 5.0 * s("cardio") + rng.normal(0, 5),
-        "LOINC:8867-4": heart_rate(ctx),
+        "LOINC:8867-4": measured_heart_rate(state, rng),
         "LOINC:2345-7": 96.0 + 13.0 * s("metabolic") + rng.normal(0, 6),
         "LOINC:29463-7": weight,
-        "LOINC:39156-5": weight / tr["height_m"] ** 2,
+        "LOINC:39156-5": weight / traits["height_m"] ** 2,
     }
     if rng.random() < 0.5:
         labs["LOINC:4548-4"] = 5.4 + 0.45 * s("metabolic") + rng.normal(0, 0.2)  # HbA1c %
         labs["LOINC:13457-7"] = 118.0 + 12.0 * s("cardio") + rng.normal(0, 15)  # LDL mg/dL
     if rng.random() < 0.4:  # MoCA cognitive score
-        moca = 28.0 - 2.0 * max(s("neuro"), 0.0) - 1.5 * ctx.visit.diseased + rng.normal(0, 1.0)
+        moca = 28.0 - 2.0 * max(s("neuro"), 0.0) - 1.5 * diseased + rng.normal(0, 1.0)
         labs["LOINC:72172-0"] = float(np.clip(np.round(moca), 0, 30))
     return {k: round(float(v), 1) for k, v in labs.items()}
 

@@ -396,10 +396,13 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY, intervention
     drift = 0.04 + 0.06 * prs * bio.prs_load + 0.03 * aging + rng.normal(0.0, 0.08, N_STATE)
     days = _visit_days(rng, hour0)
     risk0 = _HAZARD_PRS * prs + 0.25 * aging
-    policy = None if interventions is None else interventions.policy(seed, index, days)
+    plans = _plan_modalities(seed, index, len(days))  # own streams: before the trajectory, for the policy's labs
+    traits = _traits(subject_rng(seed, index, STREAM_TRAITS), sex)
+    policy = None
+    if interventions is not None:
+        policy = interventions.policy(seed, index, days, sex, traits, ["clinical" in p for p in plans])
     grid, grid_states, onset = _simulate(rng, baseline, drift, risk0, days, policy)
     states = grid_states[np.searchsorted(grid, days)]
-    plans = _plan_modalities(seed, index, len(days))
     split = _split(rng.random())
     consent = not (rng.random() < 0.005 or index % 64 == 17)  # ~2%, and always one when n >= 18
     subj = Subject(
@@ -415,7 +418,7 @@ def simulate_subject(seed: int, index: int, bio: Biology = BIOLOGY, intervention
         end_days=float(days[-1]),
         split=split,
         consent=consent,
-        traits=_traits(subject_rng(seed, index, STREAM_TRAITS), sex),
+        traits=traits,
         seed=seed,
         grid_days=grid,
         grid_states=grid_states,

@@ -84,9 +84,9 @@ class Cohort:
 
 
 def cohort_interventions(cfg: DictConfig) -> InterventionConfig | None:
-    """``cohort.interventions`` (absent or null: none; a mapping: :class:`InterventionConfig`'s ``trial_share`` and
-    ``treat_share``, its default interventions); ``cohort.placebo: true``: the same with every effect 0 (the same
-    people, assignments and draws: only the treatment's effect is gone)."""
+    """``cohort.interventions`` (absent or null: none; a mapping: :class:`InterventionConfig`'s ``trial_share``,
+    ``treat_share`` and ``indicate_on``, its default interventions); ``cohort.placebo: true``: the same with every
+    effect 0 (the same people, assignments and draws: only the treatment's effect is gone)."""
     iv = cfg.cohort.get("interventions")
     if iv is None:
         return None
