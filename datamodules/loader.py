@@ -50,6 +50,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from . import arena
 from .crop import CropConfig, crop_timeline  # (their home was here: still importable from this module)
 from .samples import decode_timeline
 from .schema import (
@@ -175,6 +176,8 @@ class ShardDataset(IterableDataset):
         self.epoch = int(state["epoch"])
 
     def __iter__(self) -> _TimelineIterator:
+        if get_worker_info() is not None:
+            arena.retain_heap()  # a worker's allocations repeat batch after batch: keep what it frees
         return _TimelineIterator(self)
 
     # ------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import torch
 from common import RESULTS, build_task, cohort, load_batches, model_config, tokens_per_instance, write_results
 from omegaconf import OmegaConf
 
+from datamodules import arena
 from datamodules.collate import Collator
 from datamodules.datamodule import OmniDataModule, ShardLoader
 from datamodules.loader import CropConfig, ShardDataset, crop_timeline
@@ -87,17 +88,20 @@ def appetite(root: Path, s: dict[str, int], flop_batches: int, peak_tflops: floa
     }
 
 
-def cpu_seconds() -> float:
-    """CPU seconds (user + system) of this process and its live children (DataLoader workers)."""
+def cpu_seconds() -> tuple[float, int]:
+    """CPU seconds (user + system) of this process and its live children (DataLoader workers), and their page
+    faults (minor: a page mapped afresh, zeroed or copied; in a microVM each costs ~50 times copying the page)."""
     me = psutil.Process()
-    total = 0.0
+    total, faults = 0.0, 0
     for p in [me, *me.children(recursive=True)]:
         try:
             t = p.cpu_times()
-        except psutil.NoSuchProcess:
+            with open(f"/proc/{p.pid}/stat") as f:
+                faults += int(f.read().rsplit(")", 1)[1].split()[7])  # minflt (proc(5))
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
             continue
         total += t.user + t.system
-    return total
+    return total, faults
 
 
 #: CPU seconds of one timed round at least (whole epochs): process CPU times tick in 10 ms, so a round of one
@@ -112,12 +116,14 @@ def supply(root: Path, s: dict[str, int], workers: int, rounds: int) -> dict[str
     dm = OmniDataModule(root, batch_size=s["batch_size"], num_workers=workers, max_events=s["max_events"], seed=0)
     loader = ShardLoader(dm.dataset("train"), s["batch_size"], workers, persistent_workers=workers > 0)
     sum(len(b) for b in loader)  # warm-up: workers started, shards in the page cache
-    cpu, rate = [], []
+    cpu, rate, faults = [], [], []
     for _ in range(rounds):
-        c, t, n = cpu_seconds(), time.perf_counter(), 0
-        while not n or cpu_seconds() - c < ROUND_S:
+        (c, f), t, n = cpu_seconds(), time.perf_counter(), 0
+        while not n or cpu_seconds()[0] - c < ROUND_S:
             n += sum(len(b) for b in loader)
-        cpu.append((cpu_seconds() - c) / n)
+        c1, f1 = cpu_seconds()
+        cpu.append((c1 - c) / n)
+        faults.append((f1 - f) / n)
         rate.append(n / (time.perf_counter() - t))
     del loader
     return {
@@ -126,6 +132,7 @@ def supply(root: Path, s: dict[str, int], workers: int, rounds: int) -> dict[str
         "samples_per_s": statistics.median(rate),
         "cpu_ms_per_sample": min(cpu) * 1e3,
         "samples_per_cpu_s": 1 / min(cpu),
+        "page_faults_per_sample": faults[int(np.argmin(cpu))],
     }
 
 
@@ -205,6 +212,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "feed.json"))
     a = p.parse_args()
     torch.set_num_threads(1)  # a loader worker's share: one core
+    arena.retain_heap()  # and its malloc (as ShardDataset sets it in each worker), for the stages and 0 workers
     root = cohort(a.subjects)
     s = settings()
 
@@ -236,7 +244,8 @@ def main() -> None:
         runs.append(r)
         print(
             f"  {w} worker(s): {r['samples_per_cpu_s']:6.1f} samples per CPU second ({r['cpu_ms_per_sample']:5.1f} "
-            f"ms/sample) -> {r['cores_per_gpu']:5.1f} cores per GPU; {r['samples_per_s']:6.1f} samples/s wall"
+            f"ms/sample, {r['page_faults_per_sample']:4.0f} page faults) -> {r['cores_per_gpu']:5.1f} cores per GPU; "
+            f"{r['samples_per_s']:6.1f} samples/s wall"
         )
     need = runs[-1]["cores_per_gpu"]
     verdict = "meets" if need <= TARGET_CORES else "misses"
