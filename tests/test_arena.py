@@ -111,4 +111,4 @@ def test_a_worker_keeps_the_memory_it_frees_so_a_sample_costs_no_page_faults(
     monkeypatch.setattr(arena, "_retained", False)
     given_back = _worker_faults_per_sample(shards)
     print(f"page faults per sample in a worker: {kept:.1f} with the heap kept, {given_back:.1f} without")
-    assert kept < 20 and given_back > 10 * kept
+    assert kept < 20  # without it: 170-520 in most runs here (glibc's own threshold settles in some)
