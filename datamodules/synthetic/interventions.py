@@ -218,8 +218,11 @@ class Policy:
         self.active: dict[str, int] = {}  # code -> the index of its current span
         self._dose_k: dict[str, int] = {}  # code -> the index of its current dose in its effects
         self.last_labs: dict[str, float] = {}  # lab code -> its last recorded value (care arm, indicate_on measured)
-        self._reads = self.treatment.arm == "care" and self.cfg.indicate_on == "measured"
-        self._reads = self._reads and any(i.measured is not None for i in self.cfg.interventions)
+        self._reads = (  # the labs a care-arm decision reads
+            not trial
+            and self.cfg.indicate_on == "measured"
+            and any(i.measured is not None for i in self.cfg.interventions)
+        )
 
     def _indicated(self, i: Intervention, state: np.ndarray) -> bool:
         """Whether ``i`` is indicated now: its lab's last recorded value above its threshold, or the hidden state

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from datamodules.synthetic.interventions import InterventionConfig
-from datamodules.synthetic.render import context
-from datamodules.synthetic.render_tables import _labs
+from datamodules.synthetic.render import file_rng
+from datamodules.synthetic.render_tables import clinical_labs
 from datamodules.synthetic.state import CARDIO, YEAR_DAYS, simulate_subject
 
 CODE = "RX:C08CA01"
@@ -45,7 +44,7 @@ def rows(n: int, seed: int, ivc: InterventionConfig) -> list[dict]:
         last: dict[str, float] | None = None
         for v in s.visits:
             if "clinical" in v.modalities:
-                last = _labs(context(seed, s, v.index, "clinical", Path("/nonexistent")))
+                last = clinical_labs(file_rng(seed, index, v.index, "clinical"), v.state, s.sex, s.traits, v.diseased)
             if v.index == 0 or v.diseased or last is None:
                 continue
             if t.arm == "trial":
@@ -113,7 +112,7 @@ def main() -> None:
     decisions = rows(args.n, args.seed, ivc.check())
     care = [r for r in decisions if r["arm"] == "care"]
     within, raw, started = residual(care)
-    print(f"{args.n} people (seed {args.seed}), indicate_on {getattr(ivc, 'indicate_on', 'state')}")
+    print(f"{args.n} people (seed {args.seed}), indicate_on {ivc.indicate_on}")
     print(f"care arm: {len(care)} visits where a start could happen, {started} starts")
     print(f"hidden cardio, started - not started: {raw:.3f}; within 5-mmHg bins of the last recorded SBP: {within:.3f}")
     x = np.array([r["cardio"] for r in care])
