@@ -53,9 +53,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..interventions import Span, start_code, stop_code
-from .render import file_rng
 from .render_tables import LAB_CODES, clinical_labs
-from .state import N_STATE, STATE_NAMES, STREAM_TREAT, YEAR_DAYS, Subject, Treatment, modality_stream, subject_rng
+from .state import (
+    N_STATE,
+    STATE_NAMES,
+    STREAM_TREAT,
+    YEAR_DAYS,
+    Subject,
+    Treatment,
+    file_rng,
+    modality_stream,
+    subject_rng,
+)
 
 #: what the care arm's treatment by indication reads (:attr:`InterventionConfig.indicate_on`)
 INDICATE_ON = ("measured", "state")

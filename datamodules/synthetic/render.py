@@ -13,7 +13,7 @@ import numpy as np
 
 from ..modalities import registry, resolve
 from .render_tables import clinical_rows, iso
-from .state import DEFAULT_RECORDINGS, STREAM_FILES, Recordings, RenderContext, Subject, modality_stream, subject_rng
+from .state import DEFAULT_RECORDINGS, Recordings, RenderContext, Subject, file_rng
 
 #: one events-table row: subject_id, time, modality, path, code, numeric_value
 EventRow = tuple[str, str, str, str, str, float]
@@ -30,11 +30,6 @@ def context(
     visit = subject.visits[visit_index]
     rng = file_rng(seed, subject.index, visit_index, modality)
     return RenderContext(subject=subject, visit=visit, rng=rng, root=root, modality=modality, recordings=recordings)
-
-
-def file_rng(seed: int, index: int, visit_index: int, modality: str) -> np.random.Generator:
-    """The generator of subject ``(seed, index)``'s file (or clinical rows) of ``modality`` at a visit."""
-    return subject_rng(seed, index, STREAM_FILES, visit_index, modality_stream(modality))
 
 
 def render_subject(

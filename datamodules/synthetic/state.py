@@ -255,6 +255,11 @@ def subject_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, *stream)))
 
 
+def file_rng(seed: int, index: int, visit_index: int, modality: str) -> np.random.Generator:
+    """The generator of subject ``(seed, index)``'s file (or clinical rows) of ``modality`` at a visit."""
+    return subject_rng(seed, index, STREAM_FILES, visit_index, modality_stream(modality))
+
+
 def subject_id(index: int) -> str:
     return f"SYN-{index:06d}"
 

@@ -25,9 +25,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from datamodules.synthetic.interventions import InterventionConfig
-from datamodules.synthetic.render import file_rng
 from datamodules.synthetic.render_tables import clinical_labs
-from datamodules.synthetic.state import CARDIO, YEAR_DAYS, simulate_subject
+from datamodules.synthetic.state import CARDIO, YEAR_DAYS, file_rng, simulate_subject
 
 CODE = "RX:C08CA01"
 LABS = ("LOINC:8480-6", "LOINC:8462-4", "LOINC:8867-4", "LOINC:2345-7", "LOINC:39156-5")
