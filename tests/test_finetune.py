@@ -91,6 +91,41 @@ def test_survival_head_likelihood_and_cumulative_incidence() -> None:
     assert torch.allclose(cif[:, -1].sum(-1) + survival, torch.ones(3), atol=1e-6)
 
 
+def test_proportional_survival_head_ranks_people_the_same_at_every_bin() -> None:
+    """``head.proportional``: one score per cause shared by the bins, so two people's cumulative incidence curves
+    never cross (each bin's own weights let them), and it learns a hazard that rises with a covariate."""
+    torch.manual_seed(0)
+    own, shared = (
+        Head(HeadConfig(kind="survival", horizon_days=400, bins=10, dropout=0.0, proportional=p), 6)
+        for p in (False, True)
+    )
+    assert sum(p.numel() for p in shared.parameters()) < sum(p.numel() for p in own.parameters()) / 5
+    x = torch.randn(64, 6)
+
+    def order_changes(head: Head) -> int:
+        ranks = head.predict(head(x))[..., 0].argsort(0).argsort(0)  # [B, bins]: each person's rank per bin
+        return int((ranks != ranks[:, -1:]).any(1).sum())
+
+    with torch.no_grad():
+        for layer in (own.net[-1], shared.net[-1]):
+            layer.weight.normal_(0.0, 0.3)  # a trained head's weights, not the small ones it starts from
+        shared.baseline.normal_(-3.0, 0.3)
+    assert order_changes(own) > 10 and order_changes(shared) == 0
+    # learns: hazard rising with x[:, 0] (exponential times, censored at 300 days)
+    head = Head(HeadConfig(kind="survival", horizon_days=400, bins=4, dropout=0.0, proportional=True), 6)
+    x = torch.randn(512, 6)
+    t = torch.distributions.Exponential(torch.exp(x[:, 0]) / 200.0).sample()
+    event, t = (t < 300).float(), t.clamp(max=300)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        head.loss(head(x), {"time": t, "event": event}).backward()
+        opt.step()
+    risk = head.risk(head(x)).detach()
+    assert np.corrcoef(risk.numpy(), x[:, 0].numpy())[0, 1] > 0.8
+    assert torch.allclose(head.predict(head(x))[:, -1, 0], risk)
+
+
 def _tl(times: list[float], label: Label) -> Timeline:
     return Timeline(
         "k", {}, [Event(t, 20000 + t, [Measurement("omics", np.zeros(3))]) for t in times], {"disease": label}

@@ -3,11 +3,12 @@ scratch against a Cox model on the same split (omnimodal/benchmark/real_survival
 
 What one test split can show: its ~100-140 people give the C-index difference a paired bootstrap interval about
 0.1 wide, and across seeded splits the difference moves by 0.03-0.05 (SD). Measured (scripts/bench/real_survival.py
---splits 0 1 2 3 4, scripts/bench/results/real_survival.md): on this split (0) ours - Cox is -0.023 (WHAS500) and
--0.063 (GBSG2); over five splits its mean is -0.004 and +0.001 (within 0.01 of Cox on both). So the test asserts
+--splits 0 1 2 3 4, scripts/bench/results/real_survival.md): on this split (0) ours - Cox is -0.011 (WHAS500) and
+-0.018 (GBSG2); over five splits its mean is -0.006 and +0.011 (within 0.01 of Cox on both). So the test asserts
 that ours learns (C-index > 0.65) and stays within MARGIN of Cox on this split: the measured split-0 difference
-plus about one standard error of it (~0.03). A matching model passes; one that reads values or times wrongly
-(C-index 0.5-0.6) does not.
+plus about one standard error of it (~0.03), and a little for another machine's arithmetic. A matching model
+passes; one that reads values or times wrongly (C-index 0.5-0.6) does not, nor the head before it was
+proportional on GBSG2 (-0.063 on this split).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from omnimodal.benchmark import real_survival as R
 
-MARGIN = 0.09
+MARGIN = 0.06
 
 
 @pytest.fixture()

@@ -9,7 +9,10 @@ Three kinds (``HeadConfig.kind``):
 - ``survival``: time to event with competing risks, in discrete time: ``bins`` equal bins over
   ``horizon_days``; per bin a softmax over "no event" and each of ``causes`` causes (a discrete-time
   cause-specific hazard model). Label value 0 = censored at the label time, k = cause k. The forecast is
-  the cumulative incidence of each cause.
+  the cumulative incidence of each cause. With ``proportional``, a person's log-odds of each cause in a bin
+  (against no event) are a baseline per bin plus one score per cause that every bin shares: the discrete-time
+  proportional-odds model (Cox's in discrete time; pycox's logistic hazard with one linear predictor), where
+  each bin's own weights (the default) let a late bin, with few people at risk, rank people on its own.
 
 A subject whose outcome (or censoring) comes at or before the landmark is not at risk there: not eligible.
 
@@ -57,6 +60,8 @@ class HeadConfig:
     covariates: tuple[str, ...] = ()  # "age" and/or static covariates ("sex_male") next to the embedding
     #: the head learns at lr_scale x optim.lr (module docstring); 1.0 in checkpoints written before it existed
     lr_scale: float = 1.0
+    #: survival: one score per cause shared by every bin, a baseline per bin (module docstring)
+    proportional: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -70,7 +75,7 @@ class HeadConfig:
     @property
     def out_dim(self) -> int:
         if self.kind == "survival":
-            return self.bins * (self.causes + 1)
+            return self.causes if self.proportional else self.bins * (self.causes + 1)
         if self.kind == "regression":
             return 1
         return 1 if self.num_classes == 2 else self.num_classes
@@ -157,9 +162,15 @@ class Head(nn.Module):
             with torch.no_grad():
                 last = self.net[-1]
                 last.weight.mul_(0.1)
-                bias = last.bias.view(cfg.bins, cfg.causes + 1)
-                bias[:, 0] = math.log(0.97) / last.gain
-                bias[:, 1:] = math.log(0.03 / cfg.causes) / last.gain
+                if cfg.proportional:  # the bins' log-odds, learning at lr_scale as the layers do (stored / gain)
+                    last.bias.zero_()
+                    self.baseline = nn.Parameter(
+                        torch.full((cfg.bins, cfg.causes), math.log(0.03 / cfg.causes / 0.97) / cfg.lr_scale)
+                    )
+                else:
+                    bias = last.bias.view(cfg.bins, cfg.causes + 1)
+                    bias[:, 0] = math.log(0.97) / last.gain
+                    bias[:, 1:] = math.log(0.03 / cfg.causes) / last.gain
         edges = torch.linspace(0.0, cfg.horizon_days, cfg.bins + 1)
         self.register_buffer("edges", edges, persistent=False)
 
@@ -170,9 +181,12 @@ class Head(nn.Module):
                 raise ValueError(f"head.covariates {list(self.cfg.covariates)}: pass their values (heads.covariates)")
             x = torch.cat([x, cov.to(x.dtype)], -1)
         out = self.net(x)
-        if self.cfg.kind == "survival":
+        if self.cfg.kind != "survival":
+            return out
+        if not self.cfg.proportional:
             return out.view(-1, self.cfg.bins, self.cfg.causes + 1)
-        return out
+        causes = self.baseline * self.cfg.lr_scale + out[:, None, :]  # [B, bins, causes]
+        return torch.cat([torch.zeros_like(causes[..., :1]), causes], -1)
 
     # -- losses ------------------------------------------------------------------------------------
     def loss(self, out: Tensor, tgt: dict[str, Tensor]) -> Tensor:
