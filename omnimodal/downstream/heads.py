@@ -162,15 +162,13 @@ class Head(nn.Module):
             with torch.no_grad():
                 last = self.net[-1]
                 last.weight.mul_(0.1)
+                none, cause = math.log(0.97) / last.gain, math.log(0.03 / cfg.causes) / last.gain
                 if cfg.proportional:  # the bins' log-odds, learning at lr_scale as the layers do (stored / gain)
                     last.bias.zero_()
-                    self.baseline = nn.Parameter(
-                        torch.full((cfg.bins, cfg.causes), math.log(0.03 / cfg.causes / 0.97) / cfg.lr_scale)
-                    )
+                    self.baseline = nn.Parameter(torch.full((cfg.bins, cfg.causes), cause - none))
                 else:
                     bias = last.bias.view(cfg.bins, cfg.causes + 1)
-                    bias[:, 0] = math.log(0.97) / last.gain
-                    bias[:, 1:] = math.log(0.03 / cfg.causes) / last.gain
+                    bias[:, 0], bias[:, 1:] = none, cause
         edges = torch.linspace(0.0, cfg.horizon_days, cfg.bins + 1)
         self.register_buffer("edges", edges, persistent=False)
 
@@ -185,7 +183,7 @@ class Head(nn.Module):
             return out
         if not self.cfg.proportional:
             return out.view(-1, self.cfg.bins, self.cfg.causes + 1)
-        causes = self.baseline * self.cfg.lr_scale + out[:, None, :]  # [B, bins, causes]
+        causes = self.baseline * self.net[-1].gain + out[:, None, :]  # [B, bins, causes]
         return torch.cat([torch.zeros_like(causes[..., :1]), causes], -1)
 
     # -- losses ------------------------------------------------------------------------------------
