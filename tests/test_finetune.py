@@ -124,6 +124,8 @@ def test_proportional_survival_head_ranks_people_the_same_at_every_bin() -> None
     risk = head.risk(head(x)).detach()
     assert np.corrcoef(risk.numpy(), x[:, 0].numpy())[0, 1] > 0.8
     assert torch.allclose(head.predict(head(x))[:, -1, 0], risk)
+    with pytest.raises(ValueError, match="head.proportional.*survival heads only"):
+        HeadConfig(kind="classification", proportional=True)
 
 
 def _tl(times: list[float], label: Label) -> Timeline:

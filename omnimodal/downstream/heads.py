@@ -70,6 +70,11 @@ class HeadConfig:
             raise ValueError(
                 "config keys head.horizon_days, head.bins, head.causes, head.scale, head.lr_scale must be positive"
             )
+        if self.proportional and self.kind != "survival":
+            raise ValueError(
+                f"config key head.proportional: true applies to survival heads only (head.kind is {self.kind!r}); "
+                "drop it, or use head=survival"
+            )
         self.covariates = tuple(self.covariates or ())
 
     @property
