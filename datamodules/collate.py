@@ -87,7 +87,7 @@ def stack_instances(
     worker, straight into the batch's shared arena)."""
     batch_tensor = alloc.empty
     full = (len(arrays), *spec.shape())
-    data, out = batch_tensor(full, spec.dtype)
+    data, out = batch_tensor(full, spec.batch_dtype)  # float16 MRI and audio: cast on the device
     if spec.variable_axis is not None:
         ax = spec.variable_axis
         lengths = np.array([a.shape[ax] for a in arrays])

@@ -216,7 +216,7 @@ class _Packed:
             ) from None
         self.used = end
         if self.each:
-            validate_canonical(self.modality, self.spec, arr, where=self._at(offset, event))
+            validate_canonical(self.modality, self.spec, arr, self._at(offset, event), self.spec.batch_dtype)
         elif self.missing is not None:
             self.starts.append((offset, event))
         return arr
@@ -241,8 +241,8 @@ def _member(
     sample: dict[str, Any], name: str, modality: str, spec: Spec, inventory: dict[str, Any], where: str
 ) -> np.ndarray:
     """One member's array: its bytes match the checksum ``meta.json`` lists, it is a plain ``.npy`` (never
-    unpickled) stored as the spec's ``storage_dtype``, cast to ``spec.dtype`` (float16 -> float32: its one
-    copy), or a view of the member's own buffer where it is stored as ``spec.dtype``."""
+    unpickled) stored as the spec's ``storage_dtype``, cast to ``spec.batch_dtype`` (its one copy), or a view
+    of the member's own buffer where it is stored as that (float16 MRI and audio, float32 ECG, ...)."""
     if name not in sample:
         raise DataError("member listed in meta.json is missing from the shard", where=where, hint=REBUILD)
     if "crc32" in inventory and checksum(sample[name]) != inventory["crc32"]:
@@ -257,6 +257,6 @@ def _member(
             where=where,
             hint=REBUILD,
         )
-    if arr.dtype == np.dtype(spec.dtype) and isinstance(data, bytearray):
+    if arr.dtype == np.dtype(spec.batch_dtype) and isinstance(data, bytearray):
         return arr  # a view of the member's own buffer (the tar reader's, one per member, writable): no copy
-    return cast_array(arr, spec.dtype)  # a copy: writable, owning its memory
+    return cast_array(arr, spec.batch_dtype)  # a copy: writable, owning its memory

@@ -59,6 +59,9 @@ class Spec(abc.ABC):
     kind: ClassVar[str] = ""
     dtype: ClassVar[str] = "float32"
     storage_dtype: ClassVar[str] = "float32"
+    #: what the loader hands the model (the shard's bytes used in place where it is ``storage_dtype``; an
+    #: encoder casts floats to its own dtype on the device): half the bytes to decode, collate and copy
+    batch_dtype: ClassVar[str] = "float32"
     #: modalities whose stored arrays may hold NaN (= missing entries, see the storage rule)
     nan_is_missing: ClassVar[bool] = False
     #: leading dims that may be shorter than :meth:`shape` (padded at collation, masked)
@@ -92,6 +95,7 @@ class VolumeSpec(Spec):
 
     kind: ClassVar[str] = "volume"
     storage_dtype: ClassVar[str] = "float16"
+    batch_dtype: ClassVar[str] = "float16"
     spacing_mm: tuple[float, float, float] = (4.0, 4.0, 4.0)
     size: tuple[int, int, int] = (48, 48, 48)
     orientation: str = "RAS"
@@ -142,6 +146,7 @@ class AudioSpec(Spec):
 
     kind: ClassVar[str] = "audio"
     storage_dtype: ClassVar[str] = "float16"
+    batch_dtype: ClassVar[str] = "float16"
     variable_axis: ClassVar[int | None] = 1
     rate_hz: int = 16000
     max_duration_s: float = 4.0
@@ -164,6 +169,7 @@ class VideoSpec(Spec):
     kind: ClassVar[str] = "video"
     dtype: ClassVar[str] = "uint8"
     storage_dtype: ClassVar[str] = "uint8"
+    batch_dtype: ClassVar[str] = "uint8"
     variable_axis: ClassVar[int | None] = 0
     fps: float = 8.0
     max_frames: int = 16
@@ -298,8 +304,11 @@ def shape_expected(spec: Spec) -> str:
     )
 
 
-def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str = "") -> np.ndarray:
-    """Check one canonical array against its spec (shape, dtype, finiteness); return it.
+def validate_canonical(
+    modality: str, spec: Spec, array: np.ndarray, where: str = "", dtype: str | None = None
+) -> np.ndarray:
+    """Check one canonical array against its spec (shape, ``dtype``: ``spec.dtype`` unless given, finiteness);
+    return it.
 
     Raises :class:`DataError` naming ``where`` and the problem.
     """
@@ -311,8 +320,9 @@ def validate_canonical(modality: str, spec: Spec, array: np.ndarray, where: str 
             where=where,
             hint="re-run the reader with this cohort's spec",
         )
-    if array.dtype != np.dtype(spec.dtype):
-        raise DataError(f"{modality} array has dtype {array.dtype}, expected {spec.dtype}", where=where)
+    dtype = dtype or spec.dtype
+    if array.dtype != np.dtype(dtype):
+        raise DataError(f"{modality} array has dtype {array.dtype}, expected {dtype}", where=where)
     if array.dtype.kind != "f":
         return array
     finite = np.isfinite(array)

@@ -49,7 +49,8 @@ class Encoder(nn.Module, abc.ABC):
         self.variable_axes: tuple[int, ...] = ()
 
     def forward(self, data: Tensor, mask: Tensor | None = None, value: Tensor | None = None) -> Tensor:
-        """``data [N, *in_shape]`` (+ ``mask``, ``value``) -> ``[N, num_tokens, d_model]``.
+        """``data [N, *in_shape]`` (+ ``mask``, ``value``) -> ``[N, num_tokens, d_model]``. Floating ``data`` of
+        another dtype than the weights' (the loader's float16 MRI and audio) is cast to theirs first.
 
         ``N = 0`` returns ``[0, k, d]`` that still depends (with zero gradient) on every parameter, so
         an encoder whose modality is absent from a batch takes part in gradient synchronisation
@@ -58,6 +59,10 @@ class Encoder(nn.Module, abc.ABC):
         mask = self._check_input(data, mask)
         if data.shape[0] == 0:
             return self.empty_tokens(data.device)
+        if data.is_floating_point() and self.in_dtype.is_floating_point:
+            want = next((p.dtype for p in self.parameters() if p.is_floating_point()), self.in_dtype)
+            if data.dtype != want:  # float16 MRI and audio cross to the device at half the bytes
+                data = data.to(want)  # (as the weights: float32, or bf16 where DeepSpeed holds them so)
         return self.encode(data, mask, value)
 
     def empty_tokens(self, device: torch.device | str | None = None) -> Tensor:

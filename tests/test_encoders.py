@@ -205,6 +205,17 @@ def test_tokens_shape_dtype_and_gradients_reach_every_parameter(name: str) -> No
         enc.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if n.split("/")[0] in ("mri", "voice", "breath")])
+def test_float16_input_as_the_loader_sends_it_gives_the_tokens_of_its_float32_values(name: str) -> None:
+    enc = shared(name).eval()
+    inputs = make_inputs(enc)
+    half = inputs["data"].to(torch.float16)
+    with torch.no_grad():
+        out = enc(**{**inputs, "data": half})
+        torch.testing.assert_close(out, enc(**{**inputs, "data": half.float()}), rtol=0, atol=0)
+    assert out.dtype == torch.float32
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_meta_build_then_to_empty_and_init_weights_matches_a_normal_build(name: str) -> None:
     ref = build(name, seed=3)

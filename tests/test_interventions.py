@@ -5,7 +5,6 @@ cohort's treatments with known effects (datamodules/synthetic/interventions.py) 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -130,15 +129,39 @@ def test_builder_rejects_a_stop_without_start_naming_row_key_and_code(tmp_path: 
 # The simulator: opt-in, the same people, known effects.
 
 
+DEFAULT_COHORT = [  # (sum, sum of |.|) of each person's grid states and their onset day, people 0-19 of seed 0
+    (50.519559967, 67.671353024, math.nan),
+    (581.597643794, 598.676454283, math.nan),
+    (-605.007558855, 605.007558855, math.nan),
+    (-190.612245882, 344.899546455, math.nan),
+    (295.87953726, 295.87953726, 1119.311577283),
+    (435.178837846, 435.178837846, 1786.970533715),
+    (181.577065869, 362.844736355, 2318.275142916),
+    (105.981476066, 600.138521235, math.nan),
+    (820.780004726, 1020.512721996, 1379.917881152),
+    (376.822231224, 377.43696958, 1266.539553301),
+    (-169.691098413, 234.367444739, math.nan),
+    (-111.468098333, 236.149089475, math.nan),
+    (-109.10072114, 286.750584223, 1474.850139775),
+    (-54.701797706, 242.937333825, math.nan),
+    (-192.996581174, 279.677613409, math.nan),
+    (-68.933033371, 346.732355205, math.nan),
+    (292.335423999, 388.738908137, 416.679405404),
+    (92.554585407, 189.537265474, math.nan),
+    (37.068875978, 280.127415004, math.nan),
+    (240.595582286, 353.216430352, math.nan),
+]
+
+
 def test_the_default_cohort_is_unchanged() -> None:
-    # the states and onsets of the cohort before interventions existed (GENERATOR_VERSION 2.1)
-    h = hashlib.sha256()
+    # the states and onsets of the cohort before interventions existed (GENERATOR_VERSION 2.1), to rounding:
+    # NumPy's vectorised exp and log differ in the last bits between CPUs (a byte hash did: AVX-512 or not)
+    got = []
     for i in range(20):
         s = simulate_subject(0, i)
         assert s.treatment is None
-        h.update(s.grid_states.tobytes())
-        h.update(np.float64(s.onset_days).tobytes())
-    assert h.hexdigest()[:16] == "5d59cccf780ce617"
+        got.append((s.grid_states.sum(), np.abs(s.grid_states).sum(), s.onset_days))
+    np.testing.assert_allclose(np.array(got), np.array(DEFAULT_COHORT), rtol=1e-9, atol=1e-9)
     assert cohort_fingerprint() == cohort_fingerprint(None) != cohort_fingerprint(CFG)
     for i in range(40):  # a placebo (every effect 0) is the same person, byte for byte, treated or not
         a, b = simulate_subject(3, i), simulate_subject(3, i, interventions=CFG.zero())

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from datamodules.collate import Collator
 from datamodules.loader import ShardDataset
 from datamodules.samples import decode_timeline
 from datamodules.schema import DataError, dumps
@@ -43,20 +45,22 @@ def test_each_modality_is_one_member_its_measurements_end_to_end(shards: Path) -
                 np.testing.assert_array_equal(x.data, want)
 
 
-def test_a_member_stored_as_its_dtype_is_not_copied_a_float16_one_is_cast(shards: Path) -> None:
-    """ECG (stored float32) and video (uint8) measurements are views of the member's own buffer from the tar
-    reader, writable; MRI (stored float16) is cast to float32, a copy of its own. Two reads give two buffers."""
+def test_a_member_is_used_in_place_as_it_is_stored(shards: Path) -> None:
+    """ECG (stored float32), gait video (uint8) and MRI (float16) measurements are views of the member's own
+    buffer from the tar reader, writable; MRI stays float16 into the batch (half the bytes to collate and send;
+    its encoder casts it on the device). Two reads give two buffers."""
     ds = ShardDataset(shards, "train", shuffle=False)
     path = _first_shard(shards)
     sample = next(s for s in tar_samples(path) if {"ecg.npy", "gait.npy", "mri.npy"} <= set(s))
     tl = decode_timeline(sample, ds.specs)
     by = {m: [x.data for ev in tl.events for x in ev.measurements if x.modality == m] for m in ("ecg", "gait", "mri")}
-    for m in ("ecg", "gait"):
+    for m in ("ecg", "gait", "mri"):
         buffer = np.frombuffer(sample[f"{m}.npy"], np.uint8)
         assert all(np.shares_memory(a, buffer) and a.flags.writeable for a in by[m])
-    assert all(
-        a.dtype == np.float32 and not np.shares_memory(a, np.frombuffer(sample["mri.npy"], np.uint8)) for a in by["mri"]
-    )
+    assert {a.dtype for a in by["mri"]} == {np.dtype(np.float16)}
+    batch = Collator(ds.specs)([tl])
+    assert batch.modalities["mri"].data.dtype == torch.float16
+    assert batch.modalities["ecg"].data.dtype == torch.float32
     again = decode_timeline(next(s for s in tar_samples(path) if s["__key__"] == sample["__key__"]), ds.specs)
     ecg_again = next(x.data for ev in again.events for x in ev.measurements if x.modality == "ecg")
     by["ecg"][0][...] = 0.0  # a user's write into one timeline's array changes no other read
