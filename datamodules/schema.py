@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 
 from .modalities import check_modality, default_specs, names  # noqa: F401 - the data contract in one import
@@ -215,6 +216,15 @@ class OmniBatch:
     def summary(self) -> str:
         parts = [f"{m}:{len(b)}x{list(b.data.shape[1:])}" for m, b in sorted(self.modalities.items())]
         return f"B={len(self)} events={int(self.num_events.sum())} " + " ".join(parts)
+
+
+def loads(data: bytes | bytearray | str) -> Any:
+    """JSON -> Python by orjson (some 2.5 times json's speed: the loader parses every sample's ``meta.json``);
+    what orjson refuses and json reads (NaN and Infinity, which :func:`dumps` may write) by json."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def dumps(obj: Any) -> bytes:

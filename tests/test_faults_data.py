@@ -229,6 +229,7 @@ def _cases(shards: Path) -> list[Case]:
         member_case("mri with a NaN", ".mri.npy", nan),
         member_case("wearable window all NaN (nothing observed)", ".wearable.npy", _window_missing),
         member_case("ecg with an Inf (NaN may mark missing leads, Inf never)", ".ecg.npy", _with_inf),
+        member_case("voice with a -Inf (float16, checked by its bits)", ".voice.npy", lambda d: _with_inf(d, -np.inf)),
         member_case("ecg garbage, unsigned", ".ecg.npy", lambda d: d[:40] + b"\x00" * (len(d) - 40), consistent=False),
         member_case(
             "meta.json: a wearable window one value later, signed", ".meta.json", _packed_edit("wearable", 1, 1, 0)
@@ -281,9 +282,9 @@ def _window_missing(d: bytes) -> bytes:
     return npy_bytes(a)
 
 
-def _with_inf(d: bytes) -> bytes:
+def _with_inf(d: bytes, value: float = np.inf) -> bytes:
     a = np.load(io.BytesIO(d))
-    a[-1] = np.inf
+    a[-1] = value
     return npy_bytes(a)
 
 

@@ -14,8 +14,8 @@ import torch
 
 from datamodules.collate import Collator
 from datamodules.loader import ShardDataset
-from datamodules.samples import decode_timeline
-from datamodules.schema import DataError, dumps
+from datamodules.samples import _all_finite_half, decode_timeline
+from datamodules.schema import DataError, dumps, loads
 from datamodules.shards.format import checksum, load_index, tar_samples
 
 
@@ -65,6 +65,28 @@ def test_a_member_is_used_in_place_as_it_is_stored(shards: Path) -> None:
     ecg_again = next(x.data for ev in again.events for x in ev.measurements if x.modality == "ecg")
     by["ecg"][0][...] = 0.0  # a user's write into one timeline's array changes no other read
     assert not np.array_equal(ecg_again, by["ecg"][0])
+
+
+def test_float16_finiteness_from_the_bits_agrees_with_numpy() -> None:
+    edge = np.array([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 65504.0, -65504.0, 1.0], np.float16)  # subnormal, max, ...
+    assert _all_finite_half(edge) and _all_finite_half(edge[:0])
+    for bad in (np.inf, -np.inf, np.nan):
+        x = edge.copy()
+        x[3] = bad
+        assert not _all_finite_half(x)
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**16, 4096, dtype=np.uint16).view(np.float16)
+    for chunk in np.split(bits, 512):
+        assert _all_finite_half(chunk) == bool(np.isfinite(chunk).all())
+
+
+def test_meta_json_parsed_by_orjson_reads_what_json_reads() -> None:
+    doc = {"events": [{"measurements": [{"code": "LOINC:8480-6", "value": 136.5}], "time_days": 0.1 + 0.2}], "k": 2**40}
+    assert loads(dumps(doc)) == json.loads(dumps(doc)) == doc
+    nan = loads(dumps({"value": float("nan"), "hi": float("inf")}))  # what dumps may write and orjson refuses
+    assert math.isnan(nan["value"]) and nan["hi"] == float("inf")
+    with pytest.raises(ValueError):
+        loads(b'{"events": [')
 
 
 def test_an_empty_shard_file_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,100 @@
+"""Benchmark: a loader worker's own work per sample (check and decode the members, crop, collate), the current
+loader against what it did before, in this process, rounds alternating (CPU seconds, the best and the median).
+
+Arms, each adding one change to the one before:
+
+- ``before``: MRI and audio cast from the shard's float16 to float32 in decode (the batch holds float32), and
+  ``meta.json`` parsed by ``json``;
+- ``float16 batch``: MRI and audio handed out as stored (``Spec.batch_dtype``: a view of the tar reader's
+  buffer, no cast; half their bytes in the batch), their finiteness checked on the float16 bits;
+- ``+ orjson``: ``meta.json`` parsed by orjson (``datamodules.schema.loads``): the current loader.
+
+Prints ms per sample of each and the ratio to ``before``, and writes them to ``--out`` (JSON).
+
+    python scripts/bench/decode.py [--subjects 128] [--rounds 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from common import RESULTS, cohort, write_results
+
+from datamodules import arena, samples
+from datamodules.collate import Collator
+from datamodules.loader import CropConfig, ShardDataset, crop_timeline
+from datamodules.samples import decode_timeline
+from datamodules.specs import AudioSpec, VolumeSpec
+
+ARMS = ("before", "float16 batch", "+ orjson")
+
+
+@contextmanager
+def arm(name: str) -> Iterator[None]:
+    """The loader as it was before the changes ``name`` does not have yet."""
+    kept = VolumeSpec.batch_dtype, AudioSpec.batch_dtype, samples.loads
+    if name == "before":
+        VolumeSpec.batch_dtype = AudioSpec.batch_dtype = "float32"
+    if name != "+ orjson":
+        samples.loads = json.loads
+    try:
+        yield
+    finally:
+        VolumeSpec.batch_dtype, AudioSpec.batch_dtype, samples.loads = kept
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--subjects", type=int, default=128, help="size of the synthetic demo cohort")
+    p.add_argument("--rounds", type=int, default=40, help="timed train epochs of each arm, alternating")
+    p.add_argument("--out", default=str(RESULTS / "decode.json"))
+    a = p.parse_args()
+    torch.set_num_threads(1)  # a loader worker's share: one core
+    arena.retain_heap()
+    ds = ShardDataset(cohort(a.subjects), "train", shuffle=True, seed=0, crop=CropConfig(max_events=32))
+    collate = Collator(ds.specs, ds.index["clinical_codes"])
+    raw = list(ds.raw_samples(0))
+    n = len(raw)
+
+    def epoch() -> tuple[float, float]:
+        """CPU ms per sample of decode + crop + collate (batches of 16); the batch's MiB per sample."""
+        t = time.process_time()
+        tls = [
+            crop_timeline(decode_timeline(x, ds.specs, ""), ds.crop, np.random.default_rng(i))
+            for i, x in enumerate(raw)
+        ]
+        batches = [collate(tls[i : i + 16]) for i in range(0, n, 16)]
+        ms = (time.process_time() - t) / n * 1e3
+        tensors = [x for b in batches for mb in b.modalities.values() for x in (mb.data, mb.mask) if x is not None]
+        mib = sum(x.nbytes for x in tensors)
+        return ms, mib / n / 2**20
+
+    times: dict[str, list[float]] = {name: [] for name in ARMS}
+    mib: dict[str, float] = {}
+    for _ in range(a.rounds):
+        for name in ARMS:
+            with arm(name):
+                ms, mib[name] = epoch()
+            times[name].append(ms)
+    base = min(times["before"])
+    print(f"decode + crop + collate, one process, {n} samples of the demo cohort's train split, {a.rounds} rounds:")
+    rows = {}
+    for name in ARMS:
+        best, med = min(times[name]), statistics.median(times[name])
+        rows[name] = {"best_ms": best, "median_ms": med, "batch_mib_per_sample": mib[name], "speedup": base / best}
+        print(
+            f"  {name:14s} {best:6.3f} ms/sample (median {med:6.3f}), {mib[name]:.2f} MiB/sample in the batch, "
+            f"x{base / best:.2f} against before"
+        )
+    write_results(a.out, {"samples": n, "rounds": a.rounds, "arms": rows})
+
+
+if __name__ == "__main__":
+    main()
