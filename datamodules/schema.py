@@ -26,8 +26,9 @@ omics         ``[features]``              float32    values on the spec's featur
 clinical      (no array)                  -          MEDS-style ``code`` + ``numeric_value``
 ============  ==========================  =========  ============================================
 
-Storage rule: *missing entries are NaN in the stored array*; the loader turns them into zeros plus a
-boolean mask (True = observed). Any other NaN or Inf is bad input and is rejected.
+Storage rule: *missing entries are NaN in the stored array*, and in the batch: the encoder turns them into
+zeros plus a boolean mask (True = observed) on the device. Any other NaN or Inf is bad input and is rejected.
+In the batch, MRI and audio are float16 as stored (``Spec.batch_dtype``), cast by their encoders.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class Timeline:
 class ModalityBatch:
     """All instances of one modality in a batch, stacked: ``data [N, *layout]``.
 
-    ``mask`` (bool, True = observed) has the modality's mask layout (see module docstring) or is None;
+    ``mask`` (bool, True = observed) has the modality's mask layout (see module docstring) or is None (ECG,
+    wearable and omics: their NaN entries are the missing ones, masked by the encoder on the device);
     ``subject [N]`` indexes the batch row, ``event [N]`` the event within that subject's timeline,
     ``time_days [N]`` / ``age_days [N]`` place it in time. For clinical, ``data [N]`` holds code ids
     (0 = unknown code) and ``value [N]`` the numeric value with ``mask [N]`` saying it is present.

@@ -23,6 +23,18 @@ from torch import Tensor, nn
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*/[a-z0-9_]+$")
 EncoderT = TypeVar("EncoderT", bound="Encoder")
+
+
+def nan_mask(data: Tensor, mask_axes: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """NaN marks what is missing (the storage rule): ``data`` with 0 there, and the mask over ``mask_axes`` (an
+    entry observed where any of the values it covers is: an ECG lead with a finite sample). Where the loader's
+    worker used to do it, now on the device."""
+    finite = torch.isfinite(data)
+    rest = [a for a in range(data.ndim) if a not in mask_axes]
+    mask = finite.any(dim=rest) if rest else finite
+    return torch.where(finite, data, 0.0), mask
+
+
 _REGISTRY: dict[str, type[Encoder]] = {}
 
 
@@ -50,7 +62,9 @@ class Encoder(nn.Module, abc.ABC):
 
     def forward(self, data: Tensor, mask: Tensor | None = None, value: Tensor | None = None) -> Tensor:
         """``data [N, *in_shape]`` (+ ``mask``, ``value``) -> ``[N, num_tokens, d_model]``. Floating ``data`` of
-        another dtype than the weights' (the loader's float16 MRI and audio) is cast to theirs first.
+        another dtype than the weights' (the loader's float16 MRI and audio) is cast to theirs first; without a
+        ``mask``, its NaN entries are the missing ones (as the loader sends ECG, wearable and omics:
+        :func:`nan_mask`), and with none, all is observed.
 
         ``N = 0`` returns ``[0, k, d]`` that still depends (with zero gradient) on every parameter, so
         an encoder whose modality is absent from a batch takes part in gradient synchronisation
@@ -60,6 +74,8 @@ class Encoder(nn.Module, abc.ABC):
         if data.shape[0] == 0:
             return self.empty_tokens(data.device)
         if data.is_floating_point() and self.in_dtype.is_floating_point:
+            if mask is None and self.mask_axes is not None:
+                data, mask = nan_mask(data, self.mask_axes)
             want = next((p.dtype for p in self.parameters() if p.is_floating_point()), self.in_dtype)
             if data.dtype != want:  # float16 MRI and audio cross to the device at half the bytes
                 data = data.to(want)  # (as the weights: float32, or bf16 where DeepSpeed holds them so)

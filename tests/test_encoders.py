@@ -216,6 +216,29 @@ def test_float16_input_as_the_loader_sends_it_gives_the_tokens_of_its_float32_va
     assert out.dtype == torch.float32
 
 
+NAN_MISSING = [n for n in NAMES if n.split("/")[0] in ("ecg", "wearable", "omics")]
+
+
+@pytest.mark.parametrize("name", NAN_MISSING)
+def test_nan_where_missing_as_the_loader_sends_it_gives_the_tokens_of_zeros_and_a_mask(name: str) -> None:
+    enc = shared(name).eval()
+    inputs = make_inputs(enc, n=4)
+    mask = inputs["mask"]
+    with_nan = torch.where(mask.view(mask_view(enc, inputs["data"].shape)), inputs["data"], torch.nan)
+    with_nan[1].view(-1)[0] = torch.nan  # a value missing inside an observed lead / stream / panel
+    explicit = torch.where(torch.isnan(with_nan), 0.0, with_nan)
+    finite = torch.isfinite(with_nan)
+    mask = finite.any(-1) if name.startswith("ecg") else finite  # a lead is observed where it has a finite sample
+    assert not mask[-1].any() and not torch.isfinite(with_nan[1]).all()
+    with torch.no_grad():
+        out = enc(with_nan, None)
+        torch.testing.assert_close(out, enc(explicit, mask), rtol=0, atol=0)
+    assert torch.isfinite(out).all()
+    nothing_missing = inputs["data"].clone()
+    with torch.no_grad():  # no NaN, no mask: all observed
+        torch.testing.assert_close(enc(nothing_missing, None), enc(nothing_missing, torch.ones_like(mask)))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_meta_build_then_to_empty_and_init_weights_matches_a_normal_build(name: str) -> None:
     ref = build(name, seed=3)

@@ -19,6 +19,7 @@ from datamodules.datamodule import OmniDataModule, ShardLoader
 from datamodules.loader import CropConfig, ShardDataset, crop_timeline
 from datamodules.schema import MODALITIES, DataError, Event, Measurement, Timeline
 from datamodules.shards.format import load_index, sha256_file
+from encoders.base import nan_mask
 
 
 def _keys(loader) -> list[str]:
@@ -38,15 +39,20 @@ def test_batches_hold_all_modalities_in_canonical_layouts(shards: Path) -> None:
             assert mb.data.dtype == torch.long and (mb.data > 0).all()  # train codes are all in the vocabulary
             continue
         assert tuple(mb.data.shape) == (n, *ds.specs[m].shape()), m
-        assert torch.isfinite(mb.data.float()).all(), m
+        # NaN marks what is missing (ECG, wearable, omics; masked by the encoder); all else is finite
+        assert ds.specs[m].nan_is_missing or torch.isfinite(mb.data.float()).all(), m
+        assert (mb.mask is None) == (ds.specs[m].variable_axis is None), m
     assert batch.modalities["gait"].data.dtype == torch.uint8
+    assert batch.modalities["mri"].data.dtype == batch.modalities["voice"].data.dtype == torch.float16
     ecg = batch.modalities["ecg"]
-    assert ecg.mask.shape == (len(ecg), 12) and ecg.mask.any()
-    assert (ecg.data[~ecg.mask] == 0).all()  # missing leads are zero and masked
+    data, mask = nan_mask(ecg.data, (0, 1))  # what the ECG encoder sees
+    assert mask.shape == (len(ecg), 12) and mask.any() and not mask.all()  # the cohort has missing leads
+    assert (data[~mask] == 0).all() and torch.isfinite(data).all()
+    assert torch.isnan(ecg.data[~mask]).all()  # a missing lead: NaN through and through
     voice = batch.modalities["voice"]
     assert voice.mask.shape == (len(voice), ds.specs["voice"].max_samples)
     wear = batch.modalities["wearable"]
-    assert wear.mask.shape == wear.data.shape and not wear.mask.all()  # the cohort has gaps
+    assert torch.isnan(wear.data).any() and not torch.isnan(wear.data).all()  # the cohort has gaps
     # events are in time order within each subject and ages grow with time
     for tl in timelines:
         times = [e.time_days for e in tl.events]
