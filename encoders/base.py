@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*/[a-z0-9_]+$")
 EncoderT = TypeVar("EncoderT", bound="Encoder")
+_REGISTRY: dict[str, type[Encoder]] = {}
 
 
 def nan_mask(data: Tensor, mask_axes: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -33,9 +34,6 @@ def nan_mask(data: Tensor, mask_axes: Sequence[int]) -> tuple[Tensor, Tensor]:
     rest = [a for a in range(data.ndim) if a not in mask_axes]
     mask = finite.any(dim=rest) if rest else finite
     return torch.where(finite, data, 0.0), mask
-
-
-_REGISTRY: dict[str, type[Encoder]] = {}
 
 
 class Encoder(nn.Module, abc.ABC):
