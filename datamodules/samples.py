@@ -252,7 +252,8 @@ def _member(
 ) -> np.ndarray:
     """One member's array: its bytes match the checksum ``meta.json`` lists, it is a plain ``.npy`` (never
     unpickled) stored as the spec's ``storage_dtype``, cast to ``spec.batch_dtype`` (its one copy), or a view
-    of the member's own buffer where it is stored as that (float16 MRI and audio, float32 ECG, ...)."""
+    of the member's bytes where it is stored as that (float16 MRI and audio, float32 ECG, ...): read-only when
+    they are ``bytes``, as the tar reader gives them; nothing in the loader writes into a measurement."""
     if name not in sample:
         raise DataError("member listed in meta.json is missing from the shard", where=where, hint=REBUILD)
     if "crc32" in inventory and checksum(sample[name]) != inventory["crc32"]:
@@ -267,6 +268,6 @@ def _member(
             where=where,
             hint=REBUILD,
         )
-    if arr.dtype == np.dtype(spec.batch_dtype) and isinstance(data, bytearray):
-        return arr  # a view of the member's own buffer (the tar reader's, one per member, writable): no copy
+    if arr.dtype == np.dtype(spec.batch_dtype):
+        return arr  # a view of the member's bytes (read-only where the tar reader's): no copy
     return cast_array(arr, spec.batch_dtype)  # a copy: writable, owning its memory

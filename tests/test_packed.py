@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -47,24 +48,40 @@ def test_each_modality_is_one_member_its_measurements_end_to_end(shards: Path) -
 
 def test_a_member_is_used_in_place_as_it_is_stored(shards: Path) -> None:
     """ECG (stored float32), gait video (uint8) and MRI (float16) measurements are views of the member's own
-    buffer from the tar reader, writable; MRI stays float16 into the batch (half the bytes to collate and send;
-    its encoder casts it on the device). Two reads give two buffers."""
+    bytes from the tar reader (read once, not zeroed first), read-only: a write raises, it never reaches another
+    read; MRI stays float16 into the batch (half the bytes to collate and send; its encoder casts it on the
+    device). Two reads give two buffers."""
     ds = ShardDataset(shards, "train", shuffle=False)
     path = _first_shard(shards)
     sample = next(s for s in tar_samples(path) if {"ecg.npy", "gait.npy", "mri.npy"} <= set(s))
     tl = decode_timeline(sample, ds.specs)
     by = {m: [x.data for ev in tl.events for x in ev.measurements if x.modality == m] for m in ("ecg", "gait", "mri")}
     for m in ("ecg", "gait", "mri"):
+        assert type(sample[f"{m}.npy"]) is bytes
         buffer = np.frombuffer(sample[f"{m}.npy"], np.uint8)
-        assert all(np.shares_memory(a, buffer) and a.flags.writeable for a in by[m])
+        assert all(np.shares_memory(a, buffer) and not a.flags.writeable for a in by[m])
     assert {a.dtype for a in by["mri"]} == {np.dtype(np.float16)}
     batch = Collator(ds.specs)([tl])
     assert batch.modalities["mri"].data.dtype == torch.float16
     assert batch.modalities["ecg"].data.dtype == torch.float32
     again = decode_timeline(next(s for s in tar_samples(path) if s["__key__"] == sample["__key__"]), ds.specs)
     ecg_again = next(x.data for ev in again.events for x in ev.measurements if x.modality == "ecg")
-    by["ecg"][0][...] = 0.0  # a user's write into one timeline's array changes no other read
-    assert not np.array_equal(ecg_again, by["ecg"][0])
+    assert not np.shares_memory(ecg_again, by["ecg"][0])
+    with pytest.raises(ValueError, match="read-only"):
+        by["ecg"][0][...] = 0.0  # a user who needs to write copies first
+    batch.modalities["ecg"].data.zero_()  # the batch is the loader's own copy, writable
+    np.testing.assert_array_equal(ecg_again, by["ecg"][0])
+
+
+def test_a_tar_member_may_not_take_a_sample_field_name(tmp_path: Path) -> None:
+    path = tmp_path / "train-000000.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in (("s1.meta.json", b"{}"), ("s1.__key__", b"s2")):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match=r"train-000000.tar: member 's1.__key__' has a reserved suffix"):
+        list(tar_samples(path))
 
 
 def test_float16_finiteness_from_the_bits_agrees_with_numpy() -> None:

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import tarfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -126,8 +127,11 @@ def cast_array(array: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
     """A new C-order copy of ``array`` as ``dtype``; float16 -> float32 through torch, whose vectorised
     conversion is some twenty times NumPy's (the loader's largest cost per sample without it)."""
     out = np.empty(array.shape, dtype)
-    if array.dtype == np.float16 and out.dtype == np.float32 and array.flags.writeable:
-        torch.from_numpy(out).copy_(torch.from_numpy(array))
+    if array.dtype == np.float16 and out.dtype == np.float32:
+        with warnings.catch_warnings():  # torch warns of a read-only source (a member's bytes); it only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            source = torch.from_numpy(array)
+        torch.from_numpy(out).copy_(source)
     else:
         np.copyto(out, array, casting="unsafe")
     return out
@@ -350,7 +354,9 @@ def tar_samples(path: str | os.PathLike, stream: BinaryIO | None = None) -> Iter
             key, dot, suffix = member_name.partition(".")
             if not key or not dot or "/" in member_name:
                 raise DataError(f"member {member_name!r} is not a KEY.SUFFIX file", where=name, hint=REBUILD)
-            data = _read_into(f, size, name)
+            if suffix.startswith("__"):  # __key__, __url__, ...: the names of the sample's own fields
+                raise DataError(f"member {member_name!r} has a reserved suffix (__...)", where=name, hint=REBUILD)
+            data = _read_member(f, size, name)
             if len(data) != size:
                 raise DataError(f"member {member_name!r} is cut short", where=name, hint=REBUILD)
             pad = -size % _BLOCK
@@ -384,21 +390,17 @@ def _read(f: BinaryIO, n: int, name: str) -> bytes:
         raise DataError(f"unreadable tar data ({exc})", where=name, hint=REBUILD) from None
 
 
-def _read_into(f: BinaryIO, n: int, name: str) -> bytearray:
-    """``n`` bytes (fewer at the end of the data) into a new writable buffer: arrays decoded from it are
-    writable views, which torch converts without a copy (:func:`cast_array`)."""
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    try:
-        while got < n and (k := f.readinto(view[got:])):  # a network stream may fill it in parts
-            got += k
-    except OSError as exc:
-        raise DataError(f"unreadable tar data ({exc})", where=name, hint=REBUILD) from None
-    finally:
-        view.release()
-    if got < n:
-        del buf[got:]
-    return buf
+def _read_member(f: BinaryIO, n: int, name: str) -> bytes:
+    """``n`` bytes (fewer at the end of the data) in one copy: ``read`` fills a new ``bytes`` as it reads, where
+    ``readinto`` a ``bytearray`` first zeroes it (a pass over the member's bytes: a fifth of reading a shard,
+    ``scripts/bench/decode.py``). Arrays decoded from it are read-only views, copied into the batch by collation."""
+    data = _read(f, n, name)
+    while 0 < len(data) < n:  # a network stream may give it in parts
+        more = _read(f, n - len(data), name)
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _member_header(header: bytes, offset: int, name: str, sample: dict[str, Any] | None) -> tuple[str, int] | None:

@@ -1,5 +1,5 @@
-"""Benchmark: a loader worker's own work per sample (check and decode the members, crop, collate), the current
-loader against what it did before, in this process, rounds alternating (CPU seconds, the best and the median).
+"""Benchmark: a loader worker's own work per sample (read the tar, check and decode the members, crop, collate), the
+current loader against what it did before, in this process, rounds alternating (CPU seconds, the best and the median).
 
 Arms, each adding one change to the one before:
 
@@ -10,7 +10,10 @@ Arms, each adding one change to the one before:
 - ``+ masks on the device``: ECG, wearable and omics sent with NaN where missing and no mask (the encoder
   masks them on the device); before, the worker made the mask (``isfinite``, ECG's per-lead ``any``) and
   zeroed the NaN (``nan_to_num``), as :func:`host_masks` does;
-- ``+ orjson``: ``meta.json`` parsed by orjson (``datamodules.schema.loads``): the current loader.
+- ``+ orjson``: ``meta.json`` parsed by orjson (``datamodules.schema.loads``);
+- ``+ read unzeroed``: each tar member read into a new ``bytes`` (one copy) where it was read into a
+  ``bytearray``, which is zeroed first (:func:`read_zeroed`); arrays are then read-only views: the current
+  loader.
 
 Prints ms per sample of each and the ratio to ``before``, and writes them to ``--out`` (JSON).
 
@@ -25,6 +28,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -32,12 +36,23 @@ from common import RESULTS, cohort, write_results
 
 from datamodules import arena, samples
 from datamodules.collate import Collator
-from datamodules.loader import CropConfig, ShardDataset, crop_timeline
-from datamodules.samples import decode_timeline
+from datamodules.loader import CropConfig, ShardDataset
 from datamodules.schema import OmniBatch, Spec
+from datamodules.shards import format as shard_format
 from datamodules.specs import AudioSpec, VolumeSpec
 
-ARMS = ("before", "float16 batch", "+ masks on the device", "+ orjson")
+ARMS = ("before", "float16 batch", "+ masks on the device", "+ orjson", "+ read unzeroed")
+
+
+def read_zeroed(f: BinaryIO, n: int, name: str) -> bytearray:
+    """How the tar reader read a member before (datamodules/shards/format.py then): into a zeroed ``bytearray``."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n and (k := f.readinto(view[got:])):
+        got += k
+    view.release()
+    del buf[got:]
+    return buf
 
 
 def host_masks(batch: OmniBatch, specs: dict[str, Spec]) -> None:
@@ -54,15 +69,18 @@ def host_masks(batch: OmniBatch, specs: dict[str, Spec]) -> None:
 @contextmanager
 def arm(name: str) -> Iterator[bool]:
     """The loader as it was before the changes ``name`` does not have yet."""
-    kept = VolumeSpec.batch_dtype, AudioSpec.batch_dtype, samples.loads
-    if name == "before":
+    kept = VolumeSpec.batch_dtype, AudioSpec.batch_dtype, samples.loads, shard_format._read_member
+    at = ARMS.index(name)
+    if at < ARMS.index("float16 batch"):
         VolumeSpec.batch_dtype = AudioSpec.batch_dtype = "float32"
-    if name != "+ orjson":
+    if at < ARMS.index("+ orjson"):
         samples.loads = json.loads
+    if at < ARMS.index("+ read unzeroed"):
+        shard_format._read_member = read_zeroed
     try:
-        yield name in ("before", "float16 batch")  # the worker makes the masks
+        yield at < ARMS.index("+ masks on the device")  # the worker makes the masks
     finally:
-        VolumeSpec.batch_dtype, AudioSpec.batch_dtype, samples.loads = kept
+        VolumeSpec.batch_dtype, AudioSpec.batch_dtype, samples.loads, shard_format._read_member = kept
 
 
 def main() -> None:
@@ -75,17 +93,19 @@ def main() -> None:
     arena.retain_heap()
     ds = ShardDataset(cohort(a.subjects), "train", shuffle=True, seed=0, crop=CropConfig(max_events=32))
     collate = Collator(ds.specs, ds.index["clinical_codes"])
-    raw = list(ds.raw_samples(0))
-    n = len(raw)
+    n = sum(1 for _ in ds.raw_samples(0))
 
     def epoch(masks_on_host: bool) -> tuple[float, float]:
-        """CPU ms per sample of decode + crop + collate (batches of 16); the batch's MiB per sample."""
+        """CPU ms per sample of a worker's work (read, shuffle buffer, decode, crop, collate in batches of 16, as
+        the training loader's worker does it: ``ShardDataset``'s own iterator); the batch's MiB per sample."""
         t = time.process_time()
-        tls = [
-            crop_timeline(decode_timeline(x, ds.specs, ""), ds.crop, np.random.default_rng(i))
-            for i, x in enumerate(raw)
-        ]
-        batches = [collate(tls[i : i + 16]) for i in range(0, n, 16)]
+        tls, batches = [], []
+        for tl in ds:
+            tls.append(tl)
+            if len(tls) == 16:
+                batches.append(collate(tls))
+                tls = []
+        batches += [collate(tls)] if tls else []
         for b in batches if masks_on_host else ():
             host_masks(b, ds.specs)
         ms = (time.process_time() - t) / n * 1e3
@@ -101,7 +121,7 @@ def main() -> None:
                 ms, mib[name] = epoch(masks_on_host)
             times[name].append(ms)
     base = min(times["before"])
-    print(f"decode + crop + collate, one process, {n} samples of the demo cohort's train split, {a.rounds} rounds:")
+    print(f"read + decode + crop + collate, one process, {n} train samples of the demo cohort, {a.rounds} rounds:")
     rows = {}
     for name in ARMS:
         best, med = min(times[name]), statistics.median(times[name])
