@@ -118,7 +118,9 @@ def _ended(cluster: SlurmCluster, job: str, out: Path, timeout: float = 420) -> 
     info = cluster.wait(
         job, lambda j: j["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout, "the job to end"
     )
-    assert info["JobState"] == "COMPLETED", f"{info}\n{out.read_text()[-4000:]}"
+    # the controller's and node daemon's logs too: a job that fails before its script prints (RunTime 0) says why
+    # only there
+    assert info["JobState"] == "COMPLETED", f"{info}\n{out.read_text()[-4000:]}\n{cluster.logs()}"
     return info
 
 
