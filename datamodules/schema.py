@@ -108,7 +108,8 @@ MODALITIES: Sequence[str] = _Modalities()
 
 @dataclass
 class Measurement:
-    """One measurement of one modality. ``data`` is the canonical array (None for clinical)."""
+    """One measurement of one modality. ``data`` is the canonical array (None for clinical); decoded from a shard it
+    is a read-only view of the member's bytes (copy it to write into it)."""
 
     modality: str
     data: np.ndarray | None = None
