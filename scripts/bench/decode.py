@@ -93,11 +93,11 @@ def main() -> None:
     arena.retain_heap()
     ds = ShardDataset(cohort(a.subjects), "train", shuffle=True, seed=0, crop=CropConfig(max_events=32))
     collate = Collator(ds.specs, ds.index["clinical_codes"])
-    n = sum(1 for _ in ds.raw_samples(0))
 
-    def epoch(masks_on_host: bool) -> tuple[float, float]:
+    def epoch(masks_on_host: bool) -> tuple[float, float, int]:
         """CPU ms per sample of a worker's work (read, shuffle buffer, decode, crop, collate in batches of 16, as
-        the training loader's worker does it: ``ShardDataset``'s own iterator); the batch's MiB per sample."""
+        the training loader's worker does it: ``ShardDataset``'s own iterator); the batch's MiB per sample; the
+        samples."""
         t = time.process_time()
         tls, batches = [], []
         for tl in ds:
@@ -108,17 +108,18 @@ def main() -> None:
         batches += [collate(tls)] if tls else []
         for b in batches if masks_on_host else ():
             host_masks(b, ds.specs)
+        n = sum(len(b.keys) for b in batches)
         ms = (time.process_time() - t) / n * 1e3
         tensors = [x for b in batches for mb in b.modalities.values() for x in (mb.data, mb.mask) if x is not None]
         mib = sum(x.nbytes for x in tensors)
-        return ms, mib / n / 2**20
+        return ms, mib / n / 2**20, n
 
     times: dict[str, list[float]] = {name: [] for name in ARMS}
     mib: dict[str, float] = {}
     for _ in range(a.rounds):
         for name in ARMS:
             with arm(name) as masks_on_host:
-                ms, mib[name] = epoch(masks_on_host)
+                ms, mib[name], n = epoch(masks_on_host)
             times[name].append(ms)
     base = min(times["before"])
     print(f"read + decode + crop + collate, one process, {n} train samples of the demo cohort, {a.rounds} rounds:")
