@@ -420,3 +420,13 @@ def test_bad_counterfactual_input_names_the_argument(population: list) -> None:
         counterfactual_risks(s, 10.0, EX, [1.0], CFG, duration_days=0.0)
     with pytest.raises(ValueError, match=r"trial_share must be in \[0, 1\]"):
         InterventionConfig(trial_share=1.5).check()
+
+
+def test_what_if_benchmark_refuses_no_models(tmp_path: Path) -> None:
+    """``models`` (the models averaged per person) below 1 is refused before any cohort is built, naming the key."""
+    from omnimodal.benchmark.what_if import run  # noqa: PLC0415
+    from omnimodal.infra.config_store import compose  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="config key models: 0"):
+        run(compose("what_if", ["models=0", f"out={tmp_path / 'report'}", f"cache={tmp_path / 'cache'}"]))
+    assert not (tmp_path / "cache").exists()

@@ -4,21 +4,25 @@ what_if``; configs/what_if.yaml).
 1. **Cohort**: a seeded synthetic cohort with interventions (:mod:`datamodules.synthetic.interventions`): half
    the people in a randomised arm (each intervention given 1:1 at a randomisation visit), half treated by
    indication (those with the worse state: confounded). Re-split by keyed hash and sharded as the benchmark's.
-2. **Model**: pretrained self-supervised on the train split (``pretrain``: no labels; its next-event forecast
-   learns what follows a START, the labs that fall), then fine-tuned there with a survival head at every eligible
-   event of each history (``finetune.overrides``, ``landmark.train=all``, so histories that end in a START are
-   seen as the what-if asks them); it learns from the intervention rows (``<CODE>//START``) as from any other code.
+2. **Model** (``models`` of them, seeds ``seed``, ``seed + 1``, ...: pretrained and fine-tuned independently, their
+   what-ifs averaged per person; one run's estimate moves with its training seed by more than the people's
+   bootstrap interval, what_if.md): pretrained self-supervised on the train split (``pretrain``: no labels; its
+   next-event forecast learns what follows a START, the labs that fall), then fine-tuned there with a survival
+   head at every eligible event of each history (``finetune.overrides``, ``landmark.train=all``, so histories that
+   end in a START are seen as the what-if asks them; ``optim.backbone_lr_ratio=0.01``, so the pretrained part keeps
+   what it learned of a START); it learns from the intervention rows (``<CODE>//START``) as from any other code.
    ``pretrain: null``: the same architecture fine-tuned from scratch.
 3. **Per test person** with a treatment decision for ``code`` (a trial-arm person at their randomisation visit,
    treated or not; a care-arm person at their start), their history up to that decision (the decision's own
    START row left out) is asked :meth:`~omnimodal.downstream.forecaster.Forecaster.what_if`: the forecast risk
    within the head's horizon with and without ``code`` started then. The truth beside it
    (:func:`datamodules.synthetic.oracle.assignment_risks`): the chance of onset within that horizon with and
-   without it, from the same person's state, drift and random draws.
+   without it, from the same person's state, drift and random draws (computed once, for every model).
 4. **Figures**:
    - *randomised arm*: the mean predicted risk difference against the true average effect (bootstrap intervals
      over people; does the predicted one cover the true one), and the correlation of per-person predicted and
-     true effects;
+     true effects; with several models, also each model's own mean and their spread (the training seed's share
+     of the uncertainty, which the people's interval does not hold);
    - *arm treated by indication*: the bias of the predicted effect (mean predicted - true), as measured;
    - *feedback*: for treated people, the forecast after the measurements of the next ``feedback_years``, against
      the same person's in the **placebo world**: the same cohort simulated with every effect 0 (the same people,
@@ -73,10 +77,11 @@ class Case:
     true: float  # with - without, the simulator
     without: float  # the model's risk without
     true_without: float
-    lo: float  # the dropout interval of ``predicted``
+    lo: float  # the dropout interval of ``predicted`` (several models: the lowest and highest of theirs)
     hi: float
     gap_days: float
     feedback: tuple[float, float] | None = None  # forecast after follow-up: (this world, the placebo world)
+    members: tuple[float, ...] = ()  # each model's ``predicted`` (their mean is ``predicted``)
 
 
 def decision_history(tl: Timeline, at_days: float, code: str) -> Timeline | None:
@@ -94,11 +99,16 @@ def decision_history(tl: Timeline, at_days: float, code: str) -> Timeline | None
     return Timeline(tl.key, tl.static, events, {}) if events else None
 
 
-def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int], placebo=None) -> tuple[list[Case], Any]:
-    """Every test person's decision (module docstring, step 3); ``counts`` gets who was left out and why."""
+def cases(cfg: DictConfig, cohort, forecasters, counts: dict[str, int], placebo=None) -> tuple[list[Case], Any]:
+    """Every test person's decision (module docstring, step 3), asked of each of ``forecasters`` (one, or a list
+    of models with the same head, averaged); ``counts`` gets who was left out and why."""
+    if not isinstance(forecasters, (list, tuple)):
+        forecasters = [forecasters]
+    if len({f.horizon_days for f in forecasters}) != 1:
+        raise ValueError(f"what-if models differ in their head's horizon: {[f.horizon_days for f in forecasters]}")
     ivc = cohort_interventions(cfg)
     code = str(cfg.code)
-    horizon_years = forecaster.horizon_days / YEAR_DAYS
+    horizon_years = forecasters[0].horizon_days / YEAR_DAYS
     ocfg = OracleConfig(paths=int(cfg.oracle.paths), seed=int(cfg.seed))
     index = {subject_key(subject_id(i), BENCH_SECRET.encode()): i for i in range(cohort.n_subjects)}
     first = first_event_times(cohort.cohort)
@@ -120,22 +130,28 @@ def cases(cfg: DictConfig, cohort, forecaster, counts: dict[str, int], placebo=N
         if hist is None:
             counts["no history before the decision"] = counts.get("no history before the decision", 0) + 1
             continue
-        w = forecaster.what_if(hist, code, at_days=at, dose=dose, samples=int(cfg.samples), seed=int(cfg.seed))
+        ws = [
+            f.what_if(hist, code, at_days=at, dose=dose, samples=int(cfg.samples), seed=int(cfg.seed))
+            for f in forecasters
+        ]
         case = Case(
             tl.key,
             truth.arm,
             truth.treated,
-            w.difference,
+            float(np.mean([w.difference for w in ws])),
             float(truth.effect[0]),
-            w.without,
+            float(np.mean([w.without for w in ws])),
             float(truth.without[0]),
-            *w.interval,
-            w.gap_days,
+            min(w.interval[0] for w in ws),
+            max(w.interval[1] for w in ws),
+            ws[0].gap_days,
+            members=tuple(w.difference for w in ws),
         )
         if truth.treated and tl.key in twins:
-            case.feedback = _feedback(forecaster, tl, twins[tl.key], at, float(cfg.feedback_years))
+            fb = [_feedback(f, tl, twins[tl.key], at, float(cfg.feedback_years)) for f in forecasters]
+            case.feedback = None if fb[0] is None else tuple(np.mean(fb, axis=0).tolist())
         if truth.treated and example is None:
-            example = (tl, hist, w)
+            example = (tl, hist, ws[0])
         out.append(case)
     return out, example
 
@@ -182,6 +198,12 @@ def summarise(found: list[Case], n_boot: int, seed: int) -> dict[str, Any]:
             "error": _mean_ci(p - t, n_boot, seed),
             "correlation": M.bootstrap_ci(_corr, p, t, n_boot=n_boot, seed=seed),
         }
+        members = np.array([c.members for c in trial])  # people x models
+        if members.shape[1] > 1:  # each model's own mean, interval, and whether it covers; their spread
+            each = [_mean_ci(members[:, k], n_boot, seed) for k in range(members.shape[1])]
+            out["trial"]["members"] = each
+            out["trial"]["members_covering"] = sum(e.lo <= true.value <= e.hi for e in each)
+            out["trial"]["members_sd"] = float(np.std([e.value for e in each], ddof=1))
     care = arm("care")
     if care:
         p, t = np.array([c.predicted for c in care]), np.array([c.true for c in care])
@@ -211,12 +233,16 @@ def _json(x: Any) -> Any:
         return {"value": x.value, "lo": x.lo, "hi": x.hi}
     if isinstance(x, dict):
         return {k: _json(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json(v) for v in x]
     return x
 
 
 def _model_line(result: dict[str, Any]) -> str:
     pre = result.get("pretrain")
     tuned = " ".join(result["finetune"])
+    if len(result.get("seeds", [])) > 1:
+        tuned += f" (each of {len(result['seeds'])} models, seeds {result['seeds'][0]}-{result['seeds'][-1]})"
     if not pre:
         return tuned
     return f"pretrained {pre['steps']} steps on the train split ({' '.join(pre['overrides'])}), then {tuned}"
@@ -251,8 +277,18 @@ def markdown(summary: dict[str, Any], result: dict[str, Any]) -> str:
             f"{f(c['bias'])} (bias) | {f(c['correlation'])} |"
         )
     if "trial" in summary:
-        held = "covers" if summary["trial"]["covers"] else "does not cover"
+        t = summary["trial"]
+        held = "covers" if t["covers"] else "does not cover"
         lines += ["", f"On the randomised arm the predicted effect's interval {held} the true average effect."]
+        if "members" in t:
+            seeds = result["seeds"]
+            lines += [
+                "",
+                f"The prediction is the mean of {len(seeds)} models (seeds {', '.join(map(str, seeds))}: each "
+                "pretrained and fine-tuned on its own). Each alone on the randomised arm: "
+                f"{'; '.join(f(e) for e in t['members'])} (spread between them, sd: {f(t['members_sd'])}); "
+                f"{t['members_covering']} of {len(seeds)} cover the true average effect alone.",
+            ]
     if "feedback" in summary:
         fb = summary["feedback"]
         lines += [
@@ -301,6 +337,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from ..downstream.forecaster import Forecaster  # noqa: PLC0415
     from .real_survival import scratch_release  # noqa: PLC0415
 
+    seeds = [int(cfg.seed) + k for k in range(int(cfg.get("models", 1)))]
+    if not seeds:
+        raise ValueError(f"config key models: {cfg.models}; give 1 or more (the models averaged per person)")
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,19 +351,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         placebo_cfg.cohort.placebo = True
     placebo = build_cohort(placebo_cfg, cache) if cfg.get("feedback_years") else None
     seconds["cohorts"] = round(time.perf_counter() - t0, 1)
-    t1 = time.perf_counter()
-    if cfg.get("pretrain"):  # self-supervised on the train split first (no labels), fine-tuned from it
-        release = pretrain(cfg, cohort, cache)
-        seconds["pretraining"] = round(time.perf_counter() - t1, 1)
+    forecasters = []
+    scratch = None if cfg.get("pretrain") else scratch_release(cohort.shards, out / "untrained")
+    for seed in seeds:  # each model pretrained and fine-tuned on its own seed
+        mcfg = cfg.copy()
+        with open_dict(mcfg):
+            mcfg.seed = seed
         t1 = time.perf_counter()
-    else:
-        release = scratch_release(cohort.shards, out / "untrained")
-    task = finetune(cfg, release, cohort, out / "run", [])
-    seconds["fine-tuning"] = round(time.perf_counter() - t1, 1)
-    f = Forecaster(task)
+        if cfg.get("pretrain"):  # self-supervised on the train split first (no labels), fine-tuned from it
+            release = pretrain(mcfg, cohort, cache)
+            seconds["pretraining"] = round(seconds.get("pretraining", 0.0) + time.perf_counter() - t1, 1)
+            t1 = time.perf_counter()
+        else:
+            release = scratch
+        run_dir = out / ("run" if len(seeds) == 1 else f"run-seed{seed}")
+        task = finetune(mcfg, release, cohort, run_dir, [])
+        seconds["fine-tuning"] = round(seconds.get("fine-tuning", 0.0) + time.perf_counter() - t1, 1)
+        forecasters.append(Forecaster(task))
+    f = forecasters[0]
     counts: dict[str, int] = {}
     t2 = time.perf_counter()
-    found, example = cases(cfg, cohort, f, counts, placebo)
+    found, example = cases(cfg, cohort, forecasters, counts, placebo)
     seconds["what-if"] = round(time.perf_counter() - t2, 1)
     summary = summarise(found, int(cfg.n_boot), int(cfg.seed))
     seconds["total"] = round(time.perf_counter() - t0, 1)
@@ -344,6 +391,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             else None
         ),
         "finetune": [*cfg.finetune.overrides, f"trainer.max_epochs={int(cfg.finetune.epochs)}"],
+        "seeds": seeds,
         "feedback_years": float(cfg.feedback_years),
         "left_out": counts,
         "summary": _json(summary),
