@@ -99,16 +99,13 @@ def decision_history(tl: Timeline, at_days: float, code: str) -> Timeline | None
     return Timeline(tl.key, tl.static, events, {}) if events else None
 
 
-def cases(cfg: DictConfig, cohort, forecasters, counts: dict[str, int], placebo=None) -> tuple[list[Case], Any]:
-    """Every test person's decision (module docstring, step 3), asked of each of ``forecasters`` (one, or a list
-    of models with the same head, averaged); ``counts`` gets who was left out and why."""
-    if not isinstance(forecasters, (list, tuple)):
-        forecasters = [forecasters]
-    if len({f.horizon_days for f in forecasters}) != 1:
-        raise ValueError(f"what-if models differ in their head's horizon: {[f.horizon_days for f in forecasters]}")
+def cases(cfg: DictConfig, cohort, forecasters: list, counts: dict[str, int], placebo=None) -> tuple[list[Case], Any]:
+    """Every test person's decision (module docstring, step 3), asked of each of ``forecasters`` (the models, one
+    config and head, averaged); ``counts`` gets who was left out and why."""
     ivc = cohort_interventions(cfg)
     code = str(cfg.code)
     horizon_years = forecasters[0].horizon_days / YEAR_DAYS
+    label = forecasters[0].task.head_cfg.label  # the onset that ends a follow-up
     ocfg = OracleConfig(paths=int(cfg.oracle.paths), seed=int(cfg.seed))
     index = {subject_key(subject_id(i), BENCH_SECRET.encode()): i for i in range(cohort.n_subjects)}
     first = first_event_times(cohort.cohort)
@@ -147,28 +144,32 @@ def cases(cfg: DictConfig, cohort, forecasters, counts: dict[str, int], placebo=
             ws[0].gap_days,
             members=tuple(w.difference for w in ws),
         )
-        if truth.treated and tl.key in twins:
-            fb = [_feedback(f, tl, twins[tl.key], at, float(cfg.feedback_years)) for f in forecasters]
-            case.feedback = None if fb[0] is None else tuple(np.mean(fb, axis=0).tolist())
+        follow = (
+            _follow_up(tl, twins[tl.key], at, float(cfg.feedback_years), label)
+            if truth.treated and tl.key in twins
+            else None
+        )
+        if follow is not None:  # this world and the placebo world, each model's forecast averaged
+            case.feedback = tuple(float(np.mean([f.forecast(t) for f in forecasters])) for t in follow)
         if truth.treated and example is None:
             example = (tl, hist, ws[0])
         out.append(case)
     return out, example
 
 
-def _feedback(forecaster, tl: Timeline, twin: Timeline, at: float, years: float) -> tuple[float, float] | None:
-    """The forecast after the events up to ``years`` after the start ``at``, in this world and the placebo world
-    (the same person, visits and draws; None if either has the onset by then or no event after the start)."""
+def _follow_up(tl: Timeline, twin: Timeline, at: float, years: float, label: str) -> tuple[Timeline, Timeline] | None:
+    """The histories up to ``years`` after the start ``at``, in this world and the placebo world (the same person,
+    visits and draws; None if either has the ``label`` onset by then or no event after the start)."""
     end = at + years * YEAR_DAYS
     out = []
     for t in (tl, twin):
-        label = t.labels.get(forecaster.task.head_cfg.label)
-        if label is not None and label.value >= 1 and label.time_days <= end:
+        onset = t.labels.get(label)
+        if onset is not None and onset.value >= 1 and onset.time_days <= end:
             return None
         events = [ev for ev in t.events if ev.time_days <= end]
         if not events or events[-1].time_days <= at + 1e-6:
             return None
-        out.append(forecaster.forecast(Timeline(t.key, t.static, events, {})))
+        out.append(Timeline(t.key, t.static, events, {}))
     return out[0], out[1]
 
 
@@ -358,12 +359,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(mcfg):
             mcfg.seed = seed
         t1 = time.perf_counter()
-        if cfg.get("pretrain"):  # self-supervised on the train split first (no labels), fine-tuned from it
-            release = pretrain(mcfg, cohort, cache)
+        release = scratch or pretrain(mcfg, cohort, cache)  # pretrained: self-supervised on the train split first
+        if scratch is None:
             seconds["pretraining"] = round(seconds.get("pretraining", 0.0) + time.perf_counter() - t1, 1)
             t1 = time.perf_counter()
-        else:
-            release = scratch
         run_dir = out / ("run" if len(seeds) == 1 else f"run-seed{seed}")
         task = finetune(mcfg, release, cohort, run_dir, [])
         seconds["fine-tuning"] = round(seconds.get("fine-tuning", 0.0) + time.perf_counter() - t1, 1)
