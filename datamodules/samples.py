@@ -172,10 +172,10 @@ class _Packed:
         self.missing: np.ndarray | None = None  # finiteness per value, kept where NaN marks missing entries
         self.starts: list[tuple[int, int]] = []  # (offset, event) of each measurement, then
         self.each = False  # values checked measurement by measurement
-        if validate and self.flat.dtype.kind == "f" and not _all_finite_half(self.flat):
-            finite = np.isfinite(self.flat)
-            if not finite.all():
-                if spec.nan_is_missing and not np.isinf(self.flat).any():
+        if validate and self.flat.dtype.kind == "f":
+            finite, inf = finiteness(self.flat)
+            if finite is not None:
+                if spec.nan_is_missing and not inf:
                     self.missing = finite
                 else:
                     self.each = True
@@ -237,14 +237,20 @@ class _Packed:
                 )
 
 
-def _all_finite_half(flat: np.ndarray) -> bool:
-    """Whether ``flat`` is float16 with every value finite, from its bits (exponent all ones: Inf or NaN): NumPy's
-    ``isfinite`` has no vectorised loop for float16 and takes some fifteen times as long. False for other dtypes
-    (their check is ``isfinite``)."""
-    if flat.dtype != np.float16:
-        return False
-    exponent = np.bitwise_and(flat.view(np.uint16), 0x7C00)
-    return bool(exponent.max(initial=0) != 0x7C00)
+def finiteness(flat: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """``(None, False)`` when every value of the float array ``flat`` is finite (the common case, one pass);
+    else ``(finite per value, whether any is Inf)``. float16 from its bits (exponent all ones: Inf where the
+    mantissa is 0, NaN otherwise): NumPy's ``isfinite`` has no vectorised loop for float16 and takes some
+    fifteen times as long; the magnitude bits are computed once for all three answers."""
+    if flat.dtype == np.float16:
+        magnitude = np.bitwise_and(flat.view(np.uint16), 0x7FFF)
+        if magnitude.max(initial=0) < 0x7C00:
+            return None, False
+        return np.less(magnitude, 0x7C00), bool((magnitude == 0x7C00).any())
+    finite = np.isfinite(flat)
+    if finite.all():
+        return None, False
+    return finite, bool(np.isinf(flat).any())
 
 
 def _member(
@@ -252,8 +258,9 @@ def _member(
 ) -> np.ndarray:
     """One member's array: its bytes match the checksum ``meta.json`` lists, it is a plain ``.npy`` (never
     unpickled) stored as the spec's ``storage_dtype``, cast to ``spec.batch_dtype`` (its one copy), or a view
-    of the member's bytes where it is stored as that (float16 MRI and audio, float32 ECG, ...): read-only when
-    they are ``bytes``, as the tar reader gives them; nothing in the loader writes into a measurement."""
+    of the member's bytes where it is stored as that (float16 MRI, audio, ECG and wearable, uint8 video, ...):
+    read-only when they are ``bytes``, as the tar reader gives them; nothing in the loader writes into a
+    measurement."""
     if name not in sample:
         raise DataError("member listed in meta.json is missing from the shard", where=where, hint=REBUILD)
     if "crc32" in inventory and checksum(sample[name]) != inventory["crc32"]:

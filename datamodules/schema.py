@@ -28,7 +28,9 @@ clinical      (no array)                  -          MEDS-style ``code`` + ``num
 
 Storage rule: *missing entries are NaN in the stored array*, and in the batch: the encoder turns them into
 zeros plus a boolean mask (True = observed) on the device. Any other NaN or Inf is bad input and is rejected.
-In the batch, MRI and audio are float16 as stored (``Spec.batch_dtype``), cast by their encoders.
+Readers give float32. The shards store MRI and audio as float16, ECG and wearable as their spec's ``storage``
+(float16 by default, float32 where values need it: the builder refuses a value beyond float16's range rather
+than store Inf); the batch holds them as stored (``Spec.batch_dtype``), cast by their encoders on the device.
 """
 
 from __future__ import annotations

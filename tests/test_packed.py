@@ -15,7 +15,7 @@ import torch
 
 from datamodules.collate import Collator
 from datamodules.loader import ShardDataset
-from datamodules.samples import _all_finite_half, decode_timeline
+from datamodules.samples import decode_timeline, finiteness
 from datamodules.schema import DataError, dumps, loads
 from datamodules.shards.format import checksum, load_index, tar_samples
 
@@ -60,10 +60,10 @@ def test_a_member_is_used_in_place_as_it_is_stored(shards: Path) -> None:
         assert type(sample[f"{m}.npy"]) is bytes
         buffer = np.frombuffer(sample[f"{m}.npy"], np.uint8)
         assert all(np.shares_memory(a, buffer) and not a.flags.writeable for a in by[m])
-    assert {a.dtype for a in by["mri"]} == {np.dtype(np.float16)}
+    assert {a.dtype for a in by["mri"]} == {a.dtype for a in by["ecg"]} == {np.dtype(np.float16)}
     batch = Collator(ds.specs)([tl])
-    assert batch.modalities["mri"].data.dtype == torch.float16
-    assert batch.modalities["ecg"].data.dtype == torch.float32
+    assert batch.modalities["mri"].data.dtype == batch.modalities["ecg"].data.dtype == torch.float16
+    assert batch.modalities["gait"].data.dtype == torch.uint8
     again = decode_timeline(next(s for s in tar_samples(path) if s["__key__"] == sample["__key__"]), ds.specs)
     ecg_again = next(x.data for ev in again.events for x in ev.measurements if x.modality == "ecg")
     assert not np.shares_memory(ecg_again, by["ecg"][0])
@@ -86,15 +86,19 @@ def test_a_tar_member_may_not_take_a_sample_field_name(tmp_path: Path) -> None:
 
 def test_float16_finiteness_from_the_bits_agrees_with_numpy() -> None:
     edge = np.array([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 65504.0, -65504.0, 1.0], np.float16)  # subnormal, max, ...
-    assert _all_finite_half(edge) and _all_finite_half(edge[:0])
+    assert finiteness(edge) == (None, False) and finiteness(edge[:0]) == (None, False)
     for bad in (np.inf, -np.inf, np.nan):
         x = edge.copy()
         x[3] = bad
-        assert not _all_finite_half(x)
+        finite, inf = finiteness(x)
+        assert finite is not None and finite.tolist() == np.isfinite(x).tolist() and inf == bool(np.isinf(bad))
     rng = np.random.default_rng(0)
     bits = rng.integers(0, 2**16, 4096, dtype=np.uint16).view(np.float16)
     for chunk in np.split(bits, 512):
-        assert _all_finite_half(chunk) == bool(np.isfinite(chunk).all())
+        finite, inf = finiteness(chunk)
+        for got, want in ((finite, chunk), (finiteness(chunk.astype(np.float32))[0], chunk)):
+            assert (np.ones(len(want), bool) if got is None else got).tolist() == np.isfinite(want).tolist()
+        assert inf == bool(np.isinf(chunk).any()) == finiteness(chunk.astype(np.float32))[1]
 
 
 def test_meta_json_parsed_by_orjson_reads_what_json_reads() -> None:

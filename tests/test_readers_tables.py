@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,14 @@ def test_wearable_pads_and_crops_the_window(tmp_path):
 def test_wearable_bad_tables(tmp_path, change, match):
     with pytest.raises(DataError, match=match):
         read_measurement("wearable", write(change(wearable_table()), tmp_path / "w.csv"), WEAR)
+
+
+def test_wearable_beyond_float16_is_refused_unless_stored_as_float32(tmp_path):
+    path = write(wearable_table().assign(steps=70000.0), tmp_path / "w.csv")  # a counter, not per-minute counts
+    with pytest.raises(DataError, match=r"w.csv: wearable array holds a value of magnitude 140000, beyond float16"):
+        read_measurement("wearable", path, WEAR)
+    out = read_measurement("wearable", path, dataclasses.replace(WEAR, storage="float32"))
+    assert np.nanmax(out) == 140000.0 and WEAR.storage_dtype == WEAR.batch_dtype == "float16"
 
 
 # ------------------------------------------------------------------------------------------------

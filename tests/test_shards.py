@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 from conftest import SECRET, build
 
 from datamodules.schema import MODALITIES, DataError
@@ -117,6 +118,7 @@ def bad_cohort(tmp_path: Path) -> Path:
     nan[3, 100:110] = np.nan
     np.save(d / "f/nan_ecg.npy", nan)
     np.save(d / "f/short_omics.npy", np.zeros(5, np.float32))
+    np.save(d / "f/adc_ecg.npy", good * 2e5)  # raw ADC counts, no gain applied: beyond float16's range
     sf.write(d / "f/voice.flac", 0.1 * np.sin(2 * np.pi * 220 * np.arange(8000) / 8000), 8000)
     data = (d / "f/voice.flac").read_bytes()
     (d / "f/truncated.flac").write_bytes(data[: len(data) // 3])
@@ -142,6 +144,7 @@ def bad_cohort(tmp_path: Path) -> Path:
         ("Z", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),  # 11 unknown subject
         ("A", "2020-01-01", "clinical", "", "ICD10:I10", "", ""),  # 12 duplicate row
         ("C", "2020-01-01", "voice", "f/voice.flac", "", "", ""),  # 13 ok
+        ("C", "2020-02-01", "ecg", "f/adc_ecg.npy", "", "", ""),  # 14 beyond float16 (ok stored as float32)
     ]
     pd.DataFrame(
         rows, columns=["subject_id", "time", "modality", "path", "code", "numeric_value", "sampling_rate"]
@@ -165,6 +168,7 @@ EXPECTED = {
     ("events", 11): "not in the subjects table",
     ("events", 12): "duplicate event row",
     ("labels", 2): "duplicate label",
+    ("events", 14): "beyond float16's 65504, which its spec stores",
 }
 
 
@@ -181,6 +185,32 @@ def test_bad_rows_are_rejected_with_reasons(bad_cohort: Path, tmp_path: Path) ->
     assert str(bad_cohort) not in md and "missing.flac" not in md  # paths (which may hold ids) are scrubbed
     for raw in (b'"A"', b'"B"', b'"C"'):
         assert raw not in (tmp_path / "out" / "report.json").read_bytes()
+
+
+def test_ecg_stored_as_float32_where_float16_cannot_hold_it(bad_cohort: Path, tmp_path: Path) -> None:
+    from datamodules.collate import Collator
+    from datamodules.loader import ShardDataset
+
+    report = build(bad_cohort, tmp_path / "default", split_fractions=(1, 0, 0))
+    hint = {r.reason for r in report.rejected if r.row == 14}.pop()
+    assert "--spec ecg.storage=float32" in hint
+    out = tmp_path / "f32"
+    report = build(bad_cohort, out, split_fractions=(1, 0, 0), specs={"ecg": {"storage": "float32"}})
+    assert (("events", 14) not in {(r.table, r.row) for r in report.rejected}) and report.modalities["ecg"] == 2
+
+    def batch() -> dict[str, torch.dtype]:
+        ds = ShardDataset(out, "train")
+        tls = [tl for tl in (ds.decode(x, 0) for x in ds.raw_samples(0)) if tl is not None]
+        return {m: b.data.dtype for m, b in Collator(ds.specs, ds.index["clinical_codes"])(tls).modalities.items()}
+
+    assert batch()["ecg"] == torch.float32
+    index = json.loads((out / "index.json").read_text())
+    assert index["specs"]["ecg"]["storage"] == "float32" and index["specs"]["wearable"]["storage"] == "float16"
+    del index["specs"]["ecg"]["storage"]  # shards written before the field: their float32 ECG loads as it was
+    (out / "index.json").write_text(json.dumps(index))
+    assert batch()["ecg"] == torch.float32
+    with pytest.raises(DataError, match="storage = 'bfloat16' is not one of"):
+        build(bad_cohort, tmp_path / "bad", specs={"ecg": {"storage": "bfloat16"}})
 
 
 def test_strict_mode_stops_at_first_bad_row(bad_cohort: Path, tmp_path: Path) -> None:
@@ -212,7 +242,7 @@ def test_cli_builds_and_reports(
     ]
     assert main([*args, "--out", str(tmp_path / "o"), "--spec", "voice.rate_hz=8000"]) == 0
     out = capsys.readouterr().out
-    assert "samples written: 2" in out and "rejected rows: 12" in out and "event before birth: 1" in out
+    assert "samples written: 2" in out and "rejected rows: 13" in out and "event before birth: 1" in out
     assert load_index(tmp_path / "o")["specs"]["voice"]["rate_hz"] == 8000
     assert main([*args, "--out", str(tmp_path / "p"), "--strict"]) == 2
     assert "duplicate subject_id" in capsys.readouterr().err

@@ -62,7 +62,7 @@ class FinetuneTask(L.LightningModule):
         self.landmark = LandmarkConfig(**(landmark or {}))
         self.prep = Preprocessing.from_json(preprocessing, "checkpoint preprocessing")
         optim = dict(optim or {})
-        self.backbone_lr_ratio = float(optim.pop("backbone_lr_ratio", 0.1))
+        self.backbone_lr_ratio = float(optim.pop("backbone_lr_ratio", 0.01))
         self.optim_cfg = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
         self.mode = mode
         #: where the weights started: the release's ("release") or a fresh initialisation ("scratch")

@@ -14,7 +14,7 @@ stage in one process, and decode and collate per modality.
 
 Prints how many loader cores one GPU needs (target: <= 4) and writes the figures to ``--out`` (JSON).
 
-    python scripts/bench/feed.py [--subjects 128] [--rounds 4] [--flop-batches 2] [--workers N]
+    python scripts/bench/feed.py [--subjects 128] [--rounds 4] [--flop-batches 2] [--workers N] [--storage float32]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 import torch
 from common import RESULTS, build_task, cohort, load_batches, model_config, tokens_per_instance, write_results
+from decode import float32_shards
 from omegaconf import OmegaConf
 
 from datamodules import arena
@@ -209,11 +210,19 @@ def main() -> None:
     p.add_argument("--flop-batches", type=int, default=2, help="batches whose FLOPs are counted (base model, CPU)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="the most workers tried")
     p.add_argument("--peak-tflops", type=float, default=gpu_check.H200_BF16_DENSE_TFLOPS)
+    p.add_argument(
+        "--storage",
+        choices=["float16", "float32"],
+        default="float16",
+        help="how ECG and wearable are stored: float16 (the default build) or float32 (the shards before it)",
+    )
     p.add_argument("--out", default=str(RESULTS / "feed.json"))
     a = p.parse_args()
     torch.set_num_threads(1)  # a loader worker's share: one core
     arena.retain_heap()  # and its malloc (as ShardDataset sets it in each worker), for the stages and 0 workers
     root = cohort(a.subjects)
+    if a.storage == "float32":
+        root = float32_shards(root)
     s = settings()
 
     gpu = appetite(root, s, a.flop_batches, a.peak_tflops)
