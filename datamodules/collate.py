@@ -91,7 +91,10 @@ def stack_instances(
     worker, straight into the batch's shared arena)."""
     batch_tensor = alloc.empty
     full = (len(arrays), *spec.shape())
-    data, out = batch_tensor(full, spec.batch_dtype)  # float16 MRI and audio: cast on the device
+    # float16 MRI, audio, ECG and wearable as stored (cast on the device), never narrower than the arrays: float32
+    # data under float16 specs (a release's, fine-tuned on shards built with storage=float32) stays float32
+    dtype = np.result_type(spec.batch_dtype, *{a.dtype for a in arrays})
+    data, out = batch_tensor(full, dtype)
     if spec.variable_axis is not None:
         ax = spec.variable_axis
         lengths = np.array([a.shape[ax] for a in arrays])

@@ -121,6 +121,7 @@ class VolumeSpec(Spec):
 #: what a :class:`StoredSpec`'s ``storage`` may be
 STORAGE_DTYPES = ("float16", "float32")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+FLOAT16_INF = 65520.0  # the least magnitude that float16 rounds to Inf (65504 + half its last step)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class StoredSpec(Spec):
         if self.storage not in STORAGE_DTYPES:
             raise DataError(
                 f"{type(self).__name__}.storage = {self.storage!r} is not one of {list(STORAGE_DTYPES)}",
-                hint="e.g. --spec ecg.storage=float32 (float16, the default, halves the bytes)",
+                hint="--spec <modality>.storage=float32 or float16 (the default: half the bytes)",
             )
 
     @property  # type: ignore[override]
@@ -377,12 +378,14 @@ def validate_canonical(
 
 
 def _fits_storage(modality: str, spec: Spec, array: np.ndarray, where: str) -> np.ndarray:
-    """``array`` if its finite values fit the spec's float16 storage (+-65,504: beyond it the cast to store or
-    batch it would make Inf, which would read as missing); a :class:`DataError` naming the setting otherwise."""
+    """``array`` if its finite values fit the spec's float16 storage (ECG and wearable by default, MRI and audio
+    always: z-scored and within +-1, they fit by far): from :data:`FLOAT16_INF` on the cast to store it would make
+    Inf, which would read as missing (up to it, a value rounds to at most 65,504). A :class:`DataError` naming the
+    setting otherwise."""
     if spec.storage_dtype != "float16" or array.dtype.itemsize <= 2 or not array.size:
         return array
     big = max(abs(float(np.fmax.reduce(array, axis=None))), abs(float(np.fmin.reduce(array, axis=None))))
-    if big > FLOAT16_MAX:  # False for NaN (all missing)
+    if big >= FLOAT16_INF:  # False for NaN (all missing)
         setting = f"--spec {modality}.storage=float32" if isinstance(spec, StoredSpec) else "the reader's scaling"
         raise DataError(
             f"{modality} array holds a value of magnitude {big:.6g}, beyond float16's {FLOAT16_MAX:.0f}, "

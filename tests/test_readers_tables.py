@@ -13,7 +13,7 @@ import pytest
 
 from datamodules.readers import read_measurement
 from datamodules.readers.omics import read_omics
-from datamodules.schema import DataError, OmicsSpec, WearableSpec
+from datamodules.schema import DataError, OmicsSpec, WearableSpec, validate_canonical
 
 WEAR = WearableSpec(channels=("heart_rate", "steps", "skin_temp"), window_minutes=6, sum_channels=("steps",))
 NAN = np.nan
@@ -97,6 +97,18 @@ def test_wearable_beyond_float16_is_refused_unless_stored_as_float32(tmp_path):
         read_measurement("wearable", path, WEAR)
     out = read_measurement("wearable", path, dataclasses.replace(WEAR, storage="float32"))
     assert np.nanmax(out) == 140000.0 and WEAR.storage_dtype == WEAR.batch_dtype == "float16"
+
+
+@pytest.mark.parametrize("value, kept", [(65519.0, True), (-65519.0, True), (65520.0, False), (-65520.0, False)])
+def test_float16_storage_refuses_exactly_what_would_become_inf(value: float, kept: bool) -> None:
+    array = EXPECTED.copy()
+    array[0, 0] = value
+    if kept:  # rounds to +-65504 when stored
+        assert validate_canonical("wearable", WEAR, array) is array and np.float16(value) == np.sign(value) * 65504
+    else:
+        assert np.isinf(np.float16(value))
+        with pytest.raises(DataError, match=r"here: wearable array holds a value of magnitude 65520"):
+            validate_canonical("wearable", WEAR, array, where="here")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 from conftest import SECRET, build
 
-from datamodules.schema import MODALITIES, DataError
+from datamodules.schema import MODALITIES, DataError, default_specs
 from datamodules.shards.format import load_index, subject_key, verify_shards
 
 
@@ -198,17 +198,19 @@ def test_ecg_stored_as_float32_where_float16_cannot_hold_it(bad_cohort: Path, tm
     report = build(bad_cohort, out, split_fractions=(1, 0, 0), specs={"ecg": {"storage": "float32"}})
     assert (("events", 14) not in {(r.table, r.row) for r in report.rejected}) and report.modalities["ecg"] == 2
 
-    def batch() -> dict[str, torch.dtype]:
+    def batch(specs: dict | None = None) -> dict[str, torch.Tensor]:
         ds = ShardDataset(out, "train")
         tls = [tl for tl in (ds.decode(x, 0) for x in ds.raw_samples(0)) if tl is not None]
-        return {m: b.data.dtype for m, b in Collator(ds.specs, ds.index["clinical_codes"])(tls).modalities.items()}
+        return {m: b.data for m, b in Collator(specs or ds.specs, ds.index["clinical_codes"])(tls).modalities.items()}
 
-    assert batch()["ecg"] == torch.float32
+    assert batch()["ecg"].dtype == torch.float32 and batch()["ecg"].nan_to_num().abs().max() > 1e5
+    ecg = batch(default_specs())["ecg"]  # a release's float16 specs over these shards: never narrowed (no Inf)
+    assert ecg.dtype == torch.float32 and ecg.isinf().sum() == 0 and ecg.nan_to_num().abs().max() > 1e5
     index = json.loads((out / "index.json").read_text())
     assert index["specs"]["ecg"]["storage"] == "float32" and index["specs"]["wearable"]["storage"] == "float16"
     del index["specs"]["ecg"]["storage"]  # shards written before the field: their float32 ECG loads as it was
     (out / "index.json").write_text(json.dumps(index))
-    assert batch()["ecg"] == torch.float32
+    assert batch()["ecg"].dtype == torch.float32
     with pytest.raises(DataError, match="storage = 'bfloat16' is not one of"):
         build(bad_cohort, tmp_path / "bad", specs={"ecg": {"storage": "bfloat16"}})
 

@@ -216,8 +216,9 @@ def main() -> None:
         default="float16",
         help="how ECG and wearable are stored: float16 (the default build) or float32 (the shards before it)",
     )
-    p.add_argument("--out", default=str(RESULTS / "feed.json"))
+    p.add_argument("--out", help="results JSON (default: results/feed.json, feed-float32.json with --storage float32)")
     a = p.parse_args()
+    a.out = a.out or str(RESULTS / ("feed.json" if a.storage == "float16" else "feed-float32.json"))
     torch.set_num_threads(1)  # a loader worker's share: one core
     arena.retain_heap()  # and its malloc (as ShardDataset sets it in each worker), for the stages and 0 workers
     root = cohort(a.subjects)
