@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import shutil
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from datamodules.builtin_cohort import demo_shards
+from datamodules.builtin_cohort import demo_build_config, demo_shards
 from datamodules.datamodule import ShardLoader
 from datamodules.loader import CropConfig, ShardDataset
 from datamodules.schema import MODALITIES, DataWarning, OmniBatch
-from datamodules.shards.format import load_index
+from datamodules.shards.builder import build_shards
+from datamodules.shards.format import INDEX_NAME, load_index
 from omnimodal.infra.optim import OptimConfig
 from omnimodal.pretraining.objectives import ObjectiveConfig
 from omnimodal.pretraining.run import model_dict
@@ -36,6 +39,29 @@ def cohort(n_subjects: int = 128, seed: int = 0) -> Path:
     """Shard folder of the built-in synthetic cohort (synthesized and cached under $OMNIMODAL_CACHE)."""
     warnings.simplefilter("ignore", DataWarning)  # off-panel omics features: reported by the builder already
     return demo_shards(n_subjects, seed)
+
+
+#: the build settings of the shards before ECG and wearable were stored as float16
+FLOAT32 = {"ecg": {"storage": "float32"}, "wearable": {"storage": "float32"}}
+
+
+def float32_shards(root: Path) -> Path:
+    """The demo cohort at ``root`` (its shards) built again with ECG and wearable stored as float32 (cached beside)."""
+    out = root.parent / "shards-float32"
+    if not (out / INDEX_NAME).is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        build_shards(demo_build_config(root.parent / "cohort", out, workers=2, specs=FLOAT32))
+    return out
+
+
+def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
+    """``fn()`` and its CPU seconds in this process: the least of ``repeats`` runs (the least disturbed)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.process_time()
+        out = fn()
+        best = min(best, time.process_time() - t)
+    return out, best
 
 
 def model_config(

@@ -26,39 +26,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
-from common import RESULTS, cohort, write_results
+from common import RESULTS, cohort, float32_shards, write_results
 
 from datamodules import arena, samples
-from datamodules.builtin_cohort import demo_build_config
 from datamodules.collate import Collator
 from datamodules.loader import CropConfig, ShardDataset
 from datamodules.schema import OmniBatch, Spec
 from datamodules.shards import format as shard_format
-from datamodules.shards.builder import build_shards
-from datamodules.shards.format import INDEX_NAME
 from datamodules.specs import AudioSpec, VolumeSpec
 
 ARMS = ("before", "float16 batch", "+ masks on the device", "+ orjson", "+ read unzeroed", "+ float16 ECG and wearable")
-FLOAT32 = {"ecg": {"storage": "float32"}, "wearable": {"storage": "float32"}}  # the shards before float16 storage
-
-
-def float32_shards(root: Path) -> Path:
-    """The demo cohort at ``root`` (its shards) built again with ECG and wearable stored as float32 (cached beside)."""
-    out = root.parent / "shards-float32"
-    if not (out / INDEX_NAME).is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        build_shards(demo_build_config(root.parent / "cohort", out, workers=2, specs=FLOAT32))
-    return out
 
 
 def read_zeroed(f: BinaryIO, n: int, name: str) -> bytearray:
@@ -114,13 +99,12 @@ def main() -> None:
         for r in (root, float32_shards(root))
     )
     assert now.index["clinical_codes"] == before.index["clinical_codes"]
-    collators = {id(ds): Collator(ds.specs, ds.index["clinical_codes"]) for ds in (now, before)}
 
     def epoch(ds: ShardDataset, masks_on_host: bool) -> tuple[float, float, int]:
         """CPU ms per sample of a worker's work (read, shuffle buffer, decode, crop, collate in batches of 16, as
         the training loader's worker does it: ``ShardDataset``'s own iterator); the batch's MiB per sample; the
         samples."""
-        collate = collators[id(ds)]
+        collate = Collator(ds.specs, ds.index["clinical_codes"])  # outside the timing: a dict of the codes
         t = time.process_time()
         tls, batches = [], []
         for tl in ds:

@@ -24,15 +24,24 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 import torch
-from common import RESULTS, build_task, cohort, load_batches, model_config, tokens_per_instance, write_results
-from decode import float32_shards
+from common import (
+    RESULTS,
+    build_task,
+    cohort,
+    float32_shards,
+    load_batches,
+    model_config,
+    timed,
+    tokens_per_instance,
+    write_results,
+)
 from omegaconf import OmegaConf
 
 from datamodules import arena
@@ -135,16 +144,6 @@ def supply(root: Path, s: dict[str, int], workers: int, rounds: int) -> dict[str
         "samples_per_cpu_s": 1 / min(cpu),
         "page_faults_per_sample": faults[int(np.argmin(cpu))],
     }
-
-
-def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
-    """``fn()`` and its CPU seconds in this process: the least of ``repeats`` runs (the least disturbed)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.process_time()
-        out = fn()
-        best = min(best, time.process_time() - t)
-    return out, best
 
 
 def stages(root: Path, s: dict[str, int], repeats: int) -> dict[str, Any]:

@@ -15,11 +15,10 @@ measured here: it needs a GPU).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
-from common import RESULTS, cohort, write_results
+from common import RESULTS, cohort, timed, write_results
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from datamodules.loader import ShardDataset
@@ -42,16 +41,6 @@ def clips_of(root: str, samples: int) -> tuple[list[torch.Tensor], int]:
     return clips, n
 
 
-def best_cpu(fn, repeats: int = 5) -> float:  # noqa: ANN001
-    """Least CPU seconds of ``repeats`` calls of ``fn``."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t)
-    return best
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subjects", type=int, default=128, help="size of the synthetic demo cohort")
@@ -71,7 +60,7 @@ def main() -> None:
         for i, clip in enumerate(clips):
             out[i, : len(clip)].copy_(clip)
 
-    copy_us = best_cpu(copy) / len(frames) * 1e6
+    copy_us = timed(copy, 5)[1] / len(frames) * 1e6
     print(
         f"{len(frames)} frames of {n} samples ({per_sample:.0f} a sample), {tuple(frames[0].shape)} uint8, "
         f"{raw_kib:.1f} KiB a frame raw; copied into a batch: {copy_us:.1f} us a frame"
@@ -80,7 +69,7 @@ def main() -> None:
     for q in a.quality:
         enc = [encode_jpeg(f, quality=q) for f in frames]
         kib = sum(e.numel() for e in enc) / len(enc) / 1024
-        dec_us = best_cpu(lambda enc=enc: decode_jpeg(enc)) / len(frames) * 1e6
+        dec_us = timed(lambda enc=enc: decode_jpeg(enc), 5)[1] / len(frames) * 1e6
         err = float(np.mean([(d.float() - f.float()).abs().mean().item() for d, f in zip(decode_jpeg(enc), frames)]))
         rows[q] = {
             "kib_per_frame": kib,
